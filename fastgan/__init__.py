@@ -1,0 +1,7 @@
+"""fastgan: fused GAN operations for PyTorch with reference, cpu, triton and cuda backends."""
+
+from . import nn, ops
+from ._backend import BACKENDS, BackendUnavailableError, backend
+
+__version__ = "0.1.0"
+__all__ = ["ops", "nn", "backend", "BACKENDS", "BackendUnavailableError", "__version__"]

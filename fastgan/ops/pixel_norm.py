@@ -1,0 +1,82 @@
+"""Pixelwise feature normalization (SPEC 4): y = x * rsqrt(mean_c(x^2) + eps).
+
+Normalizes over dim 1 of a tensor of rank >= 2 ([N, C] latents or [N, C, H, W]
+feature maps). Double backward: the backward is the custom op
+`pixel_norm_backward`; its gradient with respect to the incoming gradient is
+that same fused op again, the one with respect to x is eager PyTorch code.
+"""
+
+import torch
+
+from .._backend import resolve
+from .._checks import as_layout, check_eps, check_tensor, empty, memory_format
+from ._dispatch import kernels
+
+
+def pixel_norm_reference(x, eps=1e-8):
+    """Eager PyTorch, statistics in float32 (float64 for float64 inputs)."""
+    xf = x if x.dtype == torch.float64 else x.float()
+    return (xf * torch.rsqrt(xf.square().mean(dim=1, keepdim=True) + eps)).to(x.dtype)
+
+
+def pixel_norm(x, eps=1e-8, impl=None):
+    """Normalize each feature vector x[n, :, ...] to unit root-mean-square."""
+    check_tensor(x, "x", min_ndim=2)
+    eps = check_eps(eps)
+    impl = resolve(impl, x.device)
+    if impl == "reference":
+        return pixel_norm_reference(x, eps)
+    return torch.ops.fastgan.pixel_norm(x, eps, impl)
+
+
+@torch.library.custom_op("fastgan::pixel_norm", mutates_args=())
+def _pixel_norm(x: torch.Tensor, eps: float, impl: str) -> torch.Tensor:
+    return kernels(impl).pixel_norm(as_layout(x, memory_format(x)), eps)
+
+
+@torch.library.custom_op("fastgan::pixel_norm_backward", mutates_args=())
+def _pixel_norm_backward(grad: torch.Tensor, x: torch.Tensor, eps: float, impl: str) -> torch.Tensor:
+    fmt = memory_format(x)
+    return kernels(impl).pixel_norm_backward(as_layout(grad, fmt), as_layout(x, fmt), eps)
+
+
+@_pixel_norm.register_fake
+def _(x, eps, impl):
+    return empty(x.shape, x, memory_format(x))
+
+
+@_pixel_norm_backward.register_fake
+def _(grad, x, eps, impl):
+    return empty(x.shape, x, memory_format(x))
+
+
+def _save_x(ctx, inputs, output):
+    # inputs end with (..., x, eps, impl): keep the tensors, eps and impl.
+    ctx.eps, ctx.impl = inputs[-2:]
+    ctx.save_for_backward(*inputs[:-2])
+
+
+def _pixel_norm_bwd(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return _pixel_norm_backward(grad, x, ctx.eps, ctx.impl), None, None
+
+
+def _pixel_norm_backward_bwd(ctx, gg):
+    """Gradients of gx = r*g - x*r^3*sum_c(g*x)/C with r = rsqrt(mean_c(x^2) + eps)."""
+    grad, x = ctx.saved_tensors
+    d_grad = d_x = None
+    if ctx.needs_input_grad[0]:
+        d_grad = _pixel_norm_backward(gg, x, ctx.eps, ctx.impl)
+    if ctx.needs_input_grad[1]:
+        c = x.shape[1]
+        r = torch.rsqrt(x.square().mean(dim=1, keepdim=True) + ctx.eps)
+        s = (grad * x).sum(dim=1, keepdim=True)
+        a = (gg * grad).sum(dim=1, keepdim=True)
+        b = (gg * x).sum(dim=1, keepdim=True)
+        r3 = r * r * r
+        d_x = -r3 / c * (a * x + s * gg + b * grad) + 3.0 * r3 * r * r * b * s * x / (c * c)
+    return d_grad, d_x, None, None
+
+
+_pixel_norm.register_autograd(_pixel_norm_bwd, setup_context=_save_x)
+_pixel_norm_backward.register_autograd(_pixel_norm_backward_bwd, setup_context=_save_x)
