@@ -71,7 +71,7 @@ def _sources(pattern):
 
 
 capability, isa_flags = _cpu_isa_flags()
-cxx_flags = ["-O3", "-std=c++17", "-fopenmp", *isa_flags, f'-DFASTGAN_CPU_CAPABILITY="{capability}"']
+cxx_flags = ["-O3", "-std=c++20", "-fopenmp", *isa_flags, f'-DFASTGAN_CPU_CAPABILITY="{capability}"']
 extensions = [
     CppExtension(
         "fastgan._C",
@@ -94,8 +94,8 @@ if _want_cuda != "0" and cuda_possible:
             _sources("csrc/cuda/*.cpp") + _sources("csrc/cuda/*.cu"),
             include_dirs=[os.path.join(HERE, "csrc"), *_cu13_include_dirs()],
             extra_compile_args={
-                "cxx": ["-O3", "-std=c++17", f'-DFASTGAN_CUDA_ARCHS="{archs}"'],
-                "nvcc": ["-O3", "-std=c++17", f'-DFASTGAN_CUDA_ARCHS="{archs}"'],
+                "cxx": ["-O3", "-std=c++20", f'-DFASTGAN_CUDA_ARCHS="{archs}"'],
+                "nvcc": ["-O3", "-std=c++20", f'-DFASTGAN_CUDA_ARCHS="{archs}"'],
             },
         )
     )
