@@ -13,16 +13,22 @@ from .._checks import as_layout, check_eps, check_tensor, empty, memory_format
 from ._dispatch import kernels
 
 
-def pixel_norm_reference(x, eps=1e-8):
+def default_eps(dtype):
+    """SPEC 4: 1e-8, and 1e-4 for float16."""
+    return 1e-4 if dtype == torch.float16 else 1e-8
+
+
+def pixel_norm_reference(x, eps=None):
     """Eager PyTorch, statistics in float32 (float64 for float64 inputs)."""
+    eps = default_eps(x.dtype) if eps is None else eps
     xf = x if x.dtype == torch.float64 else x.float()
     return (xf * torch.rsqrt(xf.square().mean(dim=1, keepdim=True) + eps)).to(x.dtype)
 
 
-def pixel_norm(x, eps=1e-8, impl=None):
-    """Normalize each feature vector x[n, :, ...] to unit root-mean-square."""
+def pixel_norm(x, eps=None, impl=None):
+    """Normalize each feature vector x[n, :, ...] to unit root-mean-square (eps: see default_eps)."""
     check_tensor(x, "x", min_ndim=2)
-    eps = check_eps(eps)
+    eps = check_eps(default_eps(x.dtype) if eps is None else eps)
     impl = resolve(impl, x.device)
     if impl == "reference":
         return pixel_norm_reference(x, eps)

@@ -1,0 +1,75 @@
+"""`python -m fastgan.info`: versions, built extensions, GPU architectures, backends per op."""
+
+import platform
+
+import torch
+
+from . import _extensions
+from ._backend import BACKENDS, availability, triton_interpreted
+
+OPS = ("fade_in", "blend_reals", "pixel_norm")
+
+
+def _triton_version():
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError:
+        return "not installed"
+
+
+def _extension_line(name, describe):
+    mod = _extensions.load(name)
+    return f"built ({describe(mod)})" if mod is not None else f"not built ({_extensions.load_error(name)})"
+
+
+def _op_backends(op):
+    """The backends that implement `op` (a kernel registered or a Triton host function)."""
+    found = ["reference"]
+    if _extensions.load("_C") is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan_cpu::{op}", "CPU"):
+        found.append("cpu")
+    try:
+        from . import triton_kernels
+
+        if hasattr(triton_kernels, op):
+            found.append("triton")
+    except ImportError:
+        pass
+    if _extensions.load("_C_cuda") is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan_cuda::{op}", "CUDA"):
+        found.append("cuda")
+    return found
+
+
+def report():
+    from . import __version__
+
+    lines = [
+        f"fastgan {__version__}",
+        f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"triton {_triton_version()}{' [interpreter]' if triton_interpreted() else ''}",
+        f"cpu extension  fastgan._C: " + _extension_line(
+            "_C", lambda m: f"vector ISA {m.cpu_capability}, OpenMP {'on' if m.openmp else 'OFF'}, "
+                            f"{torch.get_num_threads()} threads"),
+        f"cuda extension fastgan._C_cuda: " + _extension_line(
+            "_C_cuda", lambda m: f"SASS for sm {m.cuda_archs}"),
+    ]
+    if torch.cuda.is_available():
+        cap = torch.cuda.get_device_capability()
+        lines.append(f"GPU: {torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]})")
+    else:
+        lines.append("GPU: none")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    lines.append("backends runnable now: " + ", ".join(
+        f"{d}: " + "/".join(b for b in BACKENDS if availability(b, d) is None) for d in devices))
+    lines.append("ops and their backends:")
+    lines += [f"  {op:<12} {', '.join(_op_backends(op))}" for op in OPS]
+    return "\n".join(lines)
+
+
+def main():
+    print(report())
+
+
+if __name__ == "__main__":
+    main()

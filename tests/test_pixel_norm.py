@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+import fastgan
+from fastgan.ops.pixel_norm import pixel_norm_reference
+from helpers import CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, check_forward_backward, randn
+
+SHAPES = [(1, 3, 5, 7), (2, 7, 4, 6), (3, 1, 8, 8), (2, 16, 9, 5), (2, 512, 2, 3)]
+OTHER_RANKS = [(5, 17), (1, 512), (3, 4, 10), (2, 3, 2, 3, 2)]
+
+
+def check(x, impl, dtype):
+    check_forward_backward(fastgan.ops.pixel_norm, pixel_norm_reference, [x], impl, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_parity(impl, shape, layout, dtype):
+    check(randn(shape, layout, dtype), impl, dtype)
+
+
+@pytest.mark.parametrize("shape", OTHER_RANKS)
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_parity_other_ranks(impl, shape):
+    check(randn(shape), impl, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_parity_low_precision_cpu(dtype):
+    check(randn((2, 7, 5, 3), "channels_last", dtype), "cpu", dtype)
+    check(randn((2, 7, 5, 3), "contiguous", dtype), "cpu", dtype)
+
+
+def test_large_offset_is_scale_invariant():
+    """x and 1e4 * x normalize to the same values (no overflow of the sum of squares in float32)."""
+    x = randn((2, 64, 4, 4))
+    for impl in CPU_BACKENDS:
+        torch.testing.assert_close(fastgan.ops.pixel_norm(1e4 * x, impl=impl), pixel_norm_reference(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_parity_gpu(impl, layout, dtype):
+    for shape in SHAPES + [(32, 512, 16, 16)]:
+        check(randn(shape, layout, dtype, "cuda"), impl, dtype)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 3, 2), (3, 5)])
+@pytest.mark.parametrize("impl", ["reference"] + CPU_BACKENDS)
+def test_gradcheck(impl, shape):
+    x = randn(shape, dtype=torch.float64).requires_grad_()
+    fn = lambda x: fastgan.ops.pixel_norm(x, impl=impl)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_opcheck(impl, layout):
+    x = randn((2, 5, 3, 4), layout).requires_grad_()
+    g = randn((2, 5, 3, 4), layout).requires_grad_()
+    torch.library.opcheck(torch.ops.fastgan.pixel_norm.default, (x, 1e-8, impl))
+    torch.library.opcheck(torch.ops.fastgan.pixel_norm_backward.default, (g, x, 1e-8, impl))
+
+
+def test_module():
+    x = randn((3, 8, 4, 4))
+    m = fastgan.nn.PixelNorm(impl="cpu")
+    torch.testing.assert_close(m(x), pixel_norm_reference(x))
+    assert "eps" in repr(fastgan.nn.PixelNorm(eps=1e-6))
+
+
+def test_default_eps_follows_spec():
+    x = torch.zeros(2, 3, 4, 4, dtype=torch.float16)
+    x[0, 0, 0, 0] = 1e-2  # mean square 3.3e-5: 1e-4 of eps is visible, 1e-8 would not be
+    y = fastgan.ops.pixel_norm(x, impl="cpu")
+    assert y[0, 0, 0, 0].item() == pytest.approx(1e-2 / (1e-4 / 3 + 1e-4) ** 0.5, rel=1e-2)
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (torch.ones(2, 3, dtype=torch.int32), TypeError, "x must be a floating tensor"),
+    (torch.ones(5), ValueError, "x must have at least 2 dimensions"),
+    ([1.0, 2.0], TypeError, "x must be a torch.Tensor"),
+])
+def test_bad_input(bad, error, words):
+    with pytest.raises(error, match=words):
+        fastgan.ops.pixel_norm(bad, impl="cpu")
+
+
+def test_bad_eps():
+    with pytest.raises(ValueError, match="eps must be positive"):
+        fastgan.ops.pixel_norm(randn((2, 3)), eps=0.0)
