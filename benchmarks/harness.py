@@ -1,0 +1,418 @@
+"""Timing, peak memory, bandwidth and reporting for the fastgan benchmarks.
+
+Providers: "eager" (the op's `*_reference`), "compile" (`torch.compile` of it) and the fastgan
+backends "cpu", "triton", "cuda" ("reference" is left out: it is eager). A provider that fails
+becomes a row with `error` set ("n/a (reason)" in the tables); the run goes on.
+
+Modes: "forward" runs the op on inputs that require grad, as in training (it records the
+autograd graph). "backward" times `torch.autograd.grad` alone on a graph built by an untimed
+forward just before. "forward+backward" times both.
+"""
+
+import contextlib
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import fastgan
+from fastgan._backend import availability
+
+MODES = ("forward", "backward", "forward+backward")
+BACKENDS = ("cpu", "triton", "cuda")
+PROVIDERS = ("eager", "compile") + BACKENDS
+COPY = "copy"  # the bandwidth yardstick, reported as a row of its own
+MB = 1e6
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Settings:
+    warmup: int      # untimed runs first, at least 2 (the first one compiles, for "compile")
+    min_reps: int    # timed runs: at least min_reps, then more while under budget_s
+    max_reps: int
+    budget_s: float
+
+
+QUICK = Settings(warmup=2, min_reps=5, max_reps=30, budget_s=0.25)
+FULL = Settings(warmup=5, min_reps=10, max_reps=300, budget_s=1.5)
+
+
+def reason(e):
+    """One line saying why a provider failed."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def shape_label(shape):
+    return "x".join(map(str, shape))
+
+
+def unavailable(device, wanted, forced=()):
+    """{backend: why it cannot run on `device`} for the wanted fastgan backends."""
+    out = {}
+    for name in wanted:
+        if name not in BACKENDS:
+            continue
+        why = availability(name, device.type)
+        if why is None and name == "triton" and device.type == "cpu" and name not in forced:
+            # Triton on CPU only runs interpreted: a debugging aid whose timings mean nothing.
+            why = "runs only under the Triton interpreter on CPU; not timed unless named in --backends"
+        if why is not None:
+            out[name] = why
+    return out
+
+
+# ---------------------------------------------------------------------------- timing
+
+def mode_fns(fn, inputs, grad_out, mode):
+    """(setup, run) for a mode: `state = setup()` is untimed, then `run(state)` is timed."""
+    def forward(_=None):
+        return fn(*inputs)
+
+    def backward(out):
+        return torch.autograd.grad(out, inputs, grad_out)
+
+    if mode == "forward":
+        return None, forward
+    if mode == "backward":
+        return forward, backward  # a fresh graph per run, built outside the timed region
+    if mode == "forward+backward":
+        return None, lambda _: backward(forward())
+    raise ValueError(mode)
+
+
+class Timer:
+    """Times one run. CUDA: events around the run, the GPU idle and L2 flushed at the start, so
+    that launch overhead counts and inputs come from DRAM. CPU: wall clock; caches are not flushed."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.flush_buf = torch.empty(256 * 2**20, dtype=torch.int8, device=device)
+
+    def once(self, setup, run):
+        state = setup() if setup else None
+        if self.cuda:
+            self.flush_buf.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            out = run(state)
+            end.record()
+            end.synchronize()
+            del out
+            return start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        out = run(state)
+        t = time.perf_counter() - t0
+        del out  # freed outside the timed region
+        return t
+
+    def runs(self, setup, run, settings):
+        """Seconds of each timed run, after the warm-up."""
+        deadline = time.perf_counter() + settings.budget_s
+        for i in range(settings.warmup):
+            self.once(setup, run)  # the first run compiles or loads what is lazy
+            if i >= 1 and time.perf_counter() > deadline:
+                break  # slow runs need less warming
+        times, deadline = [], time.perf_counter() + settings.budget_s
+        while len(times) < settings.min_reps or (
+                len(times) < settings.max_reps and time.perf_counter() < deadline):
+            times.append(self.once(setup, run))
+        return times
+
+
+# ---------------------------------------------------------------------------- memory
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Mute file descriptor 2, where C++ code prints."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def peak_extra_bytes(device, setup, run):
+    """Peak bytes allocated by one `run(state)` above what was allocated when it started.
+
+    CUDA: the caching allocator's peak statistic. CPU: the profiler's memory events (one per
+    allocation and free made through c10's CPU allocator, which is what ATen, C++ extension ops
+    and torch.compile'd code allocate tensors with), summed in time order. The CPU count misses
+    allocations made on OpenMP worker threads (the profiler only sees the calling thread) and
+    memory not taken from c10's allocator (raw malloc/new scratch inside a kernel).
+    """
+    state = setup() if setup else None
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = run(state)
+        torch.cuda.synchronize()
+        del out
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    # stderr is muted throughout: Kineto and c10 print notices (on profiler start and stop, on
+    # freeing a block allocated before the start); the same run already ran unmuted while timed.
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = run(state)
+        del out
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    total = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        total += e.nbytes()  # positive for an allocation, negative for a free
+        peak = max(peak, total)
+    return peak
+
+
+# ---------------------------------------------------------------------------- one case
+
+def _row(case, shape, mode, provider, **kw):
+    row = dict(op=case.name, shape=shape_label(shape), mode=mode, provider=provider,
+               median_ms=None, min_ms=None, iqr_ms=None, reps=0, x_eager=None, x_compile=None,
+               peak_mb=None, gbps=None, eff_pct=None, bytes=None, error=None)
+    row.update(kw)
+    return row
+
+
+def provider_fn(case, provider):
+    """The function a provider times, taking the case's inputs."""
+    if provider == "eager":
+        return case.reference
+    if provider == "compile":
+        return torch.compile(case.reference, dynamic=False)  # compiles on its first call
+    return lambda *inputs: case.op(*inputs, impl=provider)
+
+
+def _measure(timer, device, setup, run, settings, memory=True):
+    """Timing fields of a row (and peak memory); raises what the provider raises."""
+    times = timer.runs(setup, run, settings)
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    out = dict(median_ms=statistics.median(times) * 1e3, min_ms=min(times) * 1e3,
+               iqr_ms=(q[2] - q[0]) * 1e3, reps=len(times))
+    if memory:
+        try:
+            out["peak_mb"] = peak_extra_bytes(device, setup, run) / MB
+        except Exception as e:  # the timing still stands
+            out["peak_error"] = reason(e)
+    return out
+
+
+def _cleanup(device):
+    gc.collect()  # drop what a failed provider left behind (an OOM's tensors, say)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def bench_case(case, shape, device, dtype, providers, settings, timer, status=lambda s: None):
+    """Rows for every mode and provider of one op and shape, copy rows included."""
+    torch._dynamo.reset()  # "compile" compiles once per case, from scratch, for static shapes
+    inputs = [t.requires_grad_() for t in case.make_inputs(shape, dtype, device)]
+    try:
+        grad_out = torch.randn_like(case.reference(*inputs))
+    except Exception as e:
+        why = f"reference failed: {reason(e)}"
+        return [_row(case, shape, m, p, error=why) for m in MODES for p in providers]
+    itemsize = inputs[0].element_size()
+    nbytes = dict(case.min_bytes(shape, itemsize))
+    nbytes["forward+backward"] = nbytes["forward"] + nbytes["backward"]
+
+    rows = []
+    # The yardstick: src.clone() of nbytes / 2 bytes reads and writes nbytes in all.
+    for mode in MODES:
+        status(f"{COPY} {mode}")
+        try:
+            src = torch.randn(nbytes[mode] // 2 // itemsize, dtype=dtype, device=device)
+            r = _measure(timer, device, None, lambda _: src.clone(), settings, memory=False)
+            rows.append(_row(case, shape, mode, COPY, bytes=nbytes[mode], **r))
+        except Exception as e:
+            rows.append(_row(case, shape, mode, COPY, error=reason(e)))
+        src = None
+        _cleanup(device)
+
+    for provider in providers:
+        try:
+            fn = provider_fn(case, provider)
+        except Exception as e:
+            rows += [_row(case, shape, m, provider, error=reason(e)) for m in MODES]
+            continue
+        for mode in MODES:
+            status(f"{provider} {mode}")
+            setup, run = mode_fns(fn, inputs, grad_out, mode)
+            try:
+                r = _measure(timer, device, setup, run, settings)
+                rows.append(_row(case, shape, mode, provider, bytes=nbytes[mode], **r))
+            except Exception as e:
+                rows.append(_row(case, shape, mode, provider, error=reason(e)))
+                _cleanup(device)
+
+    # Derived columns: bandwidth against the copy of the same mode, speed-ups against baselines.
+    by = {(r["mode"], r["provider"]): r for r in rows}
+    for r in rows:
+        if r["error"] or r["median_ms"] is None:
+            continue
+        r["gbps"] = r["bytes"] / (r["median_ms"] / 1e3) / GB
+        copy = by[(r["mode"], COPY)]
+        copy_gbps = copy["bytes"] / (copy["median_ms"] / 1e3) / GB if copy["median_ms"] else None
+        r["eff_pct"] = 100 * r["gbps"] / copy_gbps if copy_gbps else None
+        if r["provider"] == COPY:
+            continue
+        for base, key in (("eager", "x_eager"), ("compile", "x_compile")):
+            b = by.get((r["mode"], base))
+            if b and b["median_ms"]:
+                r[key] = b["median_ms"] / r["median_ms"]
+    order = {p: i for i, p in enumerate(PROVIDERS + (COPY,))}
+    return sorted(rows, key=lambda r: (MODES.index(r["mode"]), order[r["provider"]]))
+
+
+# ---------------------------------------------------------------------------- reporting
+
+def _git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def _cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device, dtype, quick):
+    cuda = device.type == "cuda"
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({_cpu_model()})",
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "fastgan": fastgan.__version__,
+        "git_commit": _git_commit(),
+        "load_average_1min": os.getloadavg()[0],  # a busy machine makes noisy timings
+        "dtype": str(dtype).replace("torch.", ""),
+        "quick": quick,
+    }
+
+
+COLUMNS = ["op", "shape", "mode", "provider", "median ms", "IQR ms", "x vs eager", "x vs compile",
+           "peak extra MB", "GB/s", "efficiency %"]
+
+
+def _cells(r, width=None):
+    """The table cells of a row: n/a rows put "n/a (reason)" after the provider."""
+    head = [r["op"], r["shape"], r["mode"], r["provider"]]
+    if r["error"]:
+        why = r["error"] if width is None or len(r["error"]) <= width else r["error"][:width - 3] + "..."
+        return head + [f"n/a ({why})"]
+
+    def f(v, digits=3):
+        """`digits` significant digits, no exponent; "-" where there is no value."""
+        if v is None:
+            return "-"
+        if v == 0:
+            return "0"
+        return f"{v:.{max(0, digits - 1 - math.floor(math.log10(abs(v))))}f}"
+
+    peak = f(r["peak_mb"]) if "peak_error" not in r else "n/a"
+    return head + [f(r["median_ms"], 4), f(r["iqr_ms"], 2), f(r["x_eager"]), f(r["x_compile"]),
+                   peak, f(r["gbps"]), f(r["eff_pct"], 2)]
+
+
+def format_table(rows, width=100):
+    """A plain-text table; n/a cells run across the remaining columns."""
+    cells = [_cells(r, width) for r in rows]
+    full = [c for c in cells if len(c) == len(COLUMNS)]
+    widths = [max([len(h)] + [len(c[i]) for c in full]) for i, h in enumerate(COLUMNS)]
+    left = 4  # text columns are left-aligned, numbers right-aligned
+
+    def line(c):
+        parts = [s.ljust(w) if i < left else s.rjust(w) for i, (s, w) in enumerate(zip(c, widths))]
+        return "  ".join(parts + c[len(widths):]).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(COLUMNS), sep] + [line(c) for c in cells])
+
+
+def format_markdown(rows, info, missing):
+    out = ["# fastgan benchmarks", ""]
+    out += [f"- {k}: {v}" for k, v in info.items()]
+    out += [f"- unavailable: `{k}`: {v}" for k, v in missing.items()]
+    for op in dict.fromkeys(r["op"] for r in rows):
+        out += ["", f"## {op}", "", "| " + " | ".join(COLUMNS) + " |",
+                "|" + "|".join("---" if i < 4 else "---:" for i in range(len(COLUMNS))) + "|"]
+        for r in rows:
+            if r["op"] == op:
+                c = _cells(r, width=200)
+                c += [""] * (len(COLUMNS) - len(c))
+                out.append("| " + " | ".join(s.replace("|", "\\|") for s in c) + " |")
+    return "\n".join(out) + "\n"
+
+
+def plot_speedup(rows, path):
+    """Bar chart of the speed-up over eager, one panel per op, a bar per provider."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = list(dict.fromkeys(r["op"] for r in rows))
+    providers = [p for p in dict.fromkeys(r["provider"] for r in rows) if p not in ("eager", COPY)]
+    fig, axes = plt.subplots(len(ops), 1, figsize=(12, 3.6 * len(ops)), squeeze=False)
+    for ax, op in zip(axes[:, 0], ops):
+        groups = list(dict.fromkeys((r["shape"], r["mode"]) for r in rows if r["op"] == op))
+        by = {(r["shape"], r["mode"], r["provider"]): r for r in rows if r["op"] == op}
+        width = 0.8 / max(1, len(providers))
+        for i, p in enumerate(providers):
+            xs = [g + (i - (len(providers) - 1) / 2) * width for g in range(len(groups))]
+            ys = [(by.get((s, m, p)) or {}).get("x_eager") for s, m in groups]
+            ax.bar(xs, [y or 0 for y in ys], width, label=p)
+            for x, y in zip(xs, ys):
+                if y is None:
+                    ax.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([f"{s}\n{m}" for s, m in groups], fontsize=7)
+        ax.set_ylabel("speed-up vs eager (x)")
+        ax.set_title(op)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(out_dir, rows, info, missing):
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"machine": info, "unavailable": missing, "columns": COLUMNS, "results": rows}
+    (out_dir / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / "results.md").write_text(format_markdown(rows, info, missing))
+    plot_speedup(rows, out_dir / "speedup.png")

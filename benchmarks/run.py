@@ -1,0 +1,88 @@
+"""Benchmark fastgan's ops against eager PyTorch and torch.compile.
+
+    python benchmarks/run.py [--quick] [--ops fade_in,pixel_norm] [--backends cpu,compile]
+                             [--device cpu|cuda] [--dtype float32] [--out DIR]
+
+Prints a table and writes results.json, results.md and speedup.png to --out. See README.md.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # harness and cases; the checkout's fastgan
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import harness  # noqa: E402
+from cases import CASES  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _list(choices):
+    def parse(text):
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        bad = [n for n in names if n not in choices]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(choices)}")
+        return names
+    return parse
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the smallest and largest shapes, few repeats (CI)")
+    p.add_argument("--ops", type=_list([c.name for c in CASES]), help="ops to run (default: all)")
+    p.add_argument("--backends", type=_list(harness.PROVIDERS),
+                   help=f"providers to run, from {', '.join(harness.PROVIDERS)} (default: all)")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    p.add_argument("--out", type=Path, default=HERE / "results", help="output folder (default: %(default)s)")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.perf_counter()
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    settings = harness.QUICK if args.quick else harness.FULL
+    wanted = args.backends or list(harness.PROVIDERS)
+    missing = harness.unavailable(device, wanted, forced=args.backends or ())
+    providers = [p for p in wanted if p not in missing]
+    cases = [c for c in CASES if not args.ops or c.name in args.ops]
+    work = [(c, s) for c in cases for s in (c.quick_shapes if args.quick else c.shapes)]
+
+    info = harness.machine_info(device, dtype, args.quick)  # before the run: the load is others'
+    torch.manual_seed(0)
+    timer = harness.Timer(device)
+    rows = []
+    bar = tqdm(work, desc="benchmarks", unit="case", dynamic_ncols=True)
+    for case, shape in bar:
+        label = f"{case.name} {harness.shape_label(shape)}"
+        bar.set_postfix_str(label)
+        rows += harness.bench_case(case, shape, device, dtype, providers, settings, timer,
+                                   status=lambda s: bar.set_postfix_str(f"{label} {s}"))
+    bar.close()
+
+    print(f"\nfastgan benchmarks on {info['device']}, {info['dtype']}, torch {info['torch']}, "
+          f"{info['torch_threads']} threads{', quick' if args.quick else ''}")
+    for name, why in missing.items():
+        print(f"  {name}: n/a ({why})")
+    print()
+    print(harness.format_table(rows))
+    info["run_seconds"] = round(time.perf_counter() - start, 1)
+    harness.write_results(args.out, rows, info, missing)
+    print(f"\nwrote {args.out}/results.json, results.md, speedup.png; the run took {info['run_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
