@@ -61,3 +61,12 @@ def check_forward_backward(op, reference, inputs, impl, dtype):
 def fast_backends(device):
     return GPU_BACKENDS if torch.device(device).type == "cuda" else CPU_BACKENDS
 
+
+
+def gradchecks(fn, inputs, impl):
+    """gradcheck and gradgradcheck in float64. Under the Triton interpreter every launch costs
+    milliseconds, so triton checks a random projection of the Jacobians (fast_mode) instead of
+    every column: still exact up to the finite-difference error, for any wrong entry."""
+    fast = impl == "triton" and not inputs[0].is_cuda
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=fast)
+    assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=fast)

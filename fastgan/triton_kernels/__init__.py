@@ -1,0 +1,25 @@
+"""Triton kernels of the fastgan ops (the "triton" backend).
+
+Host functions with the signatures and semantics of the kernel-level ops in
+csrc/schemas.h: inputs arrive NCHW-contiguous or (4-D) channels-last-contiguous
+and outputs come back in the same layout. On CPU tensors they run under the
+Triton interpreter (TRITON_INTERPRET=1 set before import).
+
+KERNEL_SPECS lists every kernel with the autotune configs and specializations
+it is launched with, for the ahead-of-time compile test (tests/test_triton_aot.py).
+"""
+
+from ._common import KernelSpec
+from .blend_reals import KERNEL_SPECS as _BLEND_REALS_SPECS
+from .blend_reals import blend_reals
+from .fade_in import KERNEL_SPECS as _FADE_IN_SPECS
+from .fade_in import fade_in, fade_in_backward
+from .pixel_norm import KERNEL_SPECS as _PIXEL_NORM_SPECS
+from .pixel_norm import pixel_norm, pixel_norm_backward
+
+KERNEL_SPECS = [*_PIXEL_NORM_SPECS, *_FADE_IN_SPECS, *_BLEND_REALS_SPECS]
+
+__all__ = [
+    "pixel_norm", "pixel_norm_backward", "fade_in", "fade_in_backward", "blend_reals",
+    "KERNEL_SPECS", "KernelSpec",
+]
