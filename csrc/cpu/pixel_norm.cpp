@@ -1,0 +1,283 @@
+// SPEC 4: y = x * r with r = rsqrt(mean_c(x^2) + eps), normalizing over dim 1,
+// and its backward grad_x = r * g - x * r^3 * sum_c(g * x) / C.
+//
+// x is seen as [N, C, S]. In channels-last (and when S == 1) the C values of a
+// pixel are contiguous: each pixel is a row, reduced then scaled from L1. In
+// NCHW they are S apart: a task takes a tile of pixels of one sample, sized so
+// that its C x tile values stay in cache, accumulates the sums vectorized across
+// the pixels, then re-reads the tile from cache to write. One pass over memory.
+#include <array>
+
+#include "common.h"
+
+namespace fastgan::cpu {
+namespace {
+
+// An NCHW tile holds up to half of L2 (1 MB) of each input. A tile reads C
+// chunks of its pixels, S apart: long contiguous chunks stream from memory far
+// better than short ones (whole 512x16x16 samples ran 2x faster than 128-pixel
+// tiles here), which outweighs re-reading part of a tile from L3 rather than L2.
+constexpr int64_t kL2Bytes = 1024 * 1024;
+// The most pixels per tile: their statistics live on the stack.
+constexpr int64_t kMaxTile = 2048;
+
+// K per-pixel statistics of a tile.
+template <typename acc_t, int K>
+using Stats = std::array<std::array<acc_t, kMaxTile>, K>;
+
+// Runs the NCHW tiles of `inputs` tensors of type T viewed as [n, c, s], each
+// in two passes over its C rows of cnt pixels: sum_row(offset, cnt, stats)
+// accumulates into zeroed stats, finish(cnt, stats) turns the sums into
+// factors, write_row(offset, cnt, stats) writes the output. When two tiles fit
+// in L2 the passes are software-pipelined: the rows of tile t are written
+// (re-read from cache) while those of tile t + 1 are summed (read from memory),
+// so reads and writes stream together as in a copy (10% faster on 512x16x16)
+// instead of taking turns.
+template <typename T, typename S, typename Sum, typename Finish, typename Write>
+void two_pass_tiles(int64_t inputs, int64_t n, int64_t c, int64_t s, const Sum& sum_row, const Finish& finish,
+                    const Write& write_row) {
+  // The pixels of half of L2 per input, a multiple of the vector size (unless S is smaller).
+  constexpr int64_t V = Vectorized<T>::size();
+  const int64_t row_bytes = c * static_cast<int64_t>(sizeof(T));
+  const int64_t tile = std::min(s, std::clamp<int64_t>(kL2Bytes / 2 / row_bytes / V * V, V, kMaxTile));
+  const bool pipelined = 2 * inputs * tile * row_bytes <= kL2Bytes;
+  const int64_t tiles = (s + tile - 1) / tile;
+  at::parallel_for(0, n * tiles, grain(tile * c), [&](int64_t begin, int64_t end) {
+    S stats[2];  // tile t uses stats[t % 2]
+    const auto count = [&](int64_t t) { return std::min(tile, s - t % tiles * tile); };
+    const auto row = [&](int64_t t, int64_t ch) { return t / tiles * c * s + ch * s + t % tiles * tile; };
+    const auto start = [&](int64_t t) {
+      for (auto& a : stats[t % 2]) std::fill_n(a.begin(), count(t), 0);
+    };
+    const auto sum = [&](int64_t t, int64_t ch) { sum_row(row(t, ch), count(t), stats[t % 2]); };
+    const auto write = [&](int64_t t, int64_t ch) { write_row(row(t, ch), count(t), stats[t % 2]); };
+    if (!pipelined) {
+      for (int64_t t = begin; t < end; ++t) {
+        start(t);
+        for (int64_t ch = 0; ch < c; ++ch) sum(t, ch);
+        finish(count(t), stats[t % 2]);
+        for (int64_t ch = 0; ch < c; ++ch) write(t, ch);
+      }
+      return;
+    }
+    for (int64_t t = begin; t <= end; ++t) {
+      if (t < end) start(t);
+      for (int64_t ch = 0; ch < c; ++ch) {
+        if (t > begin) write(t - 1, ch);
+        if (t < end) sum(t, ch);
+      }
+      if (t < end) finish(count(t), stats[t % 2]);
+    }
+  });
+}
+
+template <typename T>
+void pixel_norm_rows(const T* x, T* y, int64_t rows, int64_t c, double eps) {
+  using acc_t = at::opmath_type<T>;
+  const acc_t e = static_cast<acc_t>(eps);
+  at::parallel_for(0, rows, grain(c), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const T* xr = x + row * c;
+      T* yr = y + row * c;
+      acc_t ss = 0;
+      int64_t j = 0;
+      if constexpr (kVectorized<T>) {
+        using Vec = Vectorized<T>;
+        constexpr int64_t V = Vec::size();
+        Vec acc(0);
+        for (; j + V <= c; j += V) {
+          const Vec v = Vec::loadu(xr + j);
+          acc = at::vec::fmadd(v, v, acc);
+        }
+        ss = at::vec::vec_reduce_all<T>([](const Vec& u, const Vec& v) { return u + v; }, acc);
+      }
+      for (; j < c; ++j) ss += static_cast<acc_t>(xr[j]) * static_cast<acc_t>(xr[j]);
+      const acc_t r = acc_t(1) / std::sqrt(ss / c + e);
+      j = 0;
+      if constexpr (kVectorized<T>) {
+        using Vec = Vectorized<T>;
+        for (; j + Vec::size() <= c; j += Vec::size()) (Vec::loadu(xr + j) * Vec(r)).store(yr + j);
+      }
+      for (; j < c; ++j) yr[j] = static_cast<T>(static_cast<acc_t>(xr[j]) * r);
+    }
+  });
+}
+
+template <typename T>
+void pixel_norm_strided(const T* x, T* y, int64_t n, int64_t c, int64_t s, double eps) {
+  using acc_t = at::opmath_type<T>;
+  using S = Stats<acc_t, 1>;  // sum of squares, then rsqrt, of each pixel
+  const acc_t e = static_cast<acc_t>(eps);
+  const auto sum_row = [&](int64_t off, int64_t cnt, S& st) {
+    const T* xc = x + off;
+    acc_t* ss = st[0].data();
+    int64_t j = 0;
+    if constexpr (kVectorized<T>) {
+      using Vec = Vectorized<T>;
+      for (; j + Vec::size() <= cnt; j += Vec::size()) {
+        const Vec v = Vec::loadu(xc + j);
+        at::vec::fmadd(v, v, Vec::loadu(ss + j)).store(ss + j);
+      }
+    }
+    for (; j < cnt; ++j) ss[j] += static_cast<acc_t>(xc[j]) * static_cast<acc_t>(xc[j]);
+  };
+  const auto finish = [&](int64_t cnt, S& st) {
+    for (int64_t j = 0; j < cnt; ++j) st[0][j] = acc_t(1) / std::sqrt(st[0][j] / c + e);
+  };
+  const auto write_row = [&](int64_t off, int64_t cnt, const S& st) {
+    const T* xc = x + off;
+    T* yc = y + off;
+    const acc_t* r = st[0].data();
+    int64_t j = 0;
+    if constexpr (kVectorized<T>) {
+      using Vec = Vectorized<T>;
+      for (; j + Vec::size() <= cnt; j += Vec::size()) (Vec::loadu(xc + j) * Vec::loadu(r + j)).store(yc + j);
+    }
+    for (; j < cnt; ++j) yc[j] = static_cast<T>(static_cast<acc_t>(xc[j]) * r[j]);
+  };
+  two_pass_tiles<T, S>(1, n, c, s, sum_row, finish, write_row);
+}
+
+template <typename T>
+void pixel_norm_backward_rows(const T* g, const T* x, T* gx, int64_t rows, int64_t c, double eps) {
+  using acc_t = at::opmath_type<T>;
+  const acc_t e = static_cast<acc_t>(eps);
+  at::parallel_for(0, rows, grain(c), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const T* gr = g + row * c;
+      const T* xr = x + row * c;
+      T* out = gx + row * c;
+      acc_t ss = 0, sg = 0;
+      int64_t j = 0;
+      if constexpr (kVectorized<T>) {
+        using Vec = Vectorized<T>;
+        constexpr int64_t V = Vec::size();
+        Vec acc_ss(0), acc_sg(0);
+        for (; j + V <= c; j += V) {
+          const Vec v = Vec::loadu(xr + j);
+          acc_ss = at::vec::fmadd(v, v, acc_ss);
+          acc_sg = at::vec::fmadd(Vec::loadu(gr + j), v, acc_sg);
+        }
+        const auto add = [](const Vec& u, const Vec& v) { return u + v; };
+        ss = at::vec::vec_reduce_all<T>(add, acc_ss);
+        sg = at::vec::vec_reduce_all<T>(add, acc_sg);
+      }
+      for (; j < c; ++j) {
+        const acc_t v = static_cast<acc_t>(xr[j]);
+        ss += v * v;
+        sg += static_cast<acc_t>(gr[j]) * v;
+      }
+      // grad_x = r * g - k * x with k = r^3 * sum_c(g * x) / C.
+      const acc_t r = acc_t(1) / std::sqrt(ss / c + e);
+      const acc_t k = r * r * r * sg / c;
+      j = 0;
+      if constexpr (kVectorized<T>) {
+        using Vec = Vectorized<T>;
+        for (; j + Vec::size() <= c; j += Vec::size())
+          (Vec(r) * Vec::loadu(gr + j) - Vec(k) * Vec::loadu(xr + j)).store(out + j);
+      }
+      for (; j < c; ++j) out[j] = static_cast<T>(r * static_cast<acc_t>(gr[j]) - k * static_cast<acc_t>(xr[j]));
+    }
+  });
+}
+
+template <typename T>
+void pixel_norm_backward_strided(const T* g, const T* x, T* gx, int64_t n, int64_t c, int64_t s, double eps) {
+  using acc_t = at::opmath_type<T>;
+  using S = Stats<acc_t, 2>;  // sums of x^2 and g*x, then r and k of grad_x = r * g - k * x
+  const acc_t e = static_cast<acc_t>(eps);
+  const auto sum_row = [&](int64_t off, int64_t cnt, S& st) {
+    const T* xc = x + off;
+    const T* gc = g + off;
+    acc_t* ss = st[0].data();
+    acc_t* sg = st[1].data();
+    int64_t j = 0;
+    if constexpr (kVectorized<T>) {
+      using Vec = Vectorized<T>;
+      for (; j + Vec::size() <= cnt; j += Vec::size()) {
+        const Vec v = Vec::loadu(xc + j);
+        at::vec::fmadd(v, v, Vec::loadu(ss + j)).store(ss + j);
+        at::vec::fmadd(Vec::loadu(gc + j), v, Vec::loadu(sg + j)).store(sg + j);
+      }
+    }
+    for (; j < cnt; ++j) {
+      const acc_t v = static_cast<acc_t>(xc[j]);
+      ss[j] += v * v;
+      sg[j] += static_cast<acc_t>(gc[j]) * v;
+    }
+  };
+  const auto finish = [&](int64_t cnt, S& st) {
+    for (int64_t j = 0; j < cnt; ++j) {
+      const acc_t r = acc_t(1) / std::sqrt(st[0][j] / c + e);
+      st[0][j] = r;
+      st[1][j] = r * r * r * st[1][j] / c;
+    }
+  };
+  const auto write_row = [&](int64_t off, int64_t cnt, const S& st) {
+    const T* xc = x + off;
+    const T* gc = g + off;
+    T* oc = gx + off;
+    const acc_t* r = st[0].data();
+    const acc_t* k = st[1].data();
+    int64_t j = 0;
+    if constexpr (kVectorized<T>) {
+      using Vec = Vectorized<T>;
+      for (; j + Vec::size() <= cnt; j += Vec::size())
+        (Vec::loadu(r + j) * Vec::loadu(gc + j) - Vec::loadu(k + j) * Vec::loadu(xc + j)).store(oc + j);
+    }
+    for (; j < cnt; ++j) oc[j] = static_cast<T>(r[j] * static_cast<acc_t>(gc[j]) - k[j] * static_cast<acc_t>(xc[j]));
+  };
+  two_pass_tiles<T, S>(2, n, c, s, sum_row, finish, write_row);
+}
+
+// x viewed as [N, C, S]; true when its C values of a pixel are contiguous.
+bool channels_inner(at::MemoryFormat fmt, int64_t s) { return fmt == at::MemoryFormat::ChannelsLast || s == 1; }
+
+at::Tensor pixel_norm(const at::Tensor& x, double eps) {
+  TORCH_CHECK(x.dim() >= 2, "fastgan_cpu::pixel_norm: x must have at least 2 dimensions, got ", x.sizes());
+  const auto fmt = layout_of(x, "x");
+  auto y = at::empty(x.sizes(), x.options().memory_format(fmt));
+  if (x.numel() == 0) return y;
+  const int64_t n = x.size(0), c = x.size(1), s = x.numel() / (n * c);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastgan_cpu::pixel_norm", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    if (channels_inner(fmt, s)) {
+      pixel_norm_rows(xp, yp, n * s, c, eps);
+    } else {
+      pixel_norm_strided(xp, yp, n, c, s, eps);
+    }
+  });
+  return y;
+}
+
+at::Tensor pixel_norm_backward(const at::Tensor& grad, const at::Tensor& x, double eps) {
+  TORCH_CHECK(x.dim() >= 2 && grad.sizes() == x.sizes(),
+              "fastgan_cpu::pixel_norm_backward: grad and x must have the same shape of at least 2 dimensions, got ",
+              grad.sizes(), " and ", x.sizes());
+  const auto fmt = layout_of(x, "x");
+  check_like(grad, "grad", x, fmt);
+  auto gx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  if (x.numel() == 0) return gx;
+  const int64_t n = x.size(0), c = x.size(1), s = x.numel() / (n * c);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastgan_cpu::pixel_norm_backward", [&] {
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op = gx.mutable_data_ptr<scalar_t>();
+    if (channels_inner(fmt, s)) {
+      pixel_norm_backward_rows(gp, xp, op, n * s, c, eps);
+    } else {
+      pixel_norm_backward_strided(gp, xp, op, n, c, s, eps);
+    }
+  });
+  return gx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan_cpu, CPU, m) {
+  m.impl("pixel_norm", &pixel_norm);
+  m.impl("pixel_norm_backward", &pixel_norm_backward);
+}
+
+}  // namespace fastgan::cpu
