@@ -119,18 +119,37 @@ class Timer:
         del out  # freed outside the timed region
         return t
 
-    def runs(self, setup, run, settings):
-        """Seconds of each timed run, after the warm-up."""
-        deadline = time.perf_counter() + settings.budget_s
-        for i in range(settings.warmup):
-            self.once(setup, run)  # the first run compiles or loads what is lazy
-            if i >= 1 and time.perf_counter() > deadline:
-                break  # slow runs need less warming
-        times, deadline = [], time.perf_counter() + settings.budget_s
-        while len(times) < settings.min_reps or (
-                len(times) < settings.max_reps and time.perf_counter() < deadline):
-            times.append(self.once(setup, run))
-        return times
+    def interleaved(self, jobs, settings, status=lambda s: None):
+        """{name: seconds of each timed run, or the exception it raised} for `jobs`, a dict
+        {name: (setup, run)}. After each job's warm-up, the jobs take turns, one run each per
+        round, so that a slow spell of the machine hits every job alike and the ratios between
+        them hold even when the absolute times drift. Rounds go on until every job has
+        `min_reps` runs, and then while under `budget_s` per job and `max_reps`."""
+        out, live = {}, {}
+        for name, (setup, run) in jobs.items():
+            status(f"{name} warm-up")
+            try:
+                deadline = time.perf_counter() + settings.budget_s
+                for i in range(settings.warmup):
+                    self.once(setup, run)  # the first run compiles or loads what is lazy
+                    if i >= 1 and time.perf_counter() > deadline:
+                        break  # slow runs need less warming
+                live[name], out[name] = (setup, run), []
+            except Exception as e:
+                out[name] = e
+        deadline = time.perf_counter() + settings.budget_s * len(live)
+        rounds = 0
+        while live and (rounds < settings.min_reps or (
+                rounds < settings.max_reps and time.perf_counter() < deadline)):
+            status(f"round {rounds + 1}")
+            for name, (setup, run) in list(live.items()):
+                try:
+                    out[name].append(self.once(setup, run))
+                except Exception as e:
+                    out[name] = e
+                    del live[name]
+            rounds += 1
+        return out
 
 
 # ---------------------------------------------------------------------------- memory
@@ -201,18 +220,11 @@ def provider_fn(case, provider):
     return lambda *inputs: case.op(*inputs, impl=provider)
 
 
-def _measure(timer, device, setup, run, settings, memory=True):
-    """Timing fields of a row (and peak memory); raises what the provider raises."""
-    times = timer.runs(setup, run, settings)
+def _timing(times):
+    """The timing fields of a row."""
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    out = dict(median_ms=statistics.median(times) * 1e3, min_ms=min(times) * 1e3,
-               iqr_ms=(q[2] - q[0]) * 1e3, reps=len(times))
-    if memory:
-        try:
-            out["peak_mb"] = peak_extra_bytes(device, setup, run) / MB
-        except Exception as e:  # the timing still stands
-            out["peak_error"] = reason(e)
-    return out
+    return dict(median_ms=statistics.median(times) * 1e3, min_ms=min(times) * 1e3,
+                iqr_ms=(q[2] - q[0]) * 1e3, reps=len(times))
 
 
 def _cleanup(device):
@@ -222,7 +234,8 @@ def _cleanup(device):
 
 
 def bench_case(case, shape, device, dtype, providers, settings, timer, status=lambda s: None):
-    """Rows for every mode and provider of one op and shape, copy rows included."""
+    """Rows for every mode and provider of one op and shape, copy rows included. Within a mode
+    the providers and the copy are timed interleaved (`Timer.interleaved`)."""
     torch._dynamo.reset()  # "compile" compiles once per case, from scratch, for static shapes
     inputs = [t.requires_grad_() for t in case.make_inputs(shape, dtype, device)]
     try:
@@ -234,34 +247,32 @@ def bench_case(case, shape, device, dtype, providers, settings, timer, status=la
     nbytes = dict(case.min_bytes(shape, itemsize))
     nbytes["forward+backward"] = nbytes["forward"] + nbytes["backward"]
 
-    rows = []
-    # The yardstick: src.clone() of nbytes / 2 bytes reads and writes nbytes in all.
-    for mode in MODES:
-        status(f"{COPY} {mode}")
-        try:
-            src = torch.randn(nbytes[mode] // 2 // itemsize, dtype=dtype, device=device)
-            r = _measure(timer, device, None, lambda _: src.clone(), settings, memory=False)
-            rows.append(_row(case, shape, mode, COPY, bytes=nbytes[mode], **r))
-        except Exception as e:
-            rows.append(_row(case, shape, mode, COPY, error=reason(e)))
-        src = None
-        _cleanup(device)
-
+    fns, rows = {}, []
     for provider in providers:
         try:
-            fn = provider_fn(case, provider)
+            fns[provider] = provider_fn(case, provider)
         except Exception as e:
             rows += [_row(case, shape, m, provider, error=reason(e)) for m in MODES]
-            continue
-        for mode in MODES:
-            status(f"{provider} {mode}")
-            setup, run = mode_fns(fn, inputs, grad_out, mode)
-            try:
-                r = _measure(timer, device, setup, run, settings)
-                rows.append(_row(case, shape, mode, provider, bytes=nbytes[mode], **r))
-            except Exception as e:
-                rows.append(_row(case, shape, mode, provider, error=reason(e)))
+    for mode in MODES:
+        # The yardstick: src.clone() of nbytes / 2 bytes reads and writes nbytes in all.
+        src = torch.randn(nbytes[mode] // 2 // itemsize, dtype=dtype, device=device)
+        jobs = {COPY: (None, lambda _: src.clone())}  # clone() allocates, as the ops do
+        jobs.update({p: mode_fns(fn, inputs, grad_out, mode) for p, fn in fns.items()})
+        times = timer.interleaved(jobs, settings, status=lambda s: status(f"{mode} {s}"))
+        del src, jobs[COPY]
+        for name, t in times.items():
+            if isinstance(t, Exception):
+                rows.append(_row(case, shape, mode, name, error=reason(t)))
                 _cleanup(device)
+                continue
+            row = _row(case, shape, mode, name, bytes=nbytes[mode], **_timing(t))
+            if name != COPY:
+                status(f"{mode} {name} memory")
+                try:
+                    row["peak_mb"] = peak_extra_bytes(device, *jobs[name]) / MB
+                except Exception as e:  # the timing still stands
+                    row["peak_error"] = reason(e)
+            rows.append(row)
 
     # Derived columns: bandwidth against the copy of the same mode, speed-ups against baselines.
     by = {(r["mode"], r["provider"]): r for r in rows}

@@ -33,6 +33,12 @@ def test_parity_low_precision_cpu(layout, dtype):
     check(randn((2, 3, 6, 18), layout, dtype), 0.61, "cpu", dtype)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_parity_cpu_large(layout):
+    """Outputs of megabytes, which ask for huge pages (csrc/cpu/common.h: empty_output)."""
+    check(randn((4, 3, 510, 514), layout), 0.61, "cpu", torch.float32)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -42,6 +42,13 @@ def test_parity_low_precision_cpu(layout, dtype):
     check(randn(shape, layout, dtype), randn(high_shape(shape), layout, dtype), 0.37, "cpu", dtype)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_parity_cpu_large(layout):
+    """Outputs of megabytes, which ask for huge pages (csrc/cpu/common.h: empty_output)."""
+    shape = (4, 3, 255, 257)
+    check(randn(shape, layout), randn(high_shape(shape), layout), 0.37, "cpu", torch.float32)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -33,6 +33,14 @@ def test_parity_low_precision_cpu(dtype):
     check(randn((2, 7, 5, 3), "contiguous", dtype), "cpu", dtype)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(3, 64, 50, 50), (2, 512, 20, 30), (2, 64, 128, 128)])
+def test_parity_cpu_large(shape, layout):
+    """Samples of several NCHW tiles (the last one partial), pipelined or not, and outputs of
+    megabytes that ask for huge pages (csrc/cpu: two_pass_tiles, empty_output)."""
+    check(randn(shape, layout), "cpu", torch.float32)
+
+
 def test_large_offset_is_scale_invariant():
     """x and 1e4 * x normalize to the same values (no overflow of the sum of squares in float32)."""
     x = randn((2, 64, 4, 4))
