@@ -36,8 +36,7 @@ def test_parity_low_precision_cpu(dtype):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("shape", [(3, 64, 50, 50), (2, 512, 20, 30), (2, 64, 128, 128)])
 def test_parity_cpu_large(shape, layout):
-    """Samples of several NCHW tiles (the last one partial), pipelined or not, and outputs of
-    megabytes that ask for huge pages (csrc/cpu: two_pass_tiles, empty_output)."""
+    """Samples of several NCHW tiles, the last one partial, pipelined or not (csrc/cpu/pixel_norm.cpp)."""
     check(randn(shape, layout), "cpu", torch.float32)
 
 

@@ -37,7 +37,7 @@ at::Tensor blend_reals(const at::Tensor& x, double alpha) {
   TORCH_CHECK(x.dim() == 4 && x.size(2) % 2 == 0 && x.size(3) % 2 == 0,
               "fastgan_cpu::blend_reals: x must be 4-D with even height and width, got ", x.sizes());
   const auto fmt = layout_of(x, "x");
-  auto out = empty_output(x.sizes(), x.options().memory_format(fmt));
+  auto out = at::empty(x.sizes(), x.options().memory_format(fmt));
   if (x.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastgan_cpu::blend_reals", [&] {
     blend_reals_rows(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),

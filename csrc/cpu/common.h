@@ -11,12 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdint>
 #include <type_traits>
-
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
 
 namespace fastgan::cpu {
 
@@ -43,25 +38,6 @@ inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& 
   TORCH_CHECK(t.is_contiguous(fmt), "fastgan_cpu: ", name, " must be laid out like the other inputs (",
               fmt == at::MemoryFormat::Contiguous ? "contiguous" : "channels-last", "), got strides ",
               t.strides());
-}
-
-// A new output of many MB gets memory the allocator maps afresh for each tensor,
-// and faulting it in 4 KB pages takes as long as writing it (a 256 MB clone:
-// 125 ms, 75 ms with huge pages, on the benchmark machine). So outputs ask Linux
-// for transparent huge pages on their 2 MB-aligned interior, as PyTorch's
-// opt-in THP_MEM_ALLOC_ENABLE=1 does for every tensor. Only a hint: memory that
-// is already mapped in small pages stays as it is, and "never" THP ignores it.
-constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
-
-inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  auto t = at::empty(sizes, options);
-#ifdef __linux__
-  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t lo = (begin + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t hi = (begin + t.nbytes()) & ~(kHugePage - 1);
-  if (hi >= lo + 2 * kHugePage) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // a failure is harmless
-#endif
-  return t;
 }
 
 // Tasks of at::parallel_for hold at least this many elements: smaller work

@@ -56,7 +56,7 @@ at::Tensor fade_in(const at::Tensor& rgb_low, const at::Tensor& rgb_high, double
   TORCH_CHECK(rgb_high.sizes() == at::IntArrayRef(high_sizes), "fastgan_cpu::fade_in: rgb_high must be ",
               at::IntArrayRef(high_sizes), " (rgb_low's batch and channels, twice its height and width), got ",
               rgb_high.sizes());
-  auto out = empty_output(rgb_high.sizes(), rgb_high.options().memory_format(fmt));
+  auto out = at::empty(rgb_high.sizes(), rgb_high.options().memory_format(fmt));
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "fastgan_cpu::fade_in", [&] {
     fade_in_rows(rgb_low.const_data_ptr<scalar_t>(), rgb_high.const_data_ptr<scalar_t>(),
@@ -70,8 +70,8 @@ std::tuple<at::Tensor, at::Tensor> fade_in_backward(const at::Tensor& grad, doub
               "fastgan_cpu::fade_in_backward: grad must be 4-D with even height and width, got ", grad.sizes());
   const auto fmt = layout_of(grad, "grad");
   const int64_t n = grad.size(0), c = grad.size(1), h = grad.size(2) / 2, w = grad.size(3) / 2;
-  auto grad_low = empty_output({n, c, h, w}, grad.options().memory_format(fmt));
-  auto grad_high = empty_output(grad.sizes(), grad.options().memory_format(fmt));
+  auto grad_low = at::empty({n, c, h, w}, grad.options().memory_format(fmt));
+  auto grad_high = at::empty(grad.sizes(), grad.options().memory_format(fmt));
   if (grad.numel() == 0) return {grad_low, grad_high};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "fastgan_cpu::fade_in_backward", [&] {
     fade_in_backward_rows(grad.const_data_ptr<scalar_t>(), grad_low.mutable_data_ptr<scalar_t>(),

@@ -236,7 +236,7 @@ bool channels_inner(at::MemoryFormat fmt, int64_t s) { return fmt == at::MemoryF
 at::Tensor pixel_norm(const at::Tensor& x, double eps) {
   TORCH_CHECK(x.dim() >= 2, "fastgan_cpu::pixel_norm: x must have at least 2 dimensions, got ", x.sizes());
   const auto fmt = layout_of(x, "x");
-  auto y = empty_output(x.sizes(), x.options().memory_format(fmt));
+  auto y = at::empty(x.sizes(), x.options().memory_format(fmt));
   if (x.numel() == 0) return y;
   const int64_t n = x.size(0), c = x.size(1), s = x.numel() / (n * c);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastgan_cpu::pixel_norm", [&] {
@@ -257,7 +257,7 @@ at::Tensor pixel_norm_backward(const at::Tensor& grad, const at::Tensor& x, doub
               grad.sizes(), " and ", x.sizes());
   const auto fmt = layout_of(x, "x");
   check_like(grad, "grad", x, fmt);
-  auto gx = empty_output(x.sizes(), x.options().memory_format(fmt));
+  auto gx = at::empty(x.sizes(), x.options().memory_format(fmt));
   if (x.numel() == 0) return gx;
   const int64_t n = x.size(0), c = x.size(1), s = x.numel() / (n * c);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastgan_cpu::pixel_norm_backward", [&] {

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .._backend import resolve
 from .._checks import as_layout, check_alpha, check_tensor, empty, memory_format
-from ._dispatch import kernels
+from ._dispatch import fused_op, kernels
 
 
 def blend_reals_reference(x, alpha):
@@ -29,16 +29,14 @@ def blend_reals(x, alpha, impl=None):
     impl = resolve(impl, x.device)
     if impl == "reference":
         return blend_reals_reference(x, alpha)
-    return torch.ops.fastgan.blend_reals(x, alpha, impl)
+    return _blend_reals(x, alpha, impl)
 
 
-@torch.library.custom_op("fastgan::blend_reals", mutates_args=())
-def _blend_reals(x: torch.Tensor, alpha: float, impl: str) -> torch.Tensor:
+def _blend_reals_kernel(x: torch.Tensor, alpha: float, impl: str) -> torch.Tensor:
     return kernels(impl).blend_reals(as_layout(x, memory_format(x)), alpha)
 
 
-@_blend_reals.register_fake
-def _(x, alpha, impl):
+def _blend_reals_fake(x, alpha, impl):
     return empty(x.shape, x, memory_format(x))
 
 
@@ -50,4 +48,4 @@ def _blend_reals_bwd(ctx, grad):
     return _blend_reals(grad, ctx.alpha, ctx.impl), None, None
 
 
-_blend_reals.register_autograd(_blend_reals_bwd, setup_context=_save_alpha_impl)
+_blend_reals = fused_op("blend_reals", _blend_reals_kernel, _blend_reals_fake, _blend_reals_bwd, _save_alpha_impl)

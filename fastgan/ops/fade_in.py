@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .._backend import resolve
 from .._checks import as_layout, check_alpha, check_same, check_tensor, empty, memory_format
-from ._dispatch import kernels
+from ._dispatch import fused_op, kernels
 
 
 def fade_in_reference(rgb_low, rgb_high, alpha):
@@ -32,27 +32,23 @@ def fade_in(rgb_low, rgb_high, alpha, impl=None):
     impl = resolve(impl, rgb_high.device)
     if impl == "reference":
         return fade_in_reference(rgb_low, rgb_high, alpha)
-    return torch.ops.fastgan.fade_in(rgb_low, rgb_high, alpha, impl)
+    return _fade_in(rgb_low, rgb_high, alpha, impl)
 
 
-@torch.library.custom_op("fastgan::fade_in", mutates_args=())
-def _fade_in(rgb_low: torch.Tensor, rgb_high: torch.Tensor, alpha: float, impl: str) -> torch.Tensor:
+def _fade_in_kernel(rgb_low: torch.Tensor, rgb_high: torch.Tensor, alpha: float, impl: str) -> torch.Tensor:
     fmt = memory_format(rgb_high)
     return kernels(impl).fade_in(as_layout(rgb_low, fmt), as_layout(rgb_high, fmt), alpha)
 
 
-@torch.library.custom_op("fastgan::fade_in_backward", mutates_args=())
-def _fade_in_backward(grad: torch.Tensor, alpha: float, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _fade_in_backward_kernel(grad: torch.Tensor, alpha: float, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
     return kernels(impl).fade_in_backward(as_layout(grad, memory_format(grad)), alpha)
 
 
-@_fade_in.register_fake
-def _(rgb_low, rgb_high, alpha, impl):
+def _fade_in_fake(rgb_low, rgb_high, alpha, impl):
     return empty(rgb_high.shape, rgb_high, memory_format(rgb_high))
 
 
-@_fade_in_backward.register_fake
-def _(grad, alpha, impl):
+def _fade_in_backward_fake(grad, alpha, impl):
     n, c, h, w = grad.shape
     fmt = memory_format(grad)
     return empty((n, c, h // 2, w // 2), grad, fmt), empty(grad.shape, grad, fmt)
@@ -71,5 +67,6 @@ def _fade_in_backward_bwd(ctx, gg_low, gg_high):
     return _fade_in(gg_low, gg_high, ctx.alpha, ctx.impl), None, None
 
 
-_fade_in.register_autograd(_fade_in_bwd, setup_context=_save_alpha_impl)
-_fade_in_backward.register_autograd(_fade_in_backward_bwd, setup_context=_save_alpha_impl)
+_fade_in = fused_op("fade_in", _fade_in_kernel, _fade_in_fake, _fade_in_bwd, _save_alpha_impl)
+_fade_in_backward = fused_op("fade_in_backward", _fade_in_backward_kernel, _fade_in_backward_fake,
+                             _fade_in_backward_bwd, _save_alpha_impl)

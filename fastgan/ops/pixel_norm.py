@@ -10,7 +10,7 @@ import torch
 
 from .._backend import resolve
 from .._checks import as_layout, check_eps, check_tensor, empty, memory_format
-from ._dispatch import kernels
+from ._dispatch import fused_op, kernels
 
 
 def default_eps(dtype):
@@ -32,27 +32,20 @@ def pixel_norm(x, eps=None, impl=None):
     impl = resolve(impl, x.device)
     if impl == "reference":
         return pixel_norm_reference(x, eps)
-    return torch.ops.fastgan.pixel_norm(x, eps, impl)
+    return _pixel_norm(x, eps, impl)
 
 
-@torch.library.custom_op("fastgan::pixel_norm", mutates_args=())
-def _pixel_norm(x: torch.Tensor, eps: float, impl: str) -> torch.Tensor:
+def _pixel_norm_kernel(x: torch.Tensor, eps: float, impl: str) -> torch.Tensor:
     return kernels(impl).pixel_norm(as_layout(x, memory_format(x)), eps)
 
 
-@torch.library.custom_op("fastgan::pixel_norm_backward", mutates_args=())
-def _pixel_norm_backward(grad: torch.Tensor, x: torch.Tensor, eps: float, impl: str) -> torch.Tensor:
+def _pixel_norm_backward_kernel(grad: torch.Tensor, x: torch.Tensor, eps: float, impl: str) -> torch.Tensor:
     fmt = memory_format(x)
     return kernels(impl).pixel_norm_backward(as_layout(grad, fmt), as_layout(x, fmt), eps)
 
 
-@_pixel_norm.register_fake
-def _(x, eps, impl):
-    return empty(x.shape, x, memory_format(x))
-
-
-@_pixel_norm_backward.register_fake
-def _(grad, x, eps, impl):
+def _like_x(*args):
+    x = args[-3]  # (..., x, eps, impl)
     return empty(x.shape, x, memory_format(x))
 
 
@@ -84,5 +77,6 @@ def _pixel_norm_backward_bwd(ctx, gg):
     return d_grad, d_x, None, None
 
 
-_pixel_norm.register_autograd(_pixel_norm_bwd, setup_context=_save_x)
-_pixel_norm_backward.register_autograd(_pixel_norm_backward_bwd, setup_context=_save_x)
+_pixel_norm = fused_op("pixel_norm", _pixel_norm_kernel, _like_x, _pixel_norm_bwd, _save_x)
+_pixel_norm_backward = fused_op("pixel_norm_backward", _pixel_norm_backward_kernel, _like_x,
+                                _pixel_norm_backward_bwd, _save_x)
