@@ -373,12 +373,36 @@ def format_table(rows, width=100):
     return "\n".join([line(COLUMNS), sep] + [line(c) for c in cells])
 
 
+def format_summary(rows):
+    """A Markdown table, one line per op, shape and mode: the median ms of every provider side by
+    side, then each fastgan backend's speed-up over eager and torch.compile and its bandwidth
+    efficiency against the copy."""
+    providers = [p for p in PROVIDERS if any(r["provider"] == p for r in rows)]
+    backends = [p for p in providers if p in BACKENDS]
+    by = {(r["op"], r["shape"], r["mode"], r["provider"]): r for r in rows}
+    head = ["op", "shape", "mode"] + [f"{p} ms" for p in providers]
+    head += [f"{b} {k}" for b in backends for k in ("x eager", "x compile", "eff %")]
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(head))) + "|"]
+    for key in dict.fromkeys((r["op"], r["shape"], r["mode"]) for r in rows):
+        cells = list(key)
+        for p in providers:
+            r = by.get(key + (p,))
+            cells.append("n/a" if r is None or r["error"] else f"{r['median_ms']:.3g}")
+        for b in backends:
+            r = by.get(key + (b,)) or {}
+            for k, fmt in (("x_eager", "{:.2f}"), ("x_compile", "{:.2f}"), ("eff_pct", "{:.0f}")):
+                cells.append("-" if r.get(k) is None else fmt.format(r[k]))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def format_markdown(rows, info, missing):
     out = ["# fastgan benchmarks", ""]
     out += [f"- {k}: {v}" for k, v in info.items()]
     out += [f"- unavailable: `{k}`: {v}" for k, v in missing.items()]
+    out += ["", "## Summary", "", format_summary(rows), "", "## All rows"]
     for op in dict.fromkeys(r["op"] for r in rows):
-        out += ["", f"## {op}", "", "| " + " | ".join(COLUMNS) + " |",
+        out += ["", f"### {op}", "", "| " + " | ".join(COLUMNS) + " |",
                 "|" + "|".join("---" if i < 4 else "---:" for i in range(len(COLUMNS))) + "|"]
         for r in rows:
             if r["op"] == op:

@@ -78,6 +78,8 @@ def main(argv=None):
         print(f"  {name}: n/a ({why})")
     print()
     print(harness.format_table(rows))
+    print("\nside by side:\n")
+    print(harness.format_summary(rows))
     info["run_seconds"] = round(time.perf_counter() - start, 1)
     harness.write_results(args.out, rows, info, missing)
     print(f"\nwrote {args.out}/results.json, results.md, speedup.png; the run took {info['run_seconds']:.0f} s")
