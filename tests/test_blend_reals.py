@@ -33,10 +33,11 @@ def test_parity_low_precision_cpu(layout, dtype):
     check(randn((2, 3, 6, 18), layout, dtype), 0.61, "cpu", dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_parity_cpu_large(layout):
-    """Rows longer than any vector loop, odd widths, outputs of megabytes."""
-    check(randn((2, 4, 126, 514), layout), 0.61, "cpu", torch.float32)
+def test_parity_cpu_large(layout, dtype):
+    """Rows of many vectors and a tail (odd widths), outputs of megabytes."""
+    check(randn((2, 4, 126, 514), layout, dtype), 0.61, "cpu", dtype)
 
 
 @pytest.mark.gpu

@@ -42,11 +42,12 @@ def test_parity_low_precision_cpu(layout, dtype):
     check(randn(shape, layout, dtype), randn(high_shape(shape), layout, dtype), 0.37, "cpu", dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_parity_cpu_large(layout):
-    """Rows longer than any vector loop, odd widths, outputs of megabytes."""
+def test_parity_cpu_large(layout, dtype):
+    """Rows of many vectors and a tail (odd widths), outputs of megabytes."""
     shape = (2, 4, 63, 257)
-    check(randn(shape, layout), randn(high_shape(shape), layout), 0.37, "cpu", torch.float32)
+    check(randn(shape, layout, dtype), randn(high_shape(shape), layout, dtype), 0.37, "cpu", dtype)
 
 
 @pytest.mark.gpu

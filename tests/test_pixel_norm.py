@@ -33,11 +33,13 @@ def test_parity_low_precision_cpu(dtype):
     check(randn((2, 7, 5, 3), "contiguous", dtype), "cpu", dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("shape", [(3, 64, 50, 50), (2, 512, 20, 30), (2, 64, 128, 128)])
-def test_parity_cpu_large(shape, layout):
-    """Samples of several NCHW tiles, the last one partial, pipelined or not (csrc/cpu/pixel_norm.cpp)."""
-    check(randn(shape, layout), "cpu", torch.float32)
+@pytest.mark.parametrize("shape", [(3, 64, 50, 50), (2, 512, 20, 30), (2, 64, 128, 128), (2, 71, 9, 7)])
+def test_parity_cpu_large(shape, layout, dtype):
+    """Vector loops and their tails in both layouts; samples of several NCHW tiles, the last one
+    partial, pipelined or not (csrc/cpu/pixel_norm.cpp)."""
+    check(randn(shape, layout, dtype), "cpu", dtype)
 
 
 def test_large_offset_is_scale_invariant():

@@ -11,6 +11,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <tuple>
 #include <type_traits>
 
 namespace fastgan::cpu {
@@ -18,9 +20,99 @@ namespace fastgan::cpu {
 using at::vec::Vectorized;
 
 // float and double run the at::vec loops (double accumulates in double);
-// float16 and bfloat16 run the scalar loops, computing in float.
+// float16 and bfloat16 run scalar loops, computing in float, except where
+// kReduced below says otherwise.
 template <typename T>
 constexpr bool kVectorized = std::is_same_v<T, float> || std::is_same_v<T, double>;
+
+// float16 and bfloat16 loops that are hot enough get at::vec code too: a
+// Vectorized<T> holds twice the values of a Vectorized<float>, and they compute
+// in float through these helpers.
+template <typename T>
+constexpr bool kReduced = std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>;
+using FVec = Vectorized<float>;
+
+// FVec::size() values of T (float, float16 or bfloat16) at p, as floats.
+template <typename T>
+FVec load_floats(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return FVec::loadu(p);
+  } else {
+    return std::get<0>(at::vec::convert_to_float<T>(Vectorized<T>::loadu(p, FVec::size())));
+  }
+}
+
+template <typename T>
+void store_floats(T* p, const FVec& v) {
+  if constexpr (std::is_same_v<T, float>) {
+    v.store(p);
+  } else {
+    at::vec::convert_from_float<T>(v, v).store(p, FVec::size());
+  }
+}
+
+// Vectorized<T>::size() values of T as kParts<T> vectors of at::opmath_type<T>:
+// one for float and double, two (in float) for float16 and bfloat16. Code on
+// chunks serves all four types.
+template <typename T>
+constexpr int kParts = kReduced<T> ? 2 : 1;
+template <typename T>
+using AccVec = Vectorized<at::opmath_type<T>>;
+template <typename T>
+using Chunk = std::array<AccVec<T>, kParts<T>>;
+
+// Types with chunk code, and the values of T in a chunk.
+template <typename T>
+constexpr bool kChunked = kVectorized<T> || kReduced<T>;
+template <typename T>
+constexpr int64_t kChunk = Vectorized<T>::size();
+
+template <typename T>
+Chunk<T> load_chunk(const T* p) {
+  if constexpr (kReduced<T>) {
+    const auto [a, b] = at::vec::convert_to_float<T>(Vectorized<T>::loadu(p));
+    return {a, b};
+  } else {
+    return {Vectorized<T>::loadu(p)};
+  }
+}
+
+template <typename T>
+void store_chunk(T* p, const Chunk<T>& v) {
+  if constexpr (kReduced<T>) {
+    at::vec::convert_from_float<T>(v[0], v[1]).store(p);
+  } else {
+    v[0].store(p);
+  }
+}
+
+// A chunk's worth of opmath values (per-pixel statistics) at p.
+template <typename T>
+Chunk<T> load_acc_chunk(const at::opmath_type<T>* p) {
+  Chunk<T> v;
+  for (int i = 0; i < kParts<T>; ++i) v[i] = AccVec<T>::loadu(p + i * AccVec<T>::size());
+  return v;
+}
+
+template <typename T>
+void store_acc_chunk(at::opmath_type<T>* p, const Chunk<T>& v) {
+  for (int i = 0; i < kParts<T>; ++i) v[i].store(p + i * AccVec<T>::size());
+}
+
+// out[k] = a * in[k] for k < n, the vector part of a scaled copy; returns where
+// it stopped, for the scalar tail.
+template <typename T>
+int64_t scale_vectorized(const T* in, T* out, int64_t n, at::opmath_type<T> a) {
+  int64_t k = 0;
+  if constexpr (kChunked<T>) {
+    for (; k + kChunk<T> <= n; k += kChunk<T>) {
+      auto v = load_chunk(in + k);
+      for (auto& part : v) part = part * AccVec<T>(a);
+      store_chunk(out + k, v);
+    }
+  }
+  return k;
+}
 
 // The layout of `x` under the contract (NCHW-contiguous or channels-last contiguous).
 inline at::MemoryFormat layout_of(const at::Tensor& x, const char* name) {
@@ -105,6 +197,16 @@ void upsample_blend_row(const L* l, const T* h, T* o, const RowPairs& g, at::opm
       at::vec::fmadd(va, Vec::loadu(h + 2 * w), u0).store(o + 2 * w);
       at::vec::fmadd(va, Vec::loadu(h + 2 * w + V), u1).store(o + 2 * w + V);
     }
+  } else if constexpr (kReduced<T>) {
+    // The same in float: FVec::size() low values feed one Vectorized<T> of outputs.
+    constexpr int64_t V = FVec::size();
+    const FVec va(a), vb(b);
+    for (; w + V <= g.len; w += V) {
+      const FVec lv = vb * load_floats(l + w);
+      const auto [u0, u1] = at::vec::interleave2(lv, lv);
+      const auto hv = load_chunk(h + 2 * w);
+      store_chunk(o + 2 * w, Chunk<T>{at::vec::fmadd(va, hv[0], u0), at::vec::fmadd(va, hv[1], u1)});
+    }
   }
   upsample_blend_pixels(l, h, o, w, g.len, One{}, b, a);
 }
@@ -140,6 +242,15 @@ void pool_row(const T* h0, const T* h1, O* o, const RowPairs& g, at::opmath_type
       const Vec s1 = Vec::loadu(h0 + 2 * w + V) + Vec::loadu(h1 + 2 * w + V);
       const auto [left, right] = at::vec::deinterleave2(s0, s1);
       (vs * (left + right)).store(o + w);
+    }
+  } else if constexpr (kReduced<T>) {
+    // The same in float: one Vectorized<T> of each row gives FVec::size() outputs.
+    constexpr int64_t V = FVec::size();
+    const FVec vs(s);
+    for (; w + V <= g.len; w += V) {
+      const auto top = load_chunk(h0 + 2 * w), bottom = load_chunk(h1 + 2 * w);
+      const auto [left, right] = at::vec::deinterleave2(top[0] + bottom[0], top[1] + bottom[1]);
+      store_floats(o + w, vs * (left + right));
     }
   }
   pool_pixels(h0, h1, o, w, g.len, One{}, s);

@@ -34,12 +34,8 @@ void fade_in_backward_rows(const T* grad, T* grad_low, T* grad_high, const RowPa
       for (int64_t i = 2 * r; i < 2 * r + 2; ++i) {
         const T* gi = grad + i * hl;
         T* oi = grad_high + i * hl;
-        int64_t k = 0;
-        if constexpr (kVectorized<T>) {
-          using Vec = Vectorized<T>;
-          for (; k + Vec::size() <= hl; k += Vec::size()) (Vec(a) * Vec::loadu(gi + k)).store(oi + k);
-        }
-        for (; k < hl; ++k) oi[k] = static_cast<T>(a * static_cast<acc_t>(gi[k]));
+        for (int64_t k = scale_vectorized(gi, oi, hl, a); k < hl; ++k)
+          oi[k] = static_cast<T>(a * static_cast<acc_t>(gi[k]));
       }
       pool_row(grad + 2 * r * hl, grad + (2 * r + 1) * hl, grad_low + r * g.len, g, b);
     }

@@ -81,22 +81,23 @@ void pixel_norm_rows(const T* x, T* y, int64_t rows, int64_t c, double eps) {
       T* yr = y + row * c;
       acc_t ss = 0;
       int64_t j = 0;
-      if constexpr (kVectorized<T>) {
-        using Vec = Vectorized<T>;
-        constexpr int64_t V = Vec::size();
+      if constexpr (kChunked<T>) {
+        using Vec = AccVec<T>;
         Vec acc(0);
-        for (; j + V <= c; j += V) {
-          const Vec v = Vec::loadu(xr + j);
-          acc = at::vec::fmadd(v, v, acc);
+        for (; j + kChunk<T> <= c; j += kChunk<T>) {
+          for (const Vec& v : load_chunk(xr + j)) acc = at::vec::fmadd(v, v, acc);
         }
-        ss = at::vec::vec_reduce_all<T>([](const Vec& u, const Vec& v) { return u + v; }, acc);
+        ss = at::vec::vec_reduce_all<acc_t>([](const Vec& u, const Vec& v) { return u + v; }, acc);
       }
       for (; j < c; ++j) ss += static_cast<acc_t>(xr[j]) * static_cast<acc_t>(xr[j]);
       const acc_t r = acc_t(1) / std::sqrt(ss / c + e);
       j = 0;
-      if constexpr (kVectorized<T>) {
-        using Vec = Vectorized<T>;
-        for (; j + Vec::size() <= c; j += Vec::size()) (Vec::loadu(xr + j) * Vec(r)).store(yr + j);
+      if constexpr (kChunked<T>) {
+        for (; j + kChunk<T> <= c; j += kChunk<T>) {
+          auto v = load_chunk(xr + j);
+          for (auto& part : v) part = part * AccVec<T>(r);
+          store_chunk(yr + j, v);
+        }
       }
       for (; j < c; ++j) yr[j] = static_cast<T>(static_cast<acc_t>(xr[j]) * r);
     }
@@ -112,11 +113,12 @@ void pixel_norm_strided(const T* x, T* y, int64_t n, int64_t c, int64_t s, doubl
     const T* xc = x + off;
     acc_t* ss = st[0].data();
     int64_t j = 0;
-    if constexpr (kVectorized<T>) {
-      using Vec = Vectorized<T>;
-      for (; j + Vec::size() <= cnt; j += Vec::size()) {
-        const Vec v = Vec::loadu(xc + j);
-        at::vec::fmadd(v, v, Vec::loadu(ss + j)).store(ss + j);
+    if constexpr (kChunked<T>) {
+      for (; j + kChunk<T> <= cnt; j += kChunk<T>) {
+        const auto v = load_chunk(xc + j);
+        auto acc = load_acc_chunk<T>(ss + j);
+        for (int p = 0; p < kParts<T>; ++p) acc[p] = at::vec::fmadd(v[p], v[p], acc[p]);
+        store_acc_chunk<T>(ss + j, acc);
       }
     }
     for (; j < cnt; ++j) ss[j] += static_cast<acc_t>(xc[j]) * static_cast<acc_t>(xc[j]);
@@ -129,9 +131,13 @@ void pixel_norm_strided(const T* x, T* y, int64_t n, int64_t c, int64_t s, doubl
     T* yc = y + off;
     const acc_t* r = st[0].data();
     int64_t j = 0;
-    if constexpr (kVectorized<T>) {
-      using Vec = Vectorized<T>;
-      for (; j + Vec::size() <= cnt; j += Vec::size()) (Vec::loadu(xc + j) * Vec::loadu(r + j)).store(yc + j);
+    if constexpr (kChunked<T>) {
+      for (; j + kChunk<T> <= cnt; j += kChunk<T>) {
+        auto v = load_chunk(xc + j);
+        const auto rv = load_acc_chunk<T>(r + j);
+        for (int p = 0; p < kParts<T>; ++p) v[p] = v[p] * rv[p];
+        store_chunk(yc + j, v);
+      }
     }
     for (; j < cnt; ++j) yc[j] = static_cast<T>(static_cast<acc_t>(xc[j]) * r[j]);
   };
@@ -149,18 +155,19 @@ void pixel_norm_backward_rows(const T* g, const T* x, T* gx, int64_t rows, int64
       T* out = gx + row * c;
       acc_t ss = 0, sg = 0;
       int64_t j = 0;
-      if constexpr (kVectorized<T>) {
-        using Vec = Vectorized<T>;
-        constexpr int64_t V = Vec::size();
+      if constexpr (kChunked<T>) {
+        using Vec = AccVec<T>;
         Vec acc_ss(0), acc_sg(0);
-        for (; j + V <= c; j += V) {
-          const Vec v = Vec::loadu(xr + j);
-          acc_ss = at::vec::fmadd(v, v, acc_ss);
-          acc_sg = at::vec::fmadd(Vec::loadu(gr + j), v, acc_sg);
+        for (; j + kChunk<T> <= c; j += kChunk<T>) {
+          const auto v = load_chunk(xr + j), gv = load_chunk(gr + j);
+          for (int p = 0; p < kParts<T>; ++p) {
+            acc_ss = at::vec::fmadd(v[p], v[p], acc_ss);
+            acc_sg = at::vec::fmadd(gv[p], v[p], acc_sg);
+          }
         }
         const auto add = [](const Vec& u, const Vec& v) { return u + v; };
-        ss = at::vec::vec_reduce_all<T>(add, acc_ss);
-        sg = at::vec::vec_reduce_all<T>(add, acc_sg);
+        ss = at::vec::vec_reduce_all<acc_t>(add, acc_ss);
+        sg = at::vec::vec_reduce_all<acc_t>(add, acc_sg);
       }
       for (; j < c; ++j) {
         const acc_t v = static_cast<acc_t>(xr[j]);
@@ -171,10 +178,14 @@ void pixel_norm_backward_rows(const T* g, const T* x, T* gx, int64_t rows, int64
       const acc_t r = acc_t(1) / std::sqrt(ss / c + e);
       const acc_t k = r * r * r * sg / c;
       j = 0;
-      if constexpr (kVectorized<T>) {
-        using Vec = Vectorized<T>;
-        for (; j + Vec::size() <= c; j += Vec::size())
-          (Vec(r) * Vec::loadu(gr + j) - Vec(k) * Vec::loadu(xr + j)).store(out + j);
+      if constexpr (kChunked<T>) {
+        using Vec = AccVec<T>;
+        for (; j + kChunk<T> <= c; j += kChunk<T>) {
+          const auto v = load_chunk(xr + j);
+          auto gv = load_chunk(gr + j);
+          for (int p = 0; p < kParts<T>; ++p) gv[p] = Vec(r) * gv[p] - Vec(k) * v[p];
+          store_chunk(out + j, gv);
+        }
       }
       for (; j < c; ++j) out[j] = static_cast<T>(r * static_cast<acc_t>(gr[j]) - k * static_cast<acc_t>(xr[j]));
     }
@@ -192,12 +203,16 @@ void pixel_norm_backward_strided(const T* g, const T* x, T* gx, int64_t n, int64
     acc_t* ss = st[0].data();
     acc_t* sg = st[1].data();
     int64_t j = 0;
-    if constexpr (kVectorized<T>) {
-      using Vec = Vectorized<T>;
-      for (; j + Vec::size() <= cnt; j += Vec::size()) {
-        const Vec v = Vec::loadu(xc + j);
-        at::vec::fmadd(v, v, Vec::loadu(ss + j)).store(ss + j);
-        at::vec::fmadd(Vec::loadu(gc + j), v, Vec::loadu(sg + j)).store(sg + j);
+    if constexpr (kChunked<T>) {
+      for (; j + kChunk<T> <= cnt; j += kChunk<T>) {
+        const auto v = load_chunk(xc + j), gv = load_chunk(gc + j);
+        auto acc_ss = load_acc_chunk<T>(ss + j), acc_sg = load_acc_chunk<T>(sg + j);
+        for (int p = 0; p < kParts<T>; ++p) {
+          acc_ss[p] = at::vec::fmadd(v[p], v[p], acc_ss[p]);
+          acc_sg[p] = at::vec::fmadd(gv[p], v[p], acc_sg[p]);
+        }
+        store_acc_chunk<T>(ss + j, acc_ss);
+        store_acc_chunk<T>(sg + j, acc_sg);
       }
     }
     for (; j < cnt; ++j) {
@@ -220,10 +235,13 @@ void pixel_norm_backward_strided(const T* g, const T* x, T* gx, int64_t n, int64
     const acc_t* r = st[0].data();
     const acc_t* k = st[1].data();
     int64_t j = 0;
-    if constexpr (kVectorized<T>) {
-      using Vec = Vectorized<T>;
-      for (; j + Vec::size() <= cnt; j += Vec::size())
-        (Vec::loadu(r + j) * Vec::loadu(gc + j) - Vec::loadu(k + j) * Vec::loadu(xc + j)).store(oc + j);
+    if constexpr (kChunked<T>) {
+      for (; j + kChunk<T> <= cnt; j += kChunk<T>) {
+        const auto v = load_chunk(xc + j), rv = load_acc_chunk<T>(r + j), kv = load_acc_chunk<T>(k + j);
+        auto gv = load_chunk(gc + j);
+        for (int p = 0; p < kParts<T>; ++p) gv[p] = rv[p] * gv[p] - kv[p] * v[p];
+        store_chunk(oc + j, gv);
+      }
     }
     for (; j < cnt; ++j) oc[j] = static_cast<T>(r[j] * static_cast<acc_t>(gc[j]) - k[j] * static_cast<acc_t>(xc[j]));
   };
