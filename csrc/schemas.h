@@ -23,6 +23,33 @@ inline void define_kernel_schemas(torch::Library& m) {
   // SPEC 6: out = (1 - alpha) * upsample_nearest_2x(avg_pool_2x2(x)) + alpha * x;
   // self-adjoint, so it is its own backward.
   m.def("blend_reals(Tensor x, float alpha) -> Tensor");
+
+  // ---- SPEC 1: ConvTranspose2d + BatchNorm2d + ReLU. Tensors z, y, grad_y of one call share a
+  // layout, contiguous or channels-last (the backend picks z's; channels-last is preferred).
+  // Per-channel vectors (mean, var, invstd, scale, shift, gamma) are float32 ([C_out]; float64
+  // for float64 inputs). The conv bias is left out of z and its statistics in training: it
+  // cancels in the normalization, and the Python op adds it to the running mean.
+  //
+  // Training forward, pass 1: z = conv_transpose2d(x, weight) (no bias, no dilation, groups 1),
+  // and per channel the mean and the biased variance of z over (N, H, W), computed
+  // accurately (Welford / Chan merge or two passes; never E[z^2] - E[z]^2 in float32).
+  m.def("conv_transpose_stats(Tensor x, Tensor weight, int[2] stride, int[2] padding, "
+        "int[2] output_padding) -> (Tensor z, Tensor mean, Tensor var)");
+  // Pass 2: y = relu((z - mean) * scale + shift) per channel, into a new tensor in z's layout.
+  m.def("bn_relu(Tensor z, Tensor mean, Tensor scale, Tensor shift) -> Tensor");
+  // The same in place, z <- y (when nothing needs z for the backward).
+  m.def("bn_relu_(Tensor(a!) z, Tensor mean, Tensor scale, Tensor shift) -> ()");
+  // Backward of y = relu(xhat * gamma + beta), xhat = (z - mean) * invstd, with the batch
+  // statistics: gm = grad_y * (y > 0) (the mask recomputed from z), and in one pass over
+  // (grad_y, z) both sums s1 = sum(gm), s2 = sum(gm * xhat) per channel, then
+  // grad_z = gamma * invstd * (gm - s1 / n - xhat * s2 / n), grad_gamma = s2, grad_beta = s1.
+  // gamma/beta undefined = affine=False (gamma 1, beta 0).
+  m.def("bn_relu_backward(Tensor grad_y, Tensor z, Tensor mean, Tensor invstd, Tensor? gamma, "
+        "Tensor? beta) -> (Tensor grad_z, Tensor grad_gamma, Tensor grad_beta)");
+  // Eval forward with the statistics folded into the weight and bias by the caller:
+  // y = relu(conv_transpose2d(x, weight, bias)).
+  m.def("conv_transpose_bias_relu(Tensor x, Tensor weight, Tensor bias, int[2] stride, "
+        "int[2] padding, int[2] output_padding) -> Tensor");
 }
 
 }  // namespace fastgan
