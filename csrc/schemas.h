@@ -50,6 +50,16 @@ inline void define_kernel_schemas(torch::Library& m) {
   // y = relu(conv_transpose2d(x, weight, bias)).
   m.def("conv_transpose_bias_relu(Tensor x, Tensor weight, Tensor bias, int[2] stride, "
         "int[2] padding, int[2] output_padding) -> Tensor");
+
+  // ---- SPEC 2: minibatch discrimination. M is the projection x @ T as a contiguous [N, B, C];
+  // distances, exponentials and sums are computed in float32 (float64 for float64 M), tile by
+  // tile, never as an [N, N, B] tensor.
+  // o[i, b] = sum_{j != i} exp(-sum_c |M[i, b, c] - M[j, b, c]|), the j == i term masked out
+  // (include_self adds exactly 1.0, the term exp(0)); o is [N, B] in M's dtype.
+  m.def("minibatch_discrimination(Tensor M, bool include_self) -> Tensor");
+  // dM[i, b, c] = -sum_{j != i} (grad[i, b] + grad[j, b]) * exp(-D[i, j, b]) * sign(M[i, b, c] - M[j, b, c]),
+  // sign(0) = 0; grad is a contiguous [N, B] of M's dtype; dM is [N, B, C].
+  m.def("minibatch_discrimination_backward(Tensor grad, Tensor M) -> Tensor");
 }
 
 }  // namespace fastgan

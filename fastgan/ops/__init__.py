@@ -2,12 +2,16 @@
 
 from .blend_reals import blend_reals, blend_reals_reference
 from .fade_in import fade_in, fade_in_reference
+from .minibatch_discrimination import (minibatch_discrimination, minibatch_discrimination_reference,
+                                       minibatch_features, minibatch_features_reference)
 from .pixel_norm import pixel_norm, pixel_norm_reference
 from .schedule import fade_alpha
 
 __all__ = [
     "blend_reals", "blend_reals_reference",
     "fade_in", "fade_in_reference",
+    "minibatch_discrimination", "minibatch_discrimination_reference",
+    "minibatch_features", "minibatch_features_reference",
     "pixel_norm", "pixel_norm_reference",
     "fade_alpha",
 ]

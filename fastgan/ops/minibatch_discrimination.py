@@ -1,0 +1,153 @@
+"""Minibatch discrimination (SPEC 2, Salimans et al. 2016).
+
+    M = (x @ T.view(A, B*C)).view(N, B, C)
+    o[i, b] = sum_{j != i} exp(-sum_c |M[i, b, c] - M[j, b, c]|)   (+ 1 with include_self) (+ bias[b])
+    out = cat([x, o], 1)
+
+The projection M and its gradients (dx = dM @ T^T, dT = x^T @ dM) run through the
+framework's GEMM; the fused op `minibatch_discrimination` takes M and computes o
+tile by tile, never the [N, N, B] distances, and its backward
+`minibatch_discrimination_backward` recomputes them tile by tile for dM.
+
+Second derivatives: the backward op's own gradient is an explicit eager fallback
+(`_backward_backward_eager`) that does materialize the [N, N, B, C] pairwise
+tensor: double backward works on every backend, with the reference's O(N^2 B C)
+memory.
+"""
+
+import torch
+
+from .._backend import resolve
+from .._checks import check_same, check_tensor
+from ._dispatch import fused_op, kernels
+
+
+def _acc_dtype(dtype):
+    """Distances and sums in float32, float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _off_diagonal(n, device):
+    """[N, N, 1] mask of the pairs j != i: the self term is masked out, never subtracted."""
+    return ~torch.eye(n, dtype=torch.bool, device=device)[:, :, None]
+
+
+def _projection(x, T):
+    """M = x_flat @ T.view(A, B*C), as [N, B, C], through the framework's GEMM."""
+    a, b, c = T.shape
+    return torch.mm(x.reshape(x.shape[0], a), T.reshape(a, b * c)).view(-1, b, c)
+
+
+def minibatch_features_reference(x, T, bias=None, include_self=False):
+    """o [N, B] in eager PyTorch, materializing the [N, N, B, C] differences (small N only)."""
+    m = _projection(x, T).to(_acc_dtype(x.dtype))
+    e = torch.exp(-(m[:, None] - m[None]).abs().sum(3))  # [N, N, B]
+    o = torch.where(_off_diagonal(m.shape[0], m.device), e, 0).sum(1)
+    if include_self:
+        o = o + 1.0
+    if bias is not None:
+        o = o + bias.to(o.dtype)
+    return o.to(x.dtype)
+
+
+def minibatch_discrimination_reference(x, T, bias=None, include_self=False):
+    """cat([x_flat, o], 1) in eager PyTorch (see minibatch_features_reference)."""
+    o = minibatch_features_reference(x, T, bias, include_self)
+    return torch.cat([x.reshape(x.shape[0], -1), o], 1)
+
+
+def _check(x, T, bias, include_self):
+    check_tensor(x, "x", min_ndim=2)
+    check_tensor(T, "T", ndim=3)
+    check_same(T, "T", x, "x")
+    a = x.shape[1:].numel()
+    if T.shape[0] != a:
+        raise ValueError(f"fastgan: T must have shape [A, B, C] with A = {a} (x's features per sample), "
+                         f"got {tuple(T.shape)}")
+    if T.shape[1] == 0 or T.shape[2] == 0:
+        raise ValueError(f"fastgan: T must have at least one kernel of at least one dimension, got {tuple(T.shape)}")
+    if bias is not None:
+        check_tensor(bias, "bias", ndim=1)
+        check_same(bias, "bias", x, "x")
+        if bias.shape[0] != T.shape[1]:
+            raise ValueError(f"fastgan: bias must have shape [B] = [{T.shape[1]}], got {tuple(bias.shape)}")
+    if not isinstance(include_self, bool):
+        raise TypeError(f"fastgan: include_self must be a bool, got {type(include_self).__name__}")
+
+
+def minibatch_features(x, T, bias=None, include_self=False, impl=None):
+    """The minibatch features o [N, B] of x [N, ...] (flattened to [N, A]) with T [A, B, C]:
+    o[i, b] = sum over the other samples j of exp(-L1 distance of M[i, b] and M[j, b]), plus 1
+    with include_self (the paper's formula counts the sample itself), plus bias[b] if given."""
+    _check(x, T, bias, include_self)
+    impl = resolve(impl, x.device)
+    if impl == "reference":
+        return minibatch_features_reference(x, T, bias, include_self)
+    o = _features(_projection(x, T), include_self, impl)
+    return o if bias is None else o + bias
+
+
+def minibatch_discrimination(x, T, bias=None, include_self=False, impl=None):
+    """cat([x_flat, minibatch_features(x, T, bias, include_self)], 1): [N, A + B]."""
+    o = minibatch_features(x, T, bias, include_self, impl)
+    return torch.cat([x.reshape(x.shape[0], -1), o], 1)
+
+
+def _features_kernel(M: torch.Tensor, include_self: bool, impl: str) -> torch.Tensor:
+    return kernels(impl).minibatch_discrimination(M.contiguous(), include_self)
+
+
+def _backward_kernel(grad: torch.Tensor, M: torch.Tensor, impl: str) -> torch.Tensor:
+    return kernels(impl).minibatch_discrimination_backward(grad.contiguous(), M.contiguous())
+
+
+def _features_fake(M, include_self, impl):
+    return M.new_empty(M.shape[:2])
+
+
+def _backward_fake(grad, M, impl):
+    return torch.empty_like(M, memory_format=torch.contiguous_format)
+
+
+def _save_features(ctx, inputs, output):
+    M, _, ctx.impl = inputs
+    ctx.save_for_backward(M)
+
+
+def _save_backward(ctx, inputs, output):
+    grad, M, ctx.impl = inputs
+    ctx.save_for_backward(grad, M)
+
+
+def _features_bwd(ctx, grad):
+    (M,) = ctx.saved_tensors
+    return _backward(grad, M, ctx.impl), None, None
+
+
+def _backward_backward_eager(gg, grad, M):
+    """Gradients of dM[i, c] = -sum_{j != i} (g_i + g_j) e_ij s_ijc (per kernel b), with
+    e_ij = exp(-D_ij) and s_ijc = sign(M_ic - M_jc), against an incoming gg [N, B, C]:
+    with P_ij = sum_c s_ijc (gg_ic - gg_jc),
+        d_grad[i]    = -sum_{j != i} e_ij P_ij
+        d_M[i, c]    =  sum_{j != i} (g_i + g_j) e_ij P_ij s_ijc
+    (sign has no gradient). Eager: materializes [N, N, B, C]."""
+    acc = _acc_dtype(M.dtype)
+    m, g, gg = M.to(acc), grad.to(acc), gg.to(acc)
+    diff = m[:, None] - m[None]  # [N, N, B, C]
+    s = diff.sign()
+    e = torch.where(_off_diagonal(m.shape[0], m.device), torch.exp(-diff.abs().sum(3)), 0)
+    ep = e * (s * (gg[:, None] - gg[None])).sum(3)  # [N, N, B]
+    d_grad = -ep.sum(1)
+    d_m = (((g[:, None] + g[None]) * ep)[..., None] * s).sum(1)
+    return d_grad.to(grad.dtype), d_m.to(M.dtype)
+
+
+def _backward_bwd(ctx, gg):
+    grad, M = ctx.saved_tensors
+    d_grad, d_m = _backward_backward_eager(gg, grad, M)
+    return d_grad, d_m, None
+
+
+_features = fused_op("minibatch_discrimination", _features_kernel, _features_fake, _features_bwd, _save_features)
+_backward = fused_op("minibatch_discrimination_backward", _backward_kernel, _backward_fake, _backward_bwd,
+                     _save_backward)
