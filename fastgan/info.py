@@ -7,7 +7,7 @@ import torch
 from . import _extensions
 from ._backend import BACKENDS, availability, triton_interpreted
 
-OPS = ("fade_in", "blend_reals", "pixel_norm")
+OPS = ("fade_in", "blend_reals", "pixel_norm", "minibatch_discrimination")
 
 
 def _triton_version():

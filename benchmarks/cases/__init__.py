@@ -39,6 +39,6 @@ class Case:
 
 
 # Imported after Case is defined: the case modules import it from this package.
-from . import blend_reals, fade_in, pixel_norm  # noqa: E402
+from . import blend_reals, fade_in, minibatch_discrimination, pixel_norm  # noqa: E402
 
-CASES = [fade_in.CASE, blend_reals.CASE, pixel_norm.CASE]
+CASES = [fade_in.CASE, blend_reals.CASE, pixel_norm.CASE, minibatch_discrimination.CASE]
