@@ -8,6 +8,7 @@ from fastgan import _extensions
 from fastgan.ops import (minibatch_discrimination, minibatch_discrimination_reference, minibatch_features,
                          minibatch_features_reference)
 from helpers import CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, assert_close, check_forward_backward, gradchecks, randn
+from test_extensions import _cuda_extension
 
 # The module, not the function of the same name that fastgan.ops exports.
 mbd = importlib.import_module("fastgan.ops.minibatch_discrimination")
@@ -175,10 +176,19 @@ def test_compile_fullgraph(impl):
         torch.testing.assert_close(a, b)
 
 
+KERNEL_OPS = ("minibatch_discrimination", "minibatch_discrimination_backward")
+
+
 def test_cpu_extension_registers_the_kernels():
     assert _extensions.load("_C") is not None, _extensions.load_error("_C")
-    for op in ("minibatch_discrimination", "minibatch_discrimination_backward"):
+    for op in KERNEL_OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan_cpu::{op}", "CPU"), op
+
+
+def test_cuda_extension_registers_the_kernels():
+    _cuda_extension()  # skipped when not built, unless FASTGAN_REQUIRE_CUDA_EXT=1
+    for op in KERNEL_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan_cuda::{op}", "CUDA"), op
 
 
 def test_module():
