@@ -63,7 +63,8 @@ def report():
     lines.append("backends runnable now: " + ", ".join(
         f"{d}: " + "/".join(b for b in BACKENDS if availability(b, d) is None) for d in devices))
     lines.append("ops and their backends:")
-    lines += [f"  {op:<12} {', '.join(_op_backends(op))}" for op in OPS]
+    width = max(map(len, OPS))
+    lines += [f"  {op:<{width}} {', '.join(_op_backends(op))}" for op in OPS]
     return "\n".join(lines)
 
 
