@@ -55,6 +55,12 @@ def bias_shape(x, dim):
     return [-1 if i == dim else 1 for i in range(x.dim())]
 
 
+def sum_except(t, dim):
+    """The sum of t over all dims but `dim` (t itself when it is 1-D: sum([]) would sum everything)."""
+    dims = [i for i in range(t.dim()) if i != dim]
+    return t.sum(dims) if dims else t
+
+
 def bias_act_reference(x, bias=None, act="linear", alpha=None, gain=None, clamp=None, dim=1, x_mul=1.0, b_mul=1.0):
     """Eager PyTorch in float32 (float64 for float64 inputs), as StyleGAN2's reference."""
     slope, gain, clamp = act_params(act, alpha, gain, clamp)
@@ -121,7 +127,10 @@ def _bias_act_backward_fake(grad, y, slope, gain, x_mul, clamp, impl):
 
 def _save_output(ctx, inputs, output):
     ctx.has_bias = inputs[1] is not None
-    ctx.dim, ctx.slope, ctx.gain, ctx.x_mul, ctx.b_mul, ctx.clamp, ctx.impl = inputs[2:]
+    ctx.dim, ctx.slope, ctx.gain, ctx.x_mul, ctx.b_mul, clamp, ctx.impl = inputs[2:]
+    # The backward finds clamped outputs by |y| < clamp: compare with the clamp as rounded in y's
+    # dtype, which is what a clamped y holds (float16 stores 0.8 as 0.7998).
+    ctx.clamp = clamp if clamp < 0 else float(torch.tensor(clamp, dtype=output.dtype))
     ctx.save_for_backward(output)
 
 
@@ -134,8 +143,7 @@ def _bias_act_bwd(ctx, grad):
         # The bias gets grad_x / x_mul * b_mul (a second fused pass only for x_mul == 0).
         grad_v = (grad_x if ctx.x_mul != 0 else
                   _bias_act_backward(grad, y, ctx.slope, ctx.gain, 1.0, ctx.clamp, ctx.impl))
-        dims = [i for i in range(y.dim()) if i != ctx.dim]
-        grad_bias = grad_v.sum(dims) * (ctx.b_mul / (ctx.x_mul if ctx.x_mul != 0 else 1.0))
+        grad_bias = sum_except(grad_v, ctx.dim) * (ctx.b_mul / (ctx.x_mul if ctx.x_mul != 0 else 1.0))
     return grad_x, grad_bias, None, None, None, None, None, None, None
 
 

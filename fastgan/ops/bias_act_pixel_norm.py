@@ -17,7 +17,7 @@ import torch
 from .._backend import resolve
 from .._checks import as_layout, check_eps, check_same, check_tensor, empty, memory_format
 from ._dispatch import fused_op, kernels
-from .bias_act import _bias_act, _bias_act_backward, act_params, bias_shape
+from .bias_act import _bias_act, _bias_act_backward, act_params, bias_shape, sum_except
 from .pixel_norm import _pixel_norm_backward, default_eps, pixel_norm_backward_x_grad, pixel_norm_reference
 
 
@@ -68,14 +68,10 @@ def _save_x_bias(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:-4])
 
 
-def _sum_but_channels(t):
-    return t.sum([i for i in range(t.dim()) if i != 1])
-
-
 def _bias_act_pixel_norm_bwd(ctx, grad):
     x, bias = ctx.saved_tensors
     grad_x = _bias_act_pixel_norm_backward(grad, x, bias, ctx.slope, ctx.gain, ctx.eps, ctx.impl)
-    grad_bias = _sum_but_channels(grad_x) if ctx.needs_input_grad[1] else None
+    grad_bias = sum_except(grad_x, 1) if ctx.needs_input_grad[1] else None
     return grad_x, grad_bias, None, None, None, None
 
 
@@ -90,7 +86,7 @@ def _bias_act_pixel_norm_backward_bwd(ctx, gg):
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
         d_x = _bias_act_backward(pixel_norm_backward_x_grad(grad, a, gg_m, ctx.eps), a, slope, gain, 1.0, -1.0, impl)
         if ctx.needs_input_grad[2]:
-            d_bias = _sum_but_channels(d_x)
+            d_bias = sum_except(d_x, 1)
     return d_grad, d_x, d_bias, None, None, None, None
 
 
