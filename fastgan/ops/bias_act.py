@@ -44,10 +44,9 @@ def act_params(act, alpha=None, gain=None, clamp=None):
     gain = DEFAULT_GAIN[act] if gain is None else float(gain)
     if not gain > 0.0:
         raise ValueError(f"fastgan: gain must be positive, got {gain}")
-    clamp = -1.0 if clamp is None else float(clamp)
-    if clamp != -1.0 and not clamp >= 0.0:
+    if clamp is not None and not float(clamp) >= 0.0:
         raise ValueError(f"fastgan: clamp must be None or >= 0, got {clamp}")
-    return slope, gain, clamp
+    return slope, gain, -1.0 if clamp is None else float(clamp)
 
 
 def bias_shape(x, dim):
