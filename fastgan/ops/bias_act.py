@@ -64,14 +64,14 @@ def bias_act_reference(x, bias=None, act="linear", alpha=None, gain=None, clamp=
     """Eager PyTorch in float32 (float64 for float64 inputs), as StyleGAN2's reference."""
     slope, gain, clamp = act_params(act, alpha, gain, clamp)
     xf = x if x.dtype == torch.float64 else x.float()
-    v = xf * x_mul
+    v = xf * x_mul if x_mul != 1 else xf
     if bias is not None:
         v = v + (bias.to(xf.dtype) * b_mul).reshape(bias_shape(x, dim % x.dim()))
     if act == "relu":
         v = F.relu(v)
     elif act == "lrelu":
         v = F.leaky_relu(v, slope)
-    v = v * gain
+    v = v * gain if gain != 1 else v
     if clamp >= 0:
         v = v.clamp(-clamp, clamp)
     return v.to(x.dtype)

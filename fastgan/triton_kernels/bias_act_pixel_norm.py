@@ -13,9 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import KernelSpec, autotune, check_like, compute_dtype, device_guard, fp64_scalar, layout
+from ._common import KernelSpec, check_like, compute_dtype, device_guard, fp64_scalar, layout
 from .bias_act import lrelu_gain_clamp
-from .pixel_norm import _INTERPRETER_CONFIG, _LAYOUT_FLAG, CONFIGS, _channel_tile, _pixel_block, _rsqrt
+from .pixel_norm import _LAYOUT_FLAG, CONFIGS, _autotuned, _channel_tile, _pixel_block, _rsqrt
 
 
 @triton.jit
@@ -76,10 +76,6 @@ def _bias_act_pixel_norm_backward_kernel(grad_ptr, x_ptr, b_ptr, out_ptr, C, S, 
         g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(acc_t)
         m = tl.where(a > 0, gain, gain * slope)
         tl.store(out_ptr + offs, ((r * g - a * coef) * m).to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _autotuned(kernel):
-    return {name: autotune(configs, _INTERPRETER_CONFIG, key=["C", "S"])(kernel) for name, configs in CONFIGS.items()}
 
 
 _forward = _autotuned(_bias_act_pixel_norm_kernel)
