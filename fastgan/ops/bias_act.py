@@ -131,9 +131,14 @@ def _save_output(ctx, inputs, output):
     # dtype, which is what a clamped y holds (float16 stores 0.8 as 0.7998).
     ctx.clamp = clamp if clamp < 0 else float(torch.tensor(clamp, dtype=output.dtype))
     ctx.save_for_backward(output)
+    # The double backward sends no gradient to y (bias_act_backward is constant in it): skip the
+    # backward then instead of running it on zeros.
+    ctx.set_materialize_grads(False)
 
 
 def _bias_act_bwd(ctx, grad):
+    if grad is None:
+        return (None,) * 9
     (y,) = ctx.saved_tensors
     grad_x = grad_bias = None
     if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
@@ -154,8 +159,10 @@ def _save_y(ctx, inputs, output):
 def _bias_act_backward_bwd(ctx, gg):
     """Linear in grad with a derivative piecewise constant in y: the same op, and nothing for y."""
     (y,) = ctx.saved_tensors
-    return _bias_act_backward(gg, y, ctx.slope, ctx.gain, ctx.x_mul, ctx.clamp, ctx.impl), None, None, None, None, \
-        None, None
+    d_grad = None
+    if ctx.needs_input_grad[0]:
+        d_grad = _bias_act_backward(gg, y, ctx.slope, ctx.gain, ctx.x_mul, ctx.clamp, ctx.impl)
+    return d_grad, None, None, None, None, None, None
 
 
 _bias_act = fused_op("bias_act", _bias_act_kernel, _bias_act_fake, _bias_act_bwd, _save_output)
