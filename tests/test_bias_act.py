@@ -1,4 +1,5 @@
 import math
+import os
 
 import pytest
 import torch
@@ -176,3 +177,19 @@ def test_bad_input(kwargs, error, words):
     args.update(kwargs)
     with pytest.raises(error, match=words):
         fastgan.ops.bias_act(**args, impl="cpu")
+
+
+BIAS_ACT_KERNELS = ["bias_act", "bias_act_backward", "bias_act_pixel_norm", "bias_act_pixel_norm_backward"]
+
+
+@pytest.mark.parametrize("namespace, key, module", [("fastgan_cpu", "CPU", "_C"), ("fastgan_cuda", "CUDA", "_C_cuda")])
+def test_extensions_register_the_kernels(namespace, key, module):
+    """Both extensions define every kernel of SPEC 3 (the CUDA one where it is built, as test_extensions.py)."""
+    from fastgan import _extensions
+
+    if _extensions.load(module) is None:
+        if module == "_C" or os.environ.get("FASTGAN_REQUIRE_CUDA_EXT") == "1":
+            pytest.fail(_extensions.load_error(module))
+        pytest.skip(f"{module} not built: {_extensions.load_error(module)}")
+    for op in BIAS_ACT_KERNELS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{namespace}::{op}", key), op

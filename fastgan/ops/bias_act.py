@@ -147,7 +147,9 @@ def _bias_act_bwd(ctx, grad):
         # The bias gets grad_x / x_mul * b_mul (a second fused pass only for x_mul == 0).
         grad_v = (grad_x if ctx.x_mul != 0 else
                   _bias_act_backward(grad, y, ctx.slope, ctx.gain, 1.0, ctx.clamp, ctx.impl))
-        grad_bias = sum_except(grad_v, ctx.dim) * (ctx.b_mul / (ctx.x_mul if ctx.x_mul != 0 else 1.0))
+        scale = ctx.b_mul / (ctx.x_mul if ctx.x_mul != 0 else 1.0)
+        grad_bias = sum_except(grad_v, ctx.dim)
+        grad_bias = grad_bias * scale if scale != 1 else grad_bias
     return grad_x, grad_bias, None, None, None, None, None, None, None
 
 
