@@ -193,3 +193,42 @@ def test_extensions_register_the_kernels(namespace, key, module):
         pytest.skip(f"{module} not built: {_extensions.load_error(module)}")
     for op in BIAS_ACT_KERNELS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{namespace}::{op}", key), op
+
+
+def _custom_op_callers():
+    """name: (the fused_op caller, fresh float64 inputs, the arguments after them), as test_autograd_paths.py."""
+    import importlib
+
+    ba, bapn = (importlib.import_module(f"fastgan.ops.{m}") for m in ("bias_act", "bias_act_pixel_norm"))
+    x = lambda: randn((2, 3, 3, 2), dtype=torch.float64)  # noqa: E731
+    b = lambda: randn((3,), dtype=torch.float64)  # noqa: E731
+    return {
+        "bias_act": (ba._bias_act, lambda: [x(), b()], [1, 0.2, 1.4, 0.7, 1.1, 0.9]),
+        "bias_act_backward": (ba._bias_act_backward, lambda: [x(), x()], [0.2, 1.4, 0.7, -1.0]),
+        "bias_act_pixel_norm": (bapn._bias_act_pixel_norm, lambda: [x(), b()], [0.2, 1.3, 1e-8]),
+        "bias_act_pixel_norm_backward": (bapn._bias_act_pixel_norm_backward, lambda: [x(), x(), b()],
+                                         [0.2, 1.3, 1e-8]),
+    }
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+@pytest.mark.parametrize("name", BIAS_ACT_KERNELS)
+def test_custom_op_gradcheck(name, impl):
+    """The custom ops' own autograd (what torch.compile runs) to the second order."""
+    caller, make, args = _custom_op_callers()[name]
+    inputs = tuple(t.requires_grad_() for t in make())
+    gradchecks(lambda *ts: caller.op(*ts, *args, impl), inputs, impl)
+
+
+@pytest.mark.parametrize("name", BIAS_ACT_KERNELS)
+def test_eager_and_traced_paths_agree(name):
+    caller, make, args = _custom_op_callers()[name]
+    inputs = [t.requires_grad_() for t in make()]
+    eager, traced = caller(*inputs, *args, "cpu"), caller.op(*inputs, *args, "cpu")
+    assert type(eager.grad_fn).__name__ == f"{name}Backward"
+    assert "fastgan" in type(traced.grad_fn).__name__.lower()
+    grad = torch.randn_like(eager)
+    got = torch.autograd.grad(eager, inputs, grad, allow_unused=True, materialize_grads=True)
+    want = torch.autograd.grad(traced, inputs, grad, allow_unused=True, materialize_grads=True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
