@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import fastgan
 from fastgan.nn import EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear
-from helpers import CPU_BACKENDS, randn
+from helpers import CPU_BACKENDS, GPU_BACKENDS, randn
 
 IMPLS = ["reference"] + CPU_BACKENDS
 ACT = {"linear": lambda v: v, "relu": F.relu, "lrelu": lambda v: F.leaky_relu(v, 0.2)}
@@ -135,20 +135,26 @@ def gradient_penalty_step(d, real, fake, eps, layer=lambda m, x: m(x)):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_wgan_gp_matches_eager(impl, dtype):
-    d = Discriminator(impl).to(dtype)
+def test_wgan_gp_matches_eager(impl, dtype, device="cpu"):
+    d = Discriminator(impl).to(device, dtype)
     with torch.no_grad():
         for p in d.parameters():
             if p.dim() == 1:
                 p.copy_(0.2 * torch.randn_like(p))
-    real, fake = randn((4, 3, 4, 4), dtype=dtype), randn((4, 3, 4, 4), dtype=dtype)
-    eps = torch.rand(4, 1, 1, 1, dtype=dtype)
+    real, fake = randn((4, 3, 4, 4), dtype=dtype, device=device), randn((4, 3, 4, 4), dtype=dtype, device=device)
+    eps = torch.rand(4, 1, 1, 1, dtype=dtype, device=device)
     got, got_grads = gradient_penalty_step(d, real, fake, eps)
     want, want_grads = gradient_penalty_step(d, real, fake, eps, layer=eager)
     assert got.item() == pytest.approx(want.item(), rel=1e-5 if dtype == torch.float32 else 1e-10)
     for p, a, b in zip(d.parameters(), got_grads, want_grads):
         assert p.dim() == 1 or a.abs().max() > 0  # the weights get real gradients
         torch.testing.assert_close(a, b, **tolerance(b, dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_wgan_gp_matches_eager_gpu(impl):
+    test_wgan_gp_matches_eager(impl, torch.float64, "cuda")
 
 
 @pytest.mark.parametrize("impl", CPU_BACKENDS)
