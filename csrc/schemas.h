@@ -60,6 +60,22 @@ inline void define_kernel_schemas(torch::Library& m) {
   // dM[i, b, c] = -sum_{j != i} (grad[i, b] + grad[j, b]) * exp(-D[i, j, b]) * sign(M[i, b, c] - M[j, b, c]),
   // sign(0) = 0; grad is a contiguous [N, B] of M's dtype; dM is [N, B, C].
   m.def("minibatch_discrimination_backward(Tensor grad, Tensor M) -> Tensor");
+  // ---- SPEC 3: the fused epilogue of the equalized layers (StyleGAN's bias_act). The three
+  // activations are one leaky ReLU: slope 1 is linear, 0 relu, alpha lrelu; gain > 0.
+  // y = clamp(act(x * x_mul + bias[c] * b_mul) * gain, -clamp, clamp), c the index along `dim`
+  // (bias undefined: none; clamp < 0: no clamp). Channels-last inputs are 4-D with dim == 1.
+  m.def("bias_act(Tensor x, Tensor? bias, int dim, float slope, float gain, float x_mul, float b_mul, "
+        "float clamp) -> Tensor");
+  // grad_x = grad * x_mul * gain * (y > 0 ? 1 : slope) * (clamp < 0 || |y| < clamp), with y the
+  // output of bias_act (same signs as its pre-activation since gain > 0 and slope >= 0). Linear in
+  // grad and piecewise constant in y: its own backward is this op again.
+  m.def("bias_act_backward(Tensor grad, Tensor y, float slope, float gain, float x_mul, float clamp) -> Tensor");
+  // SPEC 3 + 4 (the ProGAN generator): y = pixel_norm(a), a = lrelu(x + bias[c], slope) * gain,
+  // normalizing over dim 1 (bias: [C]); a is never stored.
+  m.def("bias_act_pixel_norm(Tensor x, Tensor bias, float slope, float gain, float eps) -> Tensor");
+  // grad_x = gain * (a > 0 ? 1 : slope) * (r * g - a * r^3 * sum_c(g * a) / C), a recomputed.
+  m.def("bias_act_pixel_norm_backward(Tensor grad, Tensor x, Tensor bias, float slope, float gain, "
+        "float eps) -> Tensor");
 }
 
 }  // namespace fastgan

@@ -1,5 +1,7 @@
 """fastgan's functional API. Every op takes `impl=` ("reference", "cpu", "triton", "cuda")."""
 
+from .bias_act import bias_act, bias_act_reference
+from .bias_act_pixel_norm import bias_act_pixel_norm, bias_act_pixel_norm_reference
 from .blend_reals import blend_reals, blend_reals_reference
 from .fade_in import fade_in, fade_in_reference
 from .minibatch_discrimination import (minibatch_discrimination, minibatch_discrimination_reference,
@@ -8,6 +10,8 @@ from .pixel_norm import pixel_norm, pixel_norm_reference
 from .schedule import fade_alpha
 
 __all__ = [
+    "bias_act", "bias_act_reference",
+    "bias_act_pixel_norm", "bias_act_pixel_norm_reference",
     "blend_reals", "blend_reals_reference",
     "fade_in", "fade_in_reference",
     "minibatch_discrimination", "minibatch_discrimination_reference",

@@ -67,14 +67,19 @@ def _pixel_norm_backward_bwd(ctx, gg):
     if ctx.needs_input_grad[0]:
         d_grad = _pixel_norm_backward(gg, x, ctx.eps, ctx.impl)
     if ctx.needs_input_grad[1]:
-        c = x.shape[1]
-        r = torch.rsqrt(x.square().mean(dim=1, keepdim=True) + ctx.eps)
-        s = (grad * x).sum(dim=1, keepdim=True)
-        a = (gg * grad).sum(dim=1, keepdim=True)
-        b = (gg * x).sum(dim=1, keepdim=True)
-        r3 = r * r * r
-        d_x = -r3 / c * (a * x + s * gg + b * grad) + 3.0 * r3 * r * r * b * s * x / (c * c)
+        d_x = pixel_norm_backward_x_grad(grad, x, gg, ctx.eps)
     return d_grad, d_x, None, None
+
+
+def pixel_norm_backward_x_grad(grad, x, gg, eps):
+    """The gradient with respect to x of <gg, pixel_norm_backward(grad, x)>, eager (differentiable)."""
+    c = x.shape[1]
+    r = torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
+    s = (grad * x).sum(dim=1, keepdim=True)
+    a = (gg * grad).sum(dim=1, keepdim=True)
+    b = (gg * x).sum(dim=1, keepdim=True)
+    r3 = r * r * r
+    return -r3 / c * (a * x + s * gg + b * grad) + 3.0 * r3 * r * r * b * s * x / (c * c)
 
 
 _pixel_norm = fused_op("pixel_norm", _pixel_norm_kernel, _like_x, _pixel_norm_bwd, _save_x)

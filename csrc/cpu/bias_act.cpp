@@ -1,0 +1,140 @@
+// SPEC 3, StyleGAN2's bias_act with the equalized layers' runtime scales:
+//   y      = clamp(lrelu(x * x_mul + bias[c] * b_mul, slope) * gain, -clamp, clamp)
+//   grad_x = grad * x_mul * gain * (y > 0 ? 1 : slope) * (clamp < 0 || |y| < clamp)
+// (slope 1: linear, 0: relu). Both are elementwise. The forward sees x as rows
+// with one bias value each (NCHW: the H*W values of a channel plane) or, when
+// the biased dim is innermost (channels-last, [N, C] rows), rows of C values
+// against the bias vector. Vector code on at::vec chunks (half types in float).
+#include "bias_act.h"
+
+namespace fastgan::cpu {
+namespace {
+
+// y[j] = ep(x[j] * x_mul + b[j]) for j < n, b[j] = b_row[j] * b_mul when b_row is
+// given (bias along the row), else the constant b_const.
+template <typename T>
+void bias_act_row(const T* x, const T* b_row, T* y, int64_t n, at::opmath_type<T> b_const, at::opmath_type<T> b_mul,
+                  const Epilogue<T>& ep) {
+  using acc_t = at::opmath_type<T>;
+  using Vec = AccVec<T>;
+  const auto bias_at = [&](int64_t j) { return b_row ? static_cast<acc_t>(b_row[j]) * b_mul : b_const; };
+  int64_t j = 0;
+  if constexpr (kChunked<T>) {
+    const Vec xm(ep.x_mul), bm(b_mul), bc(b_const);
+    for (; j + kChunk<T> <= n; j += kChunk<T>) {
+      auto v = load_chunk(x + j);
+      if (b_row) {
+        const auto b = load_chunk(b_row + j);
+        for (int p = 0; p < kParts<T>; ++p) v[p] = ep(at::vec::fmadd(v[p], xm, b[p] * bm));
+      } else {
+        for (auto& part : v) part = ep(at::vec::fmadd(part, xm, bc));
+      }
+      store_chunk(y + j, v);
+    }
+  }
+  for (; j < n; ++j) y[j] = static_cast<T>(ep(static_cast<acc_t>(x[j]) * ep.x_mul + bias_at(j)));
+}
+
+at::Tensor bias_act(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t dim, double slope,
+                    double gain, double x_mul, double b_mul, double clamp) {
+  TORCH_CHECK(x.dim() >= 1 && dim >= 0 && dim < x.dim(), "fastgan_cpu::bias_act: dim ", dim,
+              " out of range for x of sizes ", x.sizes());
+  const auto fmt = layout_of(x, "x");
+  TORCH_CHECK(fmt == at::MemoryFormat::Contiguous || dim == 1,
+              "fastgan_cpu::bias_act: a channels-last x takes its bias along dim 1, got dim ", dim);
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (has_bias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(dim) && bias->is_contiguous(),
+                "fastgan_cpu::bias_act: bias must be a contiguous vector of x.size(dim) = ", x.size(dim),
+                " values, got sizes ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "fastgan_cpu::bias_act: bias has dtype ",
+                bias->scalar_type(), ", expected ", x.scalar_type());
+  }
+  auto y = at::empty(x.sizes(), x.options().memory_format(fmt));
+  if (x.numel() == 0) return y;
+  // x as [outer, C, in] along dim; channels-last has C innermost (in = 1).
+  const int64_t c = x.size(dim);
+  int64_t in = 1;
+  if (fmt == at::MemoryFormat::Contiguous) {
+    for (int64_t d = dim + 1; d < x.dim(); ++d) in *= x.size(d);
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastgan_cpu::bias_act", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Epilogue<scalar_t> ep{static_cast<acc_t>(x_mul), static_cast<acc_t>(slope), static_cast<acc_t>(gain),
+                                static_cast<acc_t>(clamp)};
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* bp = has_bias ? bias->const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const acc_t bm = static_cast<acc_t>(b_mul);
+    if (bp == nullptr) {
+      // No bias: one flat run.
+      at::parallel_for(0, x.numel(), kGrainElems, [&](int64_t begin, int64_t end) {
+        bias_act_row<scalar_t>(xp + begin, nullptr, yp + begin, end - begin, acc_t(0), bm, ep);
+      });
+    } else if (in == 1) {
+      // Rows of C values against the bias vector.
+      at::parallel_for(0, x.numel() / c, grain(c), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) bias_act_row(xp + r * c, bp, yp + r * c, c, acc_t(0), bm, ep);
+      });
+    } else {
+      // Rows of `in` values sharing bias[row % C].
+      at::parallel_for(0, x.numel() / in, grain(in), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const acc_t b = static_cast<acc_t>(bp[r % c]) * bm;
+          bias_act_row<scalar_t>(xp + r * in, nullptr, yp + r * in, in, b, bm, ep);
+        }
+      });
+    }
+  });
+  return y;
+}
+
+at::Tensor bias_act_backward(const at::Tensor& grad, const at::Tensor& y, double slope, double gain, double x_mul,
+                             double clamp) {
+  TORCH_CHECK(grad.sizes() == y.sizes(), "fastgan_cpu::bias_act_backward: grad and y must have the same shape, got ",
+              grad.sizes(), " and ", y.sizes());
+  const auto fmt = layout_of(y, "y");
+  check_like(grad, "grad", y, fmt);
+  auto gx = at::empty(y.sizes(), y.options().memory_format(fmt));
+  const int64_t n = y.numel();
+  if (n == 0) return gx;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fastgan_cpu::bias_act_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Epilogue<scalar_t> ep{static_cast<acc_t>(x_mul), static_cast<acc_t>(slope), static_cast<acc_t>(gain),
+                                static_cast<acc_t>(clamp)};
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    scalar_t* op = gx.mutable_data_ptr<scalar_t>();
+    if (slope == 1.0 && clamp < 0) {  // linear: a constant factor, y unread
+      const acc_t k = static_cast<acc_t>(x_mul * gain);
+      at::parallel_for(0, n, kGrainElems, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin + scale_vectorized(gp + begin, op + begin, end - begin, k); j < end; ++j) {
+          op[j] = static_cast<scalar_t>(k * static_cast<acc_t>(gp[j]));
+        }
+      });
+      return;
+    }
+    at::parallel_for(0, n, kGrainElems, [&](int64_t begin, int64_t end) {
+      int64_t j = begin;
+      if constexpr (kChunked<scalar_t>) {
+        for (; j + kChunk<scalar_t> <= end; j += kChunk<scalar_t>) {
+          auto g = load_chunk(gp + j);
+          const auto v = load_chunk(yp + j);
+          for (int p = 0; p < kParts<scalar_t>; ++p) g[p] = g[p] * ep.factor(v[p]);
+          store_chunk(op + j, g);
+        }
+      }
+      for (; j < end; ++j) op[j] = static_cast<scalar_t>(static_cast<acc_t>(gp[j]) * ep.factor(static_cast<acc_t>(yp[j])));
+    });
+  });
+  return gx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan_cpu, CPU, m) {
+  m.impl("bias_act", &bias_act);
+  m.impl("bias_act_backward", &bias_act_backward);
+}
+
+}  // namespace fastgan::cpu

@@ -1,0 +1,234 @@
+import math
+import os
+
+import pytest
+import torch
+
+import fastgan
+from fastgan.ops.bias_act import bias_act_reference
+from helpers import CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, check_forward_backward, gradchecks, randn
+
+SHAPES = [(1, 3, 5, 7), (2, 7, 4, 6), (3, 1, 8, 8), (2, 19, 3, 5)]
+# (act, alpha, gain, clamp, x_mul, b_mul): StyleGAN defaults, ProGAN's act_gain 1, the equalized scales, clamps.
+VARIANTS = [
+    ("linear", None, None, None, 1.0, 1.0),
+    ("relu", None, None, None, 1.0, 1.0),
+    ("lrelu", None, None, None, 1.0, 1.0),
+    ("lrelu", 0.2, 1.0, None, 0.0589, 1.0),
+    ("lrelu", 0.1, math.sqrt(2), 0.8, 0.7, 0.01),
+    ("linear", None, 1.0, 0.5, 1.3, 2.0),
+    ("relu", None, 2.0, 1.0, 0.5, 1.0),
+]
+
+
+def check(x, bias, variant, impl, dtype, dim=1):
+    act, alpha, gain, clamp, x_mul, b_mul = variant
+    kwargs = dict(act=act, alpha=alpha, gain=gain, clamp=clamp, dim=dim, x_mul=x_mul, b_mul=b_mul)
+    inputs = [x] if bias is None else [x, bias]
+
+    def op(x, b=None, impl=None):
+        return fastgan.ops.bias_act(x, b, impl=impl, **kwargs)
+
+    def reference(x, b=None):
+        return bias_act_reference(x, b, **kwargs)
+
+    check_forward_backward(op, reference, inputs, impl, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_parity(impl, shape, layout, dtype):
+    x = randn(shape, layout, dtype)
+    check(x, randn(shape[1:2], dtype=dtype), VARIANTS[3], impl, dtype)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_parity_variants(impl, layout, variant):
+    x = 2 * randn((2, 5, 3, 7), layout)
+    check(x, randn((5,)), variant, impl, torch.float32)
+
+
+@pytest.mark.parametrize("shape, dim", [((5, 17), 1), ((5, 17), 0), ((3, 4, 10), 2), ((3, 4, 10), -2), ((33,), 0),
+                                        ((2, 3, 2, 3, 2), 3), ((2, 3, 4, 5), 0)])
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_parity_dims(impl, shape, dim):
+    check(randn(shape), randn((shape[dim],)), VARIANTS[4], impl, torch.float32, dim)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_parity_no_bias(impl, layout):
+    check(randn((2, 5, 3, 7), layout), None, VARIANTS[4], impl, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_parity_low_precision_cpu(layout, dtype):
+    check(randn((2, 7, 5, 3), layout, dtype), randn((7,), dtype=dtype), VARIANTS[4], "cpu", dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(3, 64, 50, 50), (2, 71, 9, 7), (4, 512, 4, 4)])
+def test_parity_cpu_large(shape, layout, dtype):
+    """Vector loops and their tails in both layouts, several parallel tasks. In float16/bfloat16
+    without the clamp (see test_clamp_in_low_precision) and the bias: its gradient sums thousands
+    of rounded grad_x values (as eager autograd does), beyond a float32 oracle's tolerance."""
+    if dtype == torch.float32:
+        check(randn(shape, layout, dtype), randn(shape[1:2], dtype=dtype), VARIANTS[4], "cpu", dtype)
+    else:
+        check(randn(shape, layout, dtype), None, VARIANTS[3], "cpu", dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_clamp_in_low_precision(dtype):
+    """The backward reads the clamp from y: in float16/bfloat16 an output that rounds to the clamp
+    counts as clamped (as in StyleGAN2). Elsewhere the gradient is exact."""
+    x = randn((4, 16, 32, 32), dtype=dtype)
+    y = fastgan.ops.bias_act(x.requires_grad_(), None, "linear", clamp=0.8, impl="cpu")
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    limit = torch.tensor(0.8, dtype=dtype)
+    want = torch.where(y.abs() < limit, g, 0)
+    assert torch.equal(gx, want)
+    edge = (x.float().abs() < 0.8) & (y.abs() == limit)
+    assert torch.equal(gx[~edge], (g * (x.float().abs() <= 0.8))[~edge])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_parity_gpu(impl, layout, dtype):
+    for shape in SHAPES + [(32, 512, 16, 16)]:
+        for variant in VARIANTS:
+            check(randn(shape, layout, dtype, "cuda"), randn(shape[1:2], dtype=dtype, device="cuda"), variant, impl,
+                  dtype)
+
+
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[3], VARIANTS[4], VARIANTS[6]], ids=str)
+@pytest.mark.parametrize("impl", ["reference"] + CPU_BACKENDS)
+def test_gradcheck(impl, variant):
+    act, alpha, gain, clamp, x_mul, b_mul = variant
+    x = randn((2, 3, 3, 2), dtype=torch.float64).requires_grad_()
+    b = randn((3,), dtype=torch.float64).requires_grad_()
+    fn = lambda x, b: fastgan.ops.bias_act(x, b, act, alpha, gain, clamp, 1, x_mul, b_mul, impl=impl)  # noqa: E731
+    gradchecks(fn, (x, b), impl)
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_third_derivative(impl):
+    """The backward's backward is bias_act_backward again: differentiable once more (zero in y)."""
+    x = randn((2, 3, 2, 2), dtype=torch.float64).requires_grad_()
+    fn = lambda x: fastgan.ops.bias_act(x, None, "lrelu", impl=impl)  # noqa: E731
+    assert torch.autograd.gradgradcheck(lambda x: torch.autograd.grad(fn(x).sum(), x, create_graph=True)[0], (x,))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_opcheck(impl, layout):
+    x = randn((2, 5, 3, 4), layout).requires_grad_()
+    b = randn((5,)).requires_grad_()
+    g = randn((2, 5, 3, 4), layout).requires_grad_()
+    torch.library.opcheck(torch.ops.fastgan.bias_act.default, (x, b, 1, 0.2, 1.4, 0.7, 1.1, 0.9, impl))
+    torch.library.opcheck(torch.ops.fastgan.bias_act.default, (x, None, 1, 0.0, 1.0, 1.0, 1.0, -1.0, impl))
+    torch.library.opcheck(torch.ops.fastgan.bias_act_backward.default, (g, x, 0.2, 1.4, 0.7, 0.9, impl))
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_compile_fullgraph(impl):
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x, b: fastgan.ops.bias_act(x, b, "lrelu", 0.2, 1.0, x_mul=0.3, impl=impl),
+                       fullgraph=True)
+    x = randn((2, 4, 3, 5), "channels_last").requires_grad_()
+    b = randn((4,)).requires_grad_()
+    out, want = fn(x, b), bias_act_reference(x, b, "lrelu", 0.2, 1.0, x_mul=0.3)
+    torch.testing.assert_close(out, want)
+    g = torch.randn_like(want)
+    for a, w in zip(torch.autograd.grad(out, (x, b), g), torch.autograd.grad(want, (x, b), g)):
+        torch.testing.assert_close(a, w)
+
+
+def test_default_gain_is_stylegan2():
+    x = randn((2, 3))
+    torch.testing.assert_close(fastgan.ops.bias_act(x, act="lrelu", impl="cpu"),
+                               torch.nn.functional.leaky_relu(x, 0.2) * math.sqrt(2))
+    torch.testing.assert_close(fastgan.ops.bias_act(x, act="linear", impl="cpu"), x)
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(x=torch.ones(2, 3, dtype=torch.int32)), TypeError, "x must be a floating tensor"),
+    (dict(x=[1.0]), TypeError, "x must be a torch.Tensor"),
+    (dict(bias=torch.ones(4)), ValueError, r"bias must have shape \(3,\)"),
+    (dict(bias=torch.ones(3, dtype=torch.float64)), TypeError, "bias has dtype"),
+    (dict(bias=torch.ones(1, 3)), ValueError, "bias must be 1-D"),
+    (dict(act="tanh"), ValueError, "act must be one of"),
+    (dict(act="lrelu", alpha=-0.1), ValueError, "alpha"),
+    (dict(gain=0.0), ValueError, "gain must be positive"),
+    (dict(clamp=-2.0), ValueError, "clamp must be None or >= 0"),
+    (dict(dim=2), ValueError, "dim 2 is out of range"),
+])
+def test_bad_input(kwargs, error, words):
+    args = dict(x=torch.ones(2, 3), bias=torch.ones(3))
+    args.update(kwargs)
+    with pytest.raises(error, match=words):
+        fastgan.ops.bias_act(**args, impl="cpu")
+
+
+BIAS_ACT_KERNELS = ["bias_act", "bias_act_backward", "bias_act_pixel_norm", "bias_act_pixel_norm_backward"]
+
+
+@pytest.mark.parametrize("namespace, key, module", [("fastgan_cpu", "CPU", "_C"), ("fastgan_cuda", "CUDA", "_C_cuda")])
+def test_extensions_register_the_kernels(namespace, key, module):
+    """Both extensions define every kernel of SPEC 3 (the CUDA one where it is built, as test_extensions.py)."""
+    from fastgan import _extensions
+
+    if _extensions.load(module) is None:
+        if module == "_C" or os.environ.get("FASTGAN_REQUIRE_CUDA_EXT") == "1":
+            pytest.fail(_extensions.load_error(module))
+        pytest.skip(f"{module} not built: {_extensions.load_error(module)}")
+    for op in BIAS_ACT_KERNELS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{namespace}::{op}", key), op
+
+
+def _custom_op_callers():
+    """name: (the fused_op caller, fresh float64 inputs, the arguments after them), as test_autograd_paths.py."""
+    import importlib
+
+    ba, bapn = (importlib.import_module(f"fastgan.ops.{m}") for m in ("bias_act", "bias_act_pixel_norm"))
+    x = lambda: randn((2, 3, 3, 2), dtype=torch.float64)  # noqa: E731
+    b = lambda: randn((3,), dtype=torch.float64)  # noqa: E731
+    return {
+        "bias_act": (ba._bias_act, lambda: [x(), b()], [1, 0.2, 1.4, 0.7, 1.1, 0.9]),
+        "bias_act_backward": (ba._bias_act_backward, lambda: [x(), x()], [0.2, 1.4, 0.7, -1.0]),
+        "bias_act_pixel_norm": (bapn._bias_act_pixel_norm, lambda: [x(), b()], [0.2, 1.3, 1e-8]),
+        "bias_act_pixel_norm_backward": (bapn._bias_act_pixel_norm_backward, lambda: [x(), x(), b()],
+                                         [0.2, 1.3, 1e-8]),
+    }
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+@pytest.mark.parametrize("name", BIAS_ACT_KERNELS)
+def test_custom_op_gradcheck(name, impl):
+    """The custom ops' own autograd (what torch.compile runs) to the second order."""
+    caller, make, args = _custom_op_callers()[name]
+    inputs = tuple(t.requires_grad_() for t in make())
+    gradchecks(lambda *ts: caller.op(*ts, *args, impl), inputs, impl)
+
+
+@pytest.mark.parametrize("name", BIAS_ACT_KERNELS)
+def test_eager_and_traced_paths_agree(name):
+    caller, make, args = _custom_op_callers()[name]
+    inputs = [t.requires_grad_() for t in make()]
+    eager, traced = caller(*inputs, *args, "cpu"), caller.op(*inputs, *args, "cpu")
+    assert type(eager.grad_fn).__name__ == f"{name}Backward"
+    assert "fastgan" in type(traced.grad_fn).__name__.lower()
+    grad = torch.randn_like(eager)
+    got = torch.autograd.grad(eager, inputs, grad, allow_unused=True, materialize_grads=True)
+    want = torch.autograd.grad(traced, inputs, grad, allow_unused=True, materialize_grads=True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
