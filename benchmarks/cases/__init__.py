@@ -39,6 +39,6 @@ class Case:
 
 
 # Imported after Case is defined: the case modules import it from this package.
-from . import blend_reals, fade_in, minibatch_discrimination, pixel_norm  # noqa: E402
+from . import bias_act, bias_act_pixel_norm, blend_reals, equalized_conv, fade_in, minibatch_discrimination, pixel_norm  # noqa: E402
 
-CASES = [fade_in.CASE, blend_reals.CASE, pixel_norm.CASE, minibatch_discrimination.CASE]
+CASES = [fade_in.CASE, blend_reals.CASE, pixel_norm.CASE, minibatch_discrimination.CASE, bias_act.CASE, equalized_conv.CASE, bias_act_pixel_norm.CASE]

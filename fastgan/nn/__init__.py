@@ -1,6 +1,14 @@
 """Drop-in modules built on `fastgan.ops`."""
 
+from .equalized import EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear
 from .minibatch_discrimination import MinibatchDiscrimination
 from .progressive import FadeIn, PixelNorm
 
-__all__ = ["FadeIn", "MinibatchDiscrimination", "PixelNorm"]
+__all__ = [
+    "FadeIn",
+    "PixelNorm",
+    "MinibatchDiscrimination",
+    "EqualizedConv2d",
+    "EqualizedConvTranspose2d",
+    "EqualizedLinear",
+]

@@ -10,12 +10,19 @@ from .pixel_norm import pixel_norm, pixel_norm_reference
 from .schedule import fade_alpha
 
 __all__ = [
-    "bias_act", "bias_act_reference",
-    "bias_act_pixel_norm", "bias_act_pixel_norm_reference",
-    "blend_reals", "blend_reals_reference",
-    "fade_in", "fade_in_reference",
-    "minibatch_discrimination", "minibatch_discrimination_reference",
-    "minibatch_features", "minibatch_features_reference",
-    "pixel_norm", "pixel_norm_reference",
+    "blend_reals",
+    "blend_reals_reference",
+    "fade_in",
+    "fade_in_reference",
+    "pixel_norm",
+    "pixel_norm_reference",
     "fade_alpha",
+    "minibatch_discrimination",
+    "minibatch_discrimination_reference",
+    "minibatch_features",
+    "minibatch_features_reference",
+    "bias_act",
+    "bias_act_reference",
+    "bias_act_pixel_norm",
+    "bias_act_pixel_norm_reference",
 ]

@@ -10,6 +10,10 @@ it is launched with, for the ahead-of-time compile test (tests/test_triton_aot.p
 """
 
 from ._common import KernelSpec
+from .bias_act import KERNEL_SPECS as _BIAS_ACT_SPECS
+from .bias_act import bias_act, bias_act_backward
+from .bias_act_pixel_norm import KERNEL_SPECS as _BIAS_ACT_PIXEL_NORM_SPECS
+from .bias_act_pixel_norm import bias_act_pixel_norm, bias_act_pixel_norm_backward
 from .blend_reals import KERNEL_SPECS as _BLEND_REALS_SPECS
 from .blend_reals import blend_reals
 from .fade_in import KERNEL_SPECS as _FADE_IN_SPECS
@@ -19,10 +23,27 @@ from .minibatch_discrimination import minibatch_discrimination, minibatch_discri
 from .pixel_norm import KERNEL_SPECS as _PIXEL_NORM_SPECS
 from .pixel_norm import pixel_norm, pixel_norm_backward
 
-KERNEL_SPECS = [*_PIXEL_NORM_SPECS, *_FADE_IN_SPECS, *_BLEND_REALS_SPECS, *_MINIBATCH_DISCRIMINATION_SPECS]
+KERNEL_SPECS = [
+    *_PIXEL_NORM_SPECS,
+    *_FADE_IN_SPECS,
+    *_BLEND_REALS_SPECS,
+    *_MINIBATCH_DISCRIMINATION_SPECS,
+    *_BIAS_ACT_SPECS,
+    *_BIAS_ACT_PIXEL_NORM_SPECS,
+]
 
 __all__ = [
-    "pixel_norm", "pixel_norm_backward", "fade_in", "fade_in_backward", "blend_reals",
-    "minibatch_discrimination", "minibatch_discrimination_backward",
-    "KERNEL_SPECS", "KernelSpec",
+    "pixel_norm",
+    "pixel_norm_backward",
+    "fade_in",
+    "fade_in_backward",
+    "blend_reals",
+    "KERNEL_SPECS",
+    "KernelSpec",
+    "minibatch_discrimination",
+    "minibatch_discrimination_backward",
+    "bias_act",
+    "bias_act_backward",
+    "bias_act_pixel_norm",
+    "bias_act_pixel_norm_backward",
 ]
