@@ -2,12 +2,16 @@
 
 from .blend_reals import blend_reals, blend_reals_reference
 from .fade_in import fade_in, fade_in_reference
+from .fade_in_from_rgb import fade_in_from_rgb, fade_in_from_rgb_reference
+from .minibatch_stddev import minibatch_stddev, minibatch_stddev_reference
 from .pixel_norm import pixel_norm, pixel_norm_reference
 from .schedule import fade_alpha
 
 __all__ = [
     "blend_reals", "blend_reals_reference",
     "fade_in", "fade_in_reference",
+    "fade_in_from_rgb", "fade_in_from_rgb_reference",
+    "minibatch_stddev", "minibatch_stddev_reference",
     "pixel_norm", "pixel_norm_reference",
     "fade_alpha",
 ]

@@ -1,0 +1,398 @@
+// SPEC 6, discriminator side: out = (1 - alpha) * lrelu(z) + alpha * x_high with
+// z = w_mul * W avg_pool_2x2(img) + b_mul * bias, the equalized 1x1 conv over the Ci
+// colour channels; and its backward (z recomputed, gz = (1 - alpha) * lrelu'(z) * grad):
+//   grad_img = up_2x(w_mul * W^T gz) / 4, grad_x_high = alpha * grad,
+//   grad_weight = w_mul * sum gz p^T, grad_bias = b_mul * sum gz.
+// A task takes low-resolution rows (n, h): it pools the two image rows above them into
+// p[Ci][W] (float), then walks x_high's Co channels. NCHW vectorizes along a row of
+// pixels, channels-last along the Co channels of a pixel. The weight sums go to per-block
+// partials, added in a fixed order at the end (deterministic).
+#include <vector>
+
+#include "common.h"
+
+namespace fastgan::cpu {
+namespace {
+
+struct Shape {
+  int64_t n, ci, co, h, w;
+  bool nhwc;
+  int64_t rows() const { return n * h; }
+};
+
+// The lrelu derivative: 1 where z > 0, else slope (as PyTorch's leaky_relu backward).
+template <typename V>
+V lrelu_slope_vec(const V& z, const V& slope) {
+  return V::blendv(slope, V(1), z > V(0));
+}
+
+template <typename acc_t>
+acc_t lrelu_slope(acc_t z, acc_t slope) {
+  return z > acc_t(0) ? acc_t(1) : slope;
+}
+
+// Weights and bias scaled and in acc_t: wt[i * Co + o] = w_mul * W[o, i], bb[o] = b_mul * bias[o].
+template <typename T>
+struct Scaled {
+  std::vector<at::opmath_type<T>> wt, bb;
+  Scaled(const T* weight, const T* bias, const Shape& s, double w_mul, double b_mul) : wt(s.ci * s.co), bb(s.co) {
+    using acc_t = at::opmath_type<T>;
+    for (int64_t o = 0; o < s.co; ++o) {
+      bb[o] = static_cast<acc_t>(b_mul) * static_cast<acc_t>(bias[o]);
+      for (int64_t i = 0; i < s.ci; ++i)
+        wt[i * s.co + o] = static_cast<acc_t>(w_mul) * static_cast<acc_t>(weight[o * s.ci + i]);
+    }
+  }
+};
+
+// p[i * W + w] = avg_pool_2x2(img) at low row (n, h), pixel w, colour i.
+template <typename T>
+void pool_rgb_row(const T* img, const Shape& s, int64_t row, at::opmath_type<T>* p) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t n = row / s.h, h = row % s.h, hl = 2 * s.w;
+  if (!s.nhwc) {
+    for (int64_t i = 0; i < s.ci; ++i) {
+      const T* top = img + ((n * s.ci + i) * 2 * s.h + 2 * h) * hl;
+      pool_row(top, top + hl, p + i * s.w, RowPairs{1, s.w, 1}, acc_t(0.25));
+    }
+    return;
+  }
+  const T* top = img + (n * 2 * s.h + 2 * h) * hl * s.ci;
+  const T* bottom = top + hl * s.ci;
+  for (int64_t w = 0; w < s.w; ++w) {
+    for (int64_t i = 0; i < s.ci; ++i) {
+      const int64_t k = 2 * w * s.ci + i;
+      p[i * s.w + w] = acc_t(0.25) * (static_cast<acc_t>(top[k]) + static_cast<acc_t>(top[k + s.ci]) +
+                                      static_cast<acc_t>(bottom[k]) + static_cast<acc_t>(bottom[k + s.ci]));
+    }
+  }
+}
+
+// Writes the 2x2 up-sampling of scale * gp[i * W + w] into grad_img's two rows above low row (n, h).
+template <typename T>
+void unpool_rgb_row(const at::opmath_type<T>* gp, const Shape& s, int64_t row, at::opmath_type<T> scale, T* gi) {
+  const int64_t n = row / s.h, h = row % s.h, hl = 2 * s.w;
+  for (int64_t i = 0; i < s.ci; ++i) {
+    // NCHW: rows of colour i, pixels 1 apart; NHWC: rows of all colours, pixels Ci apart.
+    const int64_t pix = s.nhwc ? s.ci : 1;
+    T* top = s.nhwc ? gi + (n * 2 * s.h + 2 * h) * hl * s.ci + i : gi + ((n * s.ci + i) * 2 * s.h + 2 * h) * hl;
+    T* bottom = top + hl * pix;
+    for (int64_t w = 0; w < s.w; ++w) {
+      const T v = static_cast<T>(scale * gp[i * s.w + w]);
+      top[2 * w * pix] = v;
+      top[(2 * w + 1) * pix] = v;
+      bottom[2 * w * pix] = v;
+      bottom[(2 * w + 1) * pix] = v;
+    }
+  }
+}
+
+// out over `cnt` values 1 apart: z[k] = bb + sum_i wt_i * p_i[k] (pixels along a row when
+// wt_i, bb are broadcast scalars; channels of a pixel when they are vectors along o).
+template <typename T>
+void forward_nchw_channel(const at::opmath_type<T>* p, const Scaled<T>& sc, const Shape& s, int64_t o, const T* xh,
+                          T* out, double alpha, double slope) {
+  using acc_t = at::opmath_type<T>;
+  const acc_t a = static_cast<acc_t>(alpha), b = static_cast<acc_t>(1.0 - alpha), sl = static_cast<acc_t>(slope);
+  int64_t j = 0;
+  if constexpr (kChunked<T>) {
+    using Vec = AccVec<T>;
+    for (; j + kChunk<T> <= s.w; j += kChunk<T>) {
+      auto xv = load_chunk(xh + j);
+      for (int q = 0; q < kParts<T>; ++q) {
+        Vec z(sc.bb[o]);
+        for (int64_t i = 0; i < s.ci; ++i)
+          z = at::vec::fmadd(Vec(sc.wt[i * s.co + o]), Vec::loadu(p + i * s.w + j + q * Vec::size()), z);
+        xv[q] = at::vec::fmadd(Vec(a), xv[q], Vec(b) * z * lrelu_slope_vec(z, Vec(sl)));
+      }
+      store_chunk(out + j, xv);
+    }
+  }
+  for (; j < s.w; ++j) {
+    acc_t z = sc.bb[o];
+    for (int64_t i = 0; i < s.ci; ++i) z += sc.wt[i * s.co + o] * p[i * s.w + j];
+    out[j] = static_cast<T>(a * static_cast<acc_t>(xh[j]) + b * z * lrelu_slope(z, sl));
+  }
+}
+
+template <typename T>
+void forward_nhwc_pixel(const at::opmath_type<T>* p, const Scaled<T>& sc, const Shape& s, int64_t w, const T* xh,
+                        T* out, double alpha, double slope) {
+  using acc_t = at::opmath_type<T>;
+  const acc_t a = static_cast<acc_t>(alpha), b = static_cast<acc_t>(1.0 - alpha), sl = static_cast<acc_t>(slope);
+  int64_t o = 0;
+  if constexpr (kChunked<T>) {
+    using Vec = AccVec<T>;
+    for (; o + kChunk<T> <= s.co; o += kChunk<T>) {
+      auto xv = load_chunk(xh + o);
+      auto z = load_acc_chunk<T>(sc.bb.data() + o);
+      for (int64_t i = 0; i < s.ci; ++i) {
+        const auto wv = load_acc_chunk<T>(sc.wt.data() + i * s.co + o);
+        for (int q = 0; q < kParts<T>; ++q) z[q] = at::vec::fmadd(Vec(p[i * s.w + w]), wv[q], z[q]);
+      }
+      for (int q = 0; q < kParts<T>; ++q) xv[q] = at::vec::fmadd(Vec(a), xv[q], Vec(b) * z[q] * lrelu_slope_vec(z[q], Vec(sl)));
+      store_chunk(out + o, xv);
+    }
+  }
+  for (; o < s.co; ++o) {
+    acc_t z = sc.bb[o];
+    for (int64_t i = 0; i < s.ci; ++i) z += sc.wt[i * s.co + o] * p[i * s.w + w];
+    out[o] = static_cast<T>(a * static_cast<acc_t>(xh[o]) + b * z * lrelu_slope(z, sl));
+  }
+}
+
+template <typename T>
+void fade_in_from_rgb_kernel(const T* img, const T* xh, const T* weight, const T* bias, T* out, const Shape& s,
+                             double alpha, double w_mul, double b_mul, double slope) {
+  using acc_t = at::opmath_type<T>;
+  const Scaled<T> sc(weight, bias, s, w_mul, b_mul);
+  at::parallel_for(0, s.rows(), grain(s.co * s.w), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> p(s.ci * s.w);
+    for (int64_t row = begin; row < end; ++row) {
+      pool_rgb_row(img, s, row, p.data());
+      const int64_t n = row / s.h, h = row % s.h;
+      if (s.nhwc) {
+        for (int64_t w = 0; w < s.w; ++w) {
+          const int64_t off = (row * s.w + w) * s.co;
+          forward_nhwc_pixel(p.data(), sc, s, w, xh + off, out + off, alpha, slope);
+        }
+      } else {
+        for (int64_t o = 0; o < s.co; ++o) {
+          const int64_t off = ((n * s.co + o) * s.h + h) * s.w;
+          forward_nchw_channel(p.data(), sc, s, o, xh + off, out + off, alpha, slope);
+        }
+      }
+    }
+  });
+}
+
+// Backward state of a task: pooled row p, its gradient gp, and the weight partials
+// part[(1 + i) * Co + o] = sum gz * p_i, part[o] = sum gz (unscaled).
+template <typename T>
+struct BackwardRow {
+  const Shape& s;
+  const Scaled<T>& sc;
+  at::opmath_type<T> a, b, sl;
+  at::opmath_type<T>* p;
+  at::opmath_type<T>* gp;
+  at::opmath_type<T>* part;
+
+  // One channel o of an NCHW row: grad and grad_x_high rows of W pixels.
+  void nchw_channel(int64_t o, const T* g, T* gxh) {
+    using acc_t = at::opmath_type<T>;
+    int64_t j = 0;
+    if constexpr (kChunked<T>) {
+      using Vec = AccVec<T>;
+      Vec sum_b(0);
+      std::array<Vec, 4> sum_w{Vec(0), Vec(0), Vec(0), Vec(0)};  // colours 0..3; more in the tail loop below
+      const int64_t vi = std::min<int64_t>(s.ci, 4);
+      for (; j + kChunk<T> <= s.w; j += kChunk<T>) {
+        auto gv = load_chunk(g + j);
+        for (int q = 0; q < kParts<T>; ++q) {
+          const int64_t k = j + q * Vec::size();
+          Vec z(sc.bb[o]);
+          for (int64_t i = 0; i < s.ci; ++i) z = at::vec::fmadd(Vec(sc.wt[i * s.co + o]), Vec::loadu(p + i * s.w + k), z);
+          const Vec gz = Vec(b) * gv[q] * lrelu_slope_vec(z, Vec(sl));
+          gv[q] = Vec(a) * gv[q];
+          sum_b = sum_b + gz;
+          for (int64_t i = 0; i < s.ci; ++i) {
+            const Vec pv = Vec::loadu(p + i * s.w + k);
+            if (i < vi) {
+              sum_w[i] = at::vec::fmadd(gz, pv, sum_w[i]);
+            } else {
+              part[(1 + i) * s.co + o] += vec_sum(gz * pv);
+            }
+            at::vec::fmadd(Vec(sc.wt[i * s.co + o]), gz, Vec::loadu(gp + i * s.w + k)).store(gp + i * s.w + k);
+          }
+        }
+        store_chunk(gxh + j, gv);
+      }
+      part[o] += vec_sum(sum_b);
+      for (int64_t i = 0; i < vi; ++i) part[(1 + i) * s.co + o] += vec_sum(sum_w[i]);
+    }
+    for (; j < s.w; ++j) {
+      acc_t z = sc.bb[o];
+      for (int64_t i = 0; i < s.ci; ++i) z += sc.wt[i * s.co + o] * p[i * s.w + j];
+      const acc_t gv = static_cast<acc_t>(g[j]);
+      const acc_t gz = b * gv * lrelu_slope(z, sl);
+      gxh[j] = static_cast<T>(a * gv);
+      part[o] += gz;
+      for (int64_t i = 0; i < s.ci; ++i) {
+        part[(1 + i) * s.co + o] += gz * p[i * s.w + j];
+        gp[i * s.w + j] += sc.wt[i * s.co + o] * gz;
+      }
+    }
+  }
+
+  // One NHWC pixel w: grad and grad_x_high hold its Co channels.
+  void nhwc_pixel(int64_t w, const T* g, T* gxh) {
+    using acc_t = at::opmath_type<T>;
+    int64_t o = 0;
+    if constexpr (kChunked<T>) {
+      using Vec = AccVec<T>;
+      std::array<Vec, 4> dot{Vec(0), Vec(0), Vec(0), Vec(0)};  // gp of colours 0..3, more below
+      const int64_t vi = std::min<int64_t>(s.ci, 4);
+      for (; o + kChunk<T> <= s.co; o += kChunk<T>) {
+        auto gv = load_chunk(g + o);
+        auto z = load_acc_chunk<T>(sc.bb.data() + o);
+        for (int64_t i = 0; i < s.ci; ++i) {
+          const auto wv = load_acc_chunk<T>(sc.wt.data() + i * s.co + o);
+          for (int q = 0; q < kParts<T>; ++q) z[q] = at::vec::fmadd(Vec(p[i * s.w + w]), wv[q], z[q]);
+        }
+        Chunk<T> gz;
+        for (int q = 0; q < kParts<T>; ++q) {
+          gz[q] = Vec(b) * gv[q] * lrelu_slope_vec(z[q], Vec(sl));
+          gv[q] = Vec(a) * gv[q];
+        }
+        store_chunk(gxh + o, gv);
+        auto pb = load_acc_chunk<T>(part + o);
+        for (int q = 0; q < kParts<T>; ++q) pb[q] = pb[q] + gz[q];
+        store_acc_chunk<T>(part + o, pb);
+        for (int64_t i = 0; i < s.ci; ++i) {
+          auto pw = load_acc_chunk<T>(part + (1 + i) * s.co + o);
+          const auto wv = load_acc_chunk<T>(sc.wt.data() + i * s.co + o);
+          for (int q = 0; q < kParts<T>; ++q) {
+            pw[q] = at::vec::fmadd(Vec(p[i * s.w + w]), gz[q], pw[q]);
+            if (i < vi) {
+              dot[i] = at::vec::fmadd(wv[q], gz[q], dot[i]);
+            } else {
+              gp[i * s.w + w] += vec_sum(wv[q] * gz[q]);
+            }
+          }
+          store_acc_chunk<T>(part + (1 + i) * s.co + o, pw);
+        }
+      }
+      for (int64_t i = 0; i < vi; ++i) gp[i * s.w + w] += vec_sum(dot[i]);
+    }
+    for (; o < s.co; ++o) {
+      acc_t z = sc.bb[o];
+      for (int64_t i = 0; i < s.ci; ++i) z += sc.wt[i * s.co + o] * p[i * s.w + w];
+      const acc_t gv = static_cast<acc_t>(g[o]);
+      const acc_t gz = b * gv * lrelu_slope(z, sl);
+      gxh[o] = static_cast<T>(a * gv);
+      part[o] += gz;
+      for (int64_t i = 0; i < s.ci; ++i) {
+        part[(1 + i) * s.co + o] += gz * p[i * s.w + w];
+        gp[i * s.w + w] += sc.wt[i * s.co + o] * gz;
+      }
+    }
+  }
+
+  static at::opmath_type<T> vec_sum(const AccVec<T>& v) {
+    using acc_t = at::opmath_type<T>;
+    return at::vec::vec_reduce_all<acc_t>([](const AccVec<T>& u, const AccVec<T>& x) { return u + x; }, v);
+  }
+};
+
+template <typename T>
+void fade_in_from_rgb_backward_kernel(const T* grad, const T* img, const T* weight, const T* bias, T* g_img, T* g_xh,
+                                      T* g_weight, T* g_bias, const Shape& s, double alpha, double w_mul,
+                                      double b_mul, double slope) {
+  using acc_t = at::opmath_type<T>;
+  const Scaled<T> sc(weight, bias, s, w_mul, b_mul);
+  // Fixed blocks of rows, each with its own partials: the sums do not depend on the thread count.
+  const int64_t rows_per_block = grain(s.co * s.w), blocks = (s.rows() + rows_per_block - 1) / rows_per_block;
+  const int64_t np = (1 + s.ci) * s.co;
+  std::vector<acc_t> partial(blocks * np, acc_t(0));
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> p(s.ci * s.w), gp(s.ci * s.w);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      BackwardRow<T> br{s, sc, static_cast<acc_t>(alpha), static_cast<acc_t>(1.0 - alpha), static_cast<acc_t>(slope),
+                        p.data(), gp.data(), partial.data() + blk * np};
+      for (int64_t row = blk * rows_per_block; row < std::min(s.rows(), (blk + 1) * rows_per_block); ++row) {
+        pool_rgb_row(img, s, row, p.data());
+        std::fill(gp.begin(), gp.end(), acc_t(0));
+        const int64_t n = row / s.h, h = row % s.h;
+        if (s.nhwc) {
+          for (int64_t w = 0; w < s.w; ++w) {
+            const int64_t off = (row * s.w + w) * s.co;
+            br.nhwc_pixel(w, grad + off, g_xh + off);
+          }
+        } else {
+          for (int64_t o = 0; o < s.co; ++o) {
+            const int64_t off = ((n * s.co + o) * s.h + h) * s.w;
+            br.nchw_channel(o, grad + off, g_xh + off);
+          }
+        }
+        unpool_rgb_row(gp.data(), s, row, static_cast<acc_t>(0.25), g_img);
+      }
+    }
+  });
+  for (int64_t k = 0; k < np; ++k) {
+    acc_t total = 0;
+    for (int64_t blk = 0; blk < blocks; ++blk) total += partial[blk * np + k];
+    const int64_t o = k % s.co, i = k / s.co - 1;
+    if (i < 0) {
+      g_bias[o] = static_cast<T>(static_cast<acc_t>(b_mul) * total);
+    } else {
+      g_weight[o * s.ci + i] = static_cast<T>(static_cast<acc_t>(w_mul) * total);
+    }
+  }
+}
+
+Shape check_shapes(const char* op, const at::Tensor& img, const at::Tensor& xh, const at::Tensor& weight,
+                   const at::Tensor& bias, at::MemoryFormat fmt) {
+  TORCH_CHECK(img.dim() == 4 && xh.dim() == 4, "fastgan_cpu::", op, ": img and x_high must be 4-D, got ", img.sizes(),
+              " and ", xh.sizes());
+  const int64_t n = xh.size(0), co = xh.size(1), h = xh.size(2), w = xh.size(3), ci = img.size(1);
+  TORCH_CHECK(img.size(0) == n && img.size(2) == 2 * h && img.size(3) == 2 * w, "fastgan_cpu::", op,
+              ": img must be [N, Ci, 2H, 2W] for x_high ", xh.sizes(), ", got ", img.sizes());
+  const std::array<int64_t, 4> wsizes{co, ci, 1, 1};
+  TORCH_CHECK(weight.sizes() == at::IntArrayRef(wsizes) && weight.is_contiguous(), "fastgan_cpu::", op,
+              ": weight must be contiguous ", at::IntArrayRef(wsizes), ", got ", weight.sizes());
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == co && bias.is_contiguous(), "fastgan_cpu::", op,
+              ": bias must be contiguous [", co, "], got ", bias.sizes());
+  check_like(img, "img", xh, fmt);
+  TORCH_CHECK(weight.scalar_type() == xh.scalar_type() && bias.scalar_type() == xh.scalar_type(), "fastgan_cpu::", op,
+              ": weight and bias must have dtype ", xh.scalar_type());
+  return {n, ci, co, h, w, fmt == at::MemoryFormat::ChannelsLast};
+}
+
+at::Tensor fade_in_from_rgb(const at::Tensor& img, const at::Tensor& x_high, const at::Tensor& weight,
+                            const at::Tensor& bias, double alpha, double w_mul, double b_mul, double slope) {
+  const auto fmt = layout_of(x_high, "x_high");
+  const Shape s = check_shapes("fade_in_from_rgb", img, x_high, weight, bias, fmt);
+  auto out = at::empty(x_high.sizes(), x_high.options().memory_format(fmt));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "fastgan_cpu::fade_in_from_rgb", [&] {
+    fade_in_from_rgb_kernel(img.const_data_ptr<scalar_t>(), x_high.const_data_ptr<scalar_t>(),
+                            weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
+                            out.mutable_data_ptr<scalar_t>(), s, alpha, w_mul, b_mul, slope);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fade_in_from_rgb_backward(
+    const at::Tensor& grad, const at::Tensor& img, const at::Tensor& weight, const at::Tensor& bias, double alpha,
+    double w_mul, double b_mul, double slope) {
+  const auto fmt = layout_of(grad, "grad");
+  const Shape s = check_shapes("fade_in_from_rgb_backward", img, grad, weight, bias, fmt);
+  auto g_img = at::empty(img.sizes(), img.options().memory_format(fmt));
+  auto g_xh = at::empty(grad.sizes(), grad.options().memory_format(fmt));
+  auto g_weight = at::empty(weight.sizes(), weight.options());
+  auto g_bias = at::empty(bias.sizes(), bias.options());
+  if (grad.numel() == 0) {
+    g_img.zero_();
+    g_weight.zero_();
+    g_bias.zero_();
+    return {g_img, g_xh, g_weight, g_bias};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "fastgan_cpu::fade_in_from_rgb_backward",
+                                  [&] {
+    fade_in_from_rgb_backward_kernel(grad.const_data_ptr<scalar_t>(), img.const_data_ptr<scalar_t>(),
+                                     weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
+                                     g_img.mutable_data_ptr<scalar_t>(), g_xh.mutable_data_ptr<scalar_t>(),
+                                     g_weight.mutable_data_ptr<scalar_t>(), g_bias.mutable_data_ptr<scalar_t>(), s,
+                                     alpha, w_mul, b_mul, slope);
+  });
+  return {g_img, g_xh, g_weight, g_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan_cpu, CPU, m) {
+  m.impl("fade_in_from_rgb", &fade_in_from_rgb);
+  m.impl("fade_in_from_rgb_backward", &fade_in_from_rgb_backward);
+}
+
+}  // namespace fastgan::cpu
