@@ -121,11 +121,15 @@ def _fade_in_from_rgb_backward_bwd(ctx, gg_img, gg_high, gg_weight, gg_bias):
         d bias   = 0 (bias enters only through the mask)."""
     grad, img, weight, bias = ctx.saved_tensors
     alpha, w_mul, b_mul, slope, _ = ctx.scalars
+    # Each scalar enters on its own (t - t * alpha, not (1 - alpha) * t): traced with dynamic
+    # shapes they are symbolic floats, and AOT autograd cannot turn compound ones into tensors.
     co, ci = weight.shape[:2]
     p = F.avg_pool2d(img, 2)
     z = F.conv2d(p, weight * w_mul, bias * b_mul)
-    m = torch.where(z > 0, 1.0, slope).to(grad.dtype)
-    gz = (1.0 - alpha) * m * grad
+    pos = (z > 0).to(grad.dtype)
+    m = pos + (1.0 - pos) * slope  # lrelu'(z)
+    mg = m * grad
+    gz = mg - mg * alpha
     zero_w = torch.zeros_like(weight)
     gg_weight = zero_w if gg_weight is None else gg_weight
     q = None if gg_img is None else F.avg_pool2d(gg_img, 2)
@@ -134,14 +138,16 @@ def _fade_in_from_rgb_backward_bwd(ctx, gg_img, gg_high, gg_weight, gg_bias):
         t = F.conv2d(p, gg_weight * w_mul, None if gg_bias is None else gg_bias * b_mul)
         if q is not None:
             t = t + F.conv2d(q, weight * w_mul)
-        d_grad = (1.0 - alpha) * m * t
+        mt = m * t
+        d_grad = mt - mt * alpha
         if gg_high is not None:
-            d_grad = d_grad + alpha * gg_high
+            d_grad = d_grad + gg_high * alpha
     if ctx.needs_input_grad[1]:
-        d_img = F.interpolate(F.conv2d(gz, gg_weight.transpose(0, 1) * (0.25 * w_mul)), scale_factor=2.0,
-                              mode="nearest")
+        d_p = F.conv2d(gz, gg_weight.transpose(0, 1) * w_mul) * 0.25
+        n, _, h, w = d_p.shape  # nearest 2x up-sampling (F.interpolate's float scale breaks dynamic shapes)
+        d_img = d_p[:, :, :, None, :, None].expand(n, ci, h, 2, w, 2).reshape(img.shape)
     if ctx.needs_input_grad[2]:
-        d_weight = zero_w if q is None else (w_mul * torch.einsum("nohw,nihw->oi", gz, q)).reshape(co, ci, 1, 1)
+        d_weight = zero_w if q is None else (torch.einsum("nohw,nihw->oi", gz, q) * w_mul).reshape(co, ci, 1, 1)
     return d_grad, d_img, d_weight, None, None, None, None, None, None
 
 

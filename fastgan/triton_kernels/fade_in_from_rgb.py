@@ -131,6 +131,7 @@ def _reduce_kernel(partial_ptr, gw_ptr, gb_ptr, ROWS, CO, w_mul: "fp64", b_mul: 
 
 _forward = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["P", "CO", "is_c", "xs_c"])(_forward_kernel)
 # The backward is not autotuned: its grid and its partials (one row a program) depend on BLOCK_P.
+# On GPU it runs CONFIGS[0], the config its KERNEL_SPECS entry compiles.
 _BACKWARD_CONFIG = _INTERPRETER_CONFIG if INTERPRET else CONFIGS[0]
 
 
@@ -205,7 +206,7 @@ KERNEL_SPECS = [
     KernelSpec("fade_in_from_rgb_backward", _backward_kernel,
                {"grad_ptr": "*{dtype}", "img_ptr": "*{dtype}", "w_ptr": "*{dtype}", "b_ptr": "*{dtype}",
                 "gimg_ptr": "*{dtype}", "gxh_ptr": "*{dtype}", "partial_ptr": "*fp32", **_SIZES, **_STRIDES,
-                **_SCALARS, **_TILE}, _variants([_BACKWARD_CONFIG])),
+                **_SCALARS, **_TILE}, _variants(CONFIGS[:1])),
     KernelSpec("fade_in_from_rgb_reduce", _reduce_kernel,
                {"partial_ptr": "*fp32", "gw_ptr": "*{dtype}", "gb_ptr": "*{dtype}", "ROWS": "i32", "CO": "i32",
                 "w_mul": "fp64", "b_mul": "fp64", "CI": "constexpr", "BLOCK": "constexpr"},
