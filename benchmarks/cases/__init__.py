@@ -39,6 +39,6 @@ class Case:
 
 
 # Imported after Case is defined: the case modules import it from this package.
-from . import blend_reals, fade_in, pixel_norm  # noqa: E402
+from . import blend_reals, fade_in, fade_in_from_rgb, minibatch_stddev, pixel_norm  # noqa: E402
 
-CASES = [fade_in.CASE, blend_reals.CASE, pixel_norm.CASE]
+CASES = [fade_in.CASE, blend_reals.CASE, pixel_norm.CASE, minibatch_stddev.CASE, fade_in_from_rgb.CASE]

@@ -43,6 +43,12 @@ struct Scaled {
         wt[i * s.co + o] = static_cast<acc_t>(w_mul) * static_cast<acc_t>(weight[o * s.ci + i]);
     }
   }
+  // z of channel o at pixel w of a pooled row p[Ci][W].
+  at::opmath_type<T> z(const at::opmath_type<T>* p, const Shape& s, int64_t o, int64_t w) const {
+    at::opmath_type<T> v = bb[o];
+    for (int64_t i = 0; i < s.ci; ++i) v += wt[i * s.co + o] * p[i * s.w + w];
+    return v;
+  }
 };
 
 // p[i * W + w] = avg_pool_2x2(img) at low row (n, h), pixel w, colour i.
@@ -87,8 +93,7 @@ void unpool_rgb_row(const at::opmath_type<T>* gp, const Shape& s, int64_t row, a
   }
 }
 
-// out over `cnt` values 1 apart: z[k] = bb + sum_i wt_i * p_i[k] (pixels along a row when
-// wt_i, bb are broadcast scalars; channels of a pixel when they are vectors along o).
+// The W outputs of channel o on an NCHW row, vectorized along the pixels.
 template <typename T>
 void forward_nchw_channel(const at::opmath_type<T>* p, const Scaled<T>& sc, const Shape& s, int64_t o, const T* xh,
                           T* out, double alpha, double slope) {
@@ -109,12 +114,12 @@ void forward_nchw_channel(const at::opmath_type<T>* p, const Scaled<T>& sc, cons
     }
   }
   for (; j < s.w; ++j) {
-    acc_t z = sc.bb[o];
-    for (int64_t i = 0; i < s.ci; ++i) z += sc.wt[i * s.co + o] * p[i * s.w + j];
+    const acc_t z = sc.z(p, s, o, j);
     out[j] = static_cast<T>(a * static_cast<acc_t>(xh[j]) + b * z * lrelu_slope(z, sl));
   }
 }
 
+// The Co outputs of channels-last pixel w, vectorized along the channels.
 template <typename T>
 void forward_nhwc_pixel(const at::opmath_type<T>* p, const Scaled<T>& sc, const Shape& s, int64_t w, const T* xh,
                         T* out, double alpha, double slope) {
@@ -135,8 +140,7 @@ void forward_nhwc_pixel(const at::opmath_type<T>* p, const Scaled<T>& sc, const 
     }
   }
   for (; o < s.co; ++o) {
-    acc_t z = sc.bb[o];
-    for (int64_t i = 0; i < s.ci; ++i) z += sc.wt[i * s.co + o] * p[i * s.w + w];
+    const acc_t z = sc.z(p, s, o, w);
     out[o] = static_cast<T>(a * static_cast<acc_t>(xh[o]) + b * z * lrelu_slope(z, sl));
   }
 }
@@ -211,8 +215,7 @@ struct BackwardRow {
       for (int64_t i = 0; i < vi; ++i) part[(1 + i) * s.co + o] += vec_sum(sum_w[i]);
     }
     for (; j < s.w; ++j) {
-      acc_t z = sc.bb[o];
-      for (int64_t i = 0; i < s.ci; ++i) z += sc.wt[i * s.co + o] * p[i * s.w + j];
+      const acc_t z = sc.z(p, s, o, j);
       const acc_t gv = static_cast<acc_t>(g[j]);
       const acc_t gz = b * gv * lrelu_slope(z, sl);
       gxh[j] = static_cast<T>(a * gv);
@@ -265,8 +268,7 @@ struct BackwardRow {
       for (int64_t i = 0; i < vi; ++i) gp[i * s.w + w] += vec_sum(dot[i]);
     }
     for (; o < s.co; ++o) {
-      acc_t z = sc.bb[o];
-      for (int64_t i = 0; i < s.ci; ++i) z += sc.wt[i * s.co + o] * p[i * s.w + w];
+      const acc_t z = sc.z(p, s, o, w);
       const acc_t gv = static_cast<acc_t>(g[o]);
       const acc_t gz = b * gv * lrelu_slope(z, sl);
       gxh[o] = static_cast<T>(a * gv);

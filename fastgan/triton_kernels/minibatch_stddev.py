@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ._common import KernelSpec, autotune, compute_dtype, device_guard, layout
 
-EPS = 1e-8
+EPS = tl.constexpr(1e-8)  # a constexpr: jitted code reads no other globals
 CONFIGS = [triton.Config({"BLOCK": b}, num_warps=4) for b in (256, 1024)]
 _INTERPRETER_CONFIG = triton.Config({"BLOCK": 8})
 _FILL_BLOCK = 256  # pixels, or partial sums, a step of `_fill` and `_grad_f`
@@ -54,24 +54,24 @@ def _group_stats(x_ptr, m, e, mask, M, G, sample, acc_t: tl.constexpr):
 
 
 @triton.jit
-def _program_values(M, F, K, BLOCK: tl.constexpr):
-    """(m, j, block index, values k, mask) of this program."""
+def _program_values(C, HW, F, K, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's (m, j, block index), the offsets of its values in an x and an out sample,
+    their mask, and the sizes of an x and an out sample."""
     pid = tl.program_id(0)
     blocks = tl.cdiv(K, BLOCK)
     blk = pid % blocks
     mj = pid // blocks
+    j = mj % F
     k = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    return mj // F, mj % F, blk, k, k < K
+    e, e_out = _value_offsets(k, j, C, F, HW, K, CHANNELS_LAST)
+    return mj // F, j, blk, e, e_out, k < K, tl.cast(C, tl.int64) * HW, tl.cast(C + F, tl.int64) * HW
 
 
 @triton.jit
 def _stats_kernel(x_ptr, out_ptr, partial_ptr, C, HW, M, G, F, K, BLOCKS,
                   CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
     acc_t: tl.constexpr = compute_dtype(x_ptr.dtype.element_ty)
-    m, j, blk, k, mask = _program_values(M, F, K, BLOCK)
-    e, e_out = _value_offsets(k, j, C, F, HW, K, CHANNELS_LAST)
-    sample = tl.cast(C, tl.int64) * HW
-    out_sample = tl.cast(C + F, tl.int64) * HW
+    m, j, blk, e, e_out, mask, sample, out_sample = _program_values(C, HW, F, K, CHANNELS_LAST, BLOCK)
     for gi in range(G):  # the copy of x into out (the statistics re-read these values from cache)
         n = gi * M + m
         v = tl.load(x_ptr + n * sample + e, mask=mask)
@@ -130,10 +130,7 @@ def _grad_f_kernel(grad_ptr, a_ptr, C, HW, M, G, F, K,
 def _backward_kernel(grad_ptr, x_ptr, a_ptr, gx_ptr, C, HW, M, G, F, K,
                      CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
     acc_t: tl.constexpr = compute_dtype(x_ptr.dtype.element_ty)
-    m, j, blk, k, mask = _program_values(M, F, K, BLOCK)
-    e, e_out = _value_offsets(k, j, C, F, HW, K, CHANNELS_LAST)
-    sample = tl.cast(C, tl.int64) * HW
-    out_sample = tl.cast(C + F, tl.int64) * HW
+    m, j, blk, e, e_out, mask, sample, out_sample = _program_values(C, HW, F, K, CHANNELS_LAST, BLOCK)
     mean, s = _group_stats(x_ptr, m, e, mask, M, G, sample, acc_t)
     coef = tl.load(a_ptr + m * F + j) / s
     for gi in range(G):
