@@ -3,9 +3,10 @@
 // colour channels; and its backward (z recomputed, gz = (1 - alpha) * lrelu'(z) * grad):
 //   grad_img = up_2x(w_mul * W^T gz) / 4, grad_x_high = alpha * grad,
 //   grad_weight = w_mul * sum gz p^T, grad_bias = b_mul * sum gz.
-// A task takes low-resolution rows (n, h): it pools the two image rows above them into
-// p[Ci][W] (float), then walks x_high's Co channels. NCHW vectorizes along a row of
-// pixels, channels-last along the Co channels of a pixel. The weight sums go to per-block
+// A task takes tiles of low-resolution rows (n, h0 .. h0 + nh), up to kTilePixels pixels:
+// it pools the image rows above them into p[Ci][tile pixels] (float), then walks x_high's
+// Co channels. NCHW vectorizes along the tile's pixels (contiguous in each channel plane,
+// however narrow the rows: 4x4 maps are one vector), channels-last along the Co channels. The weight sums go to per-block
 // partials, added in a fixed order at the end (deterministic).
 #include <vector>
 
@@ -14,11 +15,27 @@
 namespace fastgan::cpu {
 namespace {
 
+constexpr int64_t kTilePixels = 256;
+
 struct Shape {
   int64_t n, ci, co, h, w;
   bool nhwc;
-  int64_t rows() const { return n * h; }
+  int64_t rt() const { return std::clamp<int64_t>(kTilePixels / std::max<int64_t>(w, 1), 1, std::max<int64_t>(h, 1)); }
+  int64_t tiles_per_sample() const { return (h + rt() - 1) / rt(); }
+  int64_t tiles() const { return n * tiles_per_sample(); }
+  int64_t pl() const { return rt() * w; }  // the stride of a colour in p
 };
+
+// Tile t: sample n, rows h0 .. h0 + nh, len = nh * W pixels.
+struct Tile {
+  int64_t n, h0, nh, len;
+};
+
+inline Tile tile_of(const Shape& s, int64_t t) {
+  const int64_t n = t / s.tiles_per_sample(), h0 = t % s.tiles_per_sample() * s.rt();
+  const int64_t nh = std::min(s.rt(), s.h - h0);
+  return {n, h0, nh, nh * s.w};
+}
 
 // The lrelu derivative: 1 where z > 0, else slope (as PyTorch's leaky_relu backward).
 template <typename V>
@@ -43,77 +60,83 @@ struct Scaled {
         wt[i * s.co + o] = static_cast<acc_t>(w_mul) * static_cast<acc_t>(weight[o * s.ci + i]);
     }
   }
-  // z of channel o at pixel w of a pooled row p[Ci][W].
+  // z of channel o at pixel w of a pooled tile p[Ci][pl].
   at::opmath_type<T> z(const at::opmath_type<T>* p, const Shape& s, int64_t o, int64_t w) const {
     at::opmath_type<T> v = bb[o];
-    for (int64_t i = 0; i < s.ci; ++i) v += wt[i * s.co + o] * p[i * s.w + w];
+    for (int64_t i = 0; i < s.ci; ++i) v += wt[i * s.co + o] * p[i * s.pl() + w];
     return v;
   }
 };
 
-// p[i * W + w] = avg_pool_2x2(img) at low row (n, h), pixel w, colour i.
+// p[i * pl + r * W + w] = avg_pool_2x2(img) at low pixel (n, h0 + r, w) of tile tl, colour i.
 template <typename T>
-void pool_rgb_row(const T* img, const Shape& s, int64_t row, at::opmath_type<T>* p) {
+void pool_rgb_tile(const T* img, const Shape& s, const Tile& tl, at::opmath_type<T>* p) {
   using acc_t = at::opmath_type<T>;
-  const int64_t n = row / s.h, h = row % s.h, hl = 2 * s.w;
-  if (!s.nhwc) {
-    for (int64_t i = 0; i < s.ci; ++i) {
-      const T* top = img + ((n * s.ci + i) * 2 * s.h + 2 * h) * hl;
-      pool_row(top, top + hl, p + i * s.w, RowPairs{1, s.w, 1}, acc_t(0.25));
+  const int64_t hl = 2 * s.w, pl = s.pl();
+  for (int64_t r = 0; r < tl.nh; ++r) {
+    const int64_t h = tl.h0 + r;
+    if (!s.nhwc) {
+      for (int64_t i = 0; i < s.ci; ++i) {
+        const T* top = img + ((tl.n * s.ci + i) * 2 * s.h + 2 * h) * hl;
+        pool_row(top, top + hl, p + i * pl + r * s.w, RowPairs{1, s.w, 1}, acc_t(0.25));
+      }
+      continue;
     }
-    return;
-  }
-  const T* top = img + (n * 2 * s.h + 2 * h) * hl * s.ci;
-  const T* bottom = top + hl * s.ci;
-  for (int64_t w = 0; w < s.w; ++w) {
-    for (int64_t i = 0; i < s.ci; ++i) {
-      const int64_t k = 2 * w * s.ci + i;
-      p[i * s.w + w] = acc_t(0.25) * (static_cast<acc_t>(top[k]) + static_cast<acc_t>(top[k + s.ci]) +
-                                      static_cast<acc_t>(bottom[k]) + static_cast<acc_t>(bottom[k + s.ci]));
-    }
-  }
-}
-
-// Writes the 2x2 up-sampling of scale * gp[i * W + w] into grad_img's two rows above low row (n, h).
-template <typename T>
-void unpool_rgb_row(const at::opmath_type<T>* gp, const Shape& s, int64_t row, at::opmath_type<T> scale, T* gi) {
-  const int64_t n = row / s.h, h = row % s.h, hl = 2 * s.w;
-  for (int64_t i = 0; i < s.ci; ++i) {
-    // NCHW: rows of colour i, pixels 1 apart; NHWC: rows of all colours, pixels Ci apart.
-    const int64_t pix = s.nhwc ? s.ci : 1;
-    T* top = s.nhwc ? gi + (n * 2 * s.h + 2 * h) * hl * s.ci + i : gi + ((n * s.ci + i) * 2 * s.h + 2 * h) * hl;
-    T* bottom = top + hl * pix;
+    const T* top = img + (tl.n * 2 * s.h + 2 * h) * hl * s.ci;
+    const T* bottom = top + hl * s.ci;
     for (int64_t w = 0; w < s.w; ++w) {
-      const T v = static_cast<T>(scale * gp[i * s.w + w]);
-      top[2 * w * pix] = v;
-      top[(2 * w + 1) * pix] = v;
-      bottom[2 * w * pix] = v;
-      bottom[(2 * w + 1) * pix] = v;
+      for (int64_t i = 0; i < s.ci; ++i) {
+        const int64_t k = 2 * w * s.ci + i;
+        p[i * pl + r * s.w + w] = acc_t(0.25) * (static_cast<acc_t>(top[k]) + static_cast<acc_t>(top[k + s.ci]) +
+                                                 static_cast<acc_t>(bottom[k]) + static_cast<acc_t>(bottom[k + s.ci]));
+      }
     }
   }
 }
 
-// The W outputs of channel o on an NCHW row, vectorized along the pixels.
+// Writes the 2x2 up-sampling of scale * gp[i * pl + r * W + w] into grad_img above tile tl.
 template <typename T>
-void forward_nchw_channel(const at::opmath_type<T>* p, const Scaled<T>& sc, const Shape& s, int64_t o, const T* xh,
-                          T* out, double alpha, double slope) {
+void unpool_rgb_tile(const at::opmath_type<T>* gp, const Shape& s, const Tile& tl, at::opmath_type<T> scale, T* gi) {
+  const int64_t hl = 2 * s.w, pl = s.pl();
+  // NCHW: rows of colour i, pixels 1 apart; NHWC: rows of all colours, pixels Ci apart.
+  const int64_t pix = s.nhwc ? s.ci : 1;
+  for (int64_t r = 0; r < tl.nh; ++r) {
+    const int64_t h = tl.h0 + r;
+    for (int64_t i = 0; i < s.ci; ++i) {
+      T* top = s.nhwc ? gi + (tl.n * 2 * s.h + 2 * h) * hl * s.ci + i : gi + ((tl.n * s.ci + i) * 2 * s.h + 2 * h) * hl;
+      T* bottom = top + hl * pix;
+      for (int64_t w = 0; w < s.w; ++w) {
+        const T v = static_cast<T>(scale * gp[i * pl + r * s.w + w]);
+        top[2 * w * pix] = v;
+        top[(2 * w + 1) * pix] = v;
+        bottom[2 * w * pix] = v;
+        bottom[(2 * w + 1) * pix] = v;
+      }
+    }
+  }
+}
+
+// The len outputs of channel o on an NCHW tile, vectorized along the pixels.
+template <typename T>
+void forward_nchw_channel(const at::opmath_type<T>* p, const Scaled<T>& sc, const Shape& s, int64_t o, int64_t len,
+                          const T* xh, T* out, double alpha, double slope) {
   using acc_t = at::opmath_type<T>;
   const acc_t a = static_cast<acc_t>(alpha), b = static_cast<acc_t>(1.0 - alpha), sl = static_cast<acc_t>(slope);
   int64_t j = 0;
   if constexpr (kChunked<T>) {
     using Vec = AccVec<T>;
-    for (; j + kChunk<T> <= s.w; j += kChunk<T>) {
+    for (; j + kChunk<T> <= len; j += kChunk<T>) {
       auto xv = load_chunk(xh + j);
       for (int q = 0; q < kParts<T>; ++q) {
         Vec z(sc.bb[o]);
         for (int64_t i = 0; i < s.ci; ++i)
-          z = at::vec::fmadd(Vec(sc.wt[i * s.co + o]), Vec::loadu(p + i * s.w + j + q * Vec::size()), z);
+          z = at::vec::fmadd(Vec(sc.wt[i * s.co + o]), Vec::loadu(p + i * s.pl() + j + q * Vec::size()), z);
         xv[q] = at::vec::fmadd(Vec(a), xv[q], Vec(b) * z * lrelu_slope_vec(z, Vec(sl)));
       }
       store_chunk(out + j, xv);
     }
   }
-  for (; j < s.w; ++j) {
+  for (; j < len; ++j) {
     const acc_t z = sc.z(p, s, o, j);
     out[j] = static_cast<T>(a * static_cast<acc_t>(xh[j]) + b * z * lrelu_slope(z, sl));
   }
@@ -133,7 +156,7 @@ void forward_nhwc_pixel(const at::opmath_type<T>* p, const Scaled<T>& sc, const 
       auto z = load_acc_chunk<T>(sc.bb.data() + o);
       for (int64_t i = 0; i < s.ci; ++i) {
         const auto wv = load_acc_chunk<T>(sc.wt.data() + i * s.co + o);
-        for (int q = 0; q < kParts<T>; ++q) z[q] = at::vec::fmadd(Vec(p[i * s.w + w]), wv[q], z[q]);
+        for (int q = 0; q < kParts<T>; ++q) z[q] = at::vec::fmadd(Vec(p[i * s.pl() + w]), wv[q], z[q]);
       }
       for (int q = 0; q < kParts<T>; ++q) xv[q] = at::vec::fmadd(Vec(a), xv[q], Vec(b) * z[q] * lrelu_slope_vec(z[q], Vec(sl)));
       store_chunk(out + o, xv);
@@ -150,20 +173,20 @@ void fade_in_from_rgb_kernel(const T* img, const T* xh, const T* weight, const T
                              double alpha, double w_mul, double b_mul, double slope) {
   using acc_t = at::opmath_type<T>;
   const Scaled<T> sc(weight, bias, s, w_mul, b_mul);
-  at::parallel_for(0, s.rows(), grain(s.co * s.w), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> p(s.ci * s.w);
-    for (int64_t row = begin; row < end; ++row) {
-      pool_rgb_row(img, s, row, p.data());
-      const int64_t n = row / s.h, h = row % s.h;
+  at::parallel_for(0, s.tiles(), grain(s.co * s.pl()), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> p(s.ci * s.pl());
+    for (int64_t t = begin; t < end; ++t) {
+      const Tile tl = tile_of(s, t);
+      pool_rgb_tile(img, s, tl, p.data());
       if (s.nhwc) {
-        for (int64_t w = 0; w < s.w; ++w) {
-          const int64_t off = (row * s.w + w) * s.co;
+        for (int64_t w = 0; w < tl.len; ++w) {
+          const int64_t off = ((tl.n * s.h + tl.h0) * s.w + w) * s.co;
           forward_nhwc_pixel(p.data(), sc, s, w, xh + off, out + off, alpha, slope);
         }
       } else {
         for (int64_t o = 0; o < s.co; ++o) {
-          const int64_t off = ((n * s.co + o) * s.h + h) * s.w;
-          forward_nchw_channel(p.data(), sc, s, o, xh + off, out + off, alpha, slope);
+          const int64_t off = ((tl.n * s.co + o) * s.h + tl.h0) * s.w;
+          forward_nchw_channel(p.data(), sc, s, o, tl.len, xh + off, out + off, alpha, slope);
         }
       }
     }
@@ -181,8 +204,9 @@ struct BackwardRow {
   at::opmath_type<T>* gp;
   at::opmath_type<T>* part;
 
-  // One channel o of an NCHW row: grad and grad_x_high rows of W pixels.
-  void nchw_channel(int64_t o, const T* g, T* gxh) {
+  // One channel o of an NCHW tile: grad and grad_x_high runs of len pixels.
+  void nchw_channel(int64_t o, int64_t len, const T* g, T* gxh) {
+    const int64_t pl = s.pl();
     using acc_t = at::opmath_type<T>;
     int64_t j = 0;
     if constexpr (kChunked<T>) {
@@ -190,23 +214,23 @@ struct BackwardRow {
       Vec sum_b(0);
       std::array<Vec, 4> sum_w{Vec(0), Vec(0), Vec(0), Vec(0)};  // colours 0..3; more in the tail loop below
       const int64_t vi = std::min<int64_t>(s.ci, 4);
-      for (; j + kChunk<T> <= s.w; j += kChunk<T>) {
+      for (; j + kChunk<T> <= len; j += kChunk<T>) {
         auto gv = load_chunk(g + j);
         for (int q = 0; q < kParts<T>; ++q) {
           const int64_t k = j + q * Vec::size();
           Vec z(sc.bb[o]);
-          for (int64_t i = 0; i < s.ci; ++i) z = at::vec::fmadd(Vec(sc.wt[i * s.co + o]), Vec::loadu(p + i * s.w + k), z);
+          for (int64_t i = 0; i < s.ci; ++i) z = at::vec::fmadd(Vec(sc.wt[i * s.co + o]), Vec::loadu(p + i * pl + k), z);
           const Vec gz = Vec(b) * gv[q] * lrelu_slope_vec(z, Vec(sl));
           gv[q] = Vec(a) * gv[q];
           sum_b = sum_b + gz;
           for (int64_t i = 0; i < s.ci; ++i) {
-            const Vec pv = Vec::loadu(p + i * s.w + k);
+            const Vec pv = Vec::loadu(p + i * pl + k);
             if (i < vi) {
               sum_w[i] = at::vec::fmadd(gz, pv, sum_w[i]);
             } else {
               part[(1 + i) * s.co + o] += vec_sum(gz * pv);
             }
-            at::vec::fmadd(Vec(sc.wt[i * s.co + o]), gz, Vec::loadu(gp + i * s.w + k)).store(gp + i * s.w + k);
+            at::vec::fmadd(Vec(sc.wt[i * s.co + o]), gz, Vec::loadu(gp + i * pl + k)).store(gp + i * pl + k);
           }
         }
         store_chunk(gxh + j, gv);
@@ -214,22 +238,23 @@ struct BackwardRow {
       part[o] += vec_sum(sum_b);
       for (int64_t i = 0; i < vi; ++i) part[(1 + i) * s.co + o] += vec_sum(sum_w[i]);
     }
-    for (; j < s.w; ++j) {
+    for (; j < len; ++j) {
       const acc_t z = sc.z(p, s, o, j);
       const acc_t gv = static_cast<acc_t>(g[j]);
       const acc_t gz = b * gv * lrelu_slope(z, sl);
       gxh[j] = static_cast<T>(a * gv);
       part[o] += gz;
       for (int64_t i = 0; i < s.ci; ++i) {
-        part[(1 + i) * s.co + o] += gz * p[i * s.w + j];
-        gp[i * s.w + j] += sc.wt[i * s.co + o] * gz;
+        part[(1 + i) * s.co + o] += gz * p[i * pl + j];
+        gp[i * pl + j] += sc.wt[i * s.co + o] * gz;
       }
     }
   }
 
-  // One NHWC pixel w: grad and grad_x_high hold its Co channels.
+  // One NHWC pixel w of the tile: grad and grad_x_high hold its Co channels.
   void nhwc_pixel(int64_t w, const T* g, T* gxh) {
     using acc_t = at::opmath_type<T>;
+    const int64_t pl = s.pl();
     int64_t o = 0;
     if constexpr (kChunked<T>) {
       using Vec = AccVec<T>;
@@ -240,7 +265,7 @@ struct BackwardRow {
         auto z = load_acc_chunk<T>(sc.bb.data() + o);
         for (int64_t i = 0; i < s.ci; ++i) {
           const auto wv = load_acc_chunk<T>(sc.wt.data() + i * s.co + o);
-          for (int q = 0; q < kParts<T>; ++q) z[q] = at::vec::fmadd(Vec(p[i * s.w + w]), wv[q], z[q]);
+          for (int q = 0; q < kParts<T>; ++q) z[q] = at::vec::fmadd(Vec(p[i * pl + w]), wv[q], z[q]);
         }
         Chunk<T> gz;
         for (int q = 0; q < kParts<T>; ++q) {
@@ -255,17 +280,17 @@ struct BackwardRow {
           auto pw = load_acc_chunk<T>(part + (1 + i) * s.co + o);
           const auto wv = load_acc_chunk<T>(sc.wt.data() + i * s.co + o);
           for (int q = 0; q < kParts<T>; ++q) {
-            pw[q] = at::vec::fmadd(Vec(p[i * s.w + w]), gz[q], pw[q]);
+            pw[q] = at::vec::fmadd(Vec(p[i * pl + w]), gz[q], pw[q]);
             if (i < vi) {
               dot[i] = at::vec::fmadd(wv[q], gz[q], dot[i]);
             } else {
-              gp[i * s.w + w] += vec_sum(wv[q] * gz[q]);
+              gp[i * pl + w] += vec_sum(wv[q] * gz[q]);
             }
           }
           store_acc_chunk<T>(part + (1 + i) * s.co + o, pw);
         }
       }
-      for (int64_t i = 0; i < vi; ++i) gp[i * s.w + w] += vec_sum(dot[i]);
+      for (int64_t i = 0; i < vi; ++i) gp[i * pl + w] += vec_sum(dot[i]);
     }
     for (; o < s.co; ++o) {
       const acc_t z = sc.z(p, s, o, w);
@@ -274,8 +299,8 @@ struct BackwardRow {
       gxh[o] = static_cast<T>(a * gv);
       part[o] += gz;
       for (int64_t i = 0; i < s.ci; ++i) {
-        part[(1 + i) * s.co + o] += gz * p[i * s.w + w];
-        gp[i * s.w + w] += sc.wt[i * s.co + o] * gz;
+        part[(1 + i) * s.co + o] += gz * p[i * pl + w];
+        gp[i * pl + w] += sc.wt[i * s.co + o] * gz;
       }
     }
   }
@@ -292,31 +317,31 @@ void fade_in_from_rgb_backward_kernel(const T* grad, const T* img, const T* weig
                                       double b_mul, double slope) {
   using acc_t = at::opmath_type<T>;
   const Scaled<T> sc(weight, bias, s, w_mul, b_mul);
-  // Fixed blocks of rows, each with its own partials: the sums do not depend on the thread count.
-  const int64_t rows_per_block = grain(s.co * s.w), blocks = (s.rows() + rows_per_block - 1) / rows_per_block;
+  // Fixed blocks of tiles, each with its own partials: the sums do not depend on the thread count.
+  const int64_t per_block = grain(s.co * s.pl()), blocks = (s.tiles() + per_block - 1) / per_block;
   const int64_t np = (1 + s.ci) * s.co;
   std::vector<acc_t> partial(blocks * np, acc_t(0));
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> p(s.ci * s.w), gp(s.ci * s.w);
+    std::vector<acc_t> p(s.ci * s.pl()), gp(s.ci * s.pl());
     for (int64_t blk = begin; blk < end; ++blk) {
       BackwardRow<T> br{s, sc, static_cast<acc_t>(alpha), static_cast<acc_t>(1.0 - alpha), static_cast<acc_t>(slope),
                         p.data(), gp.data(), partial.data() + blk * np};
-      for (int64_t row = blk * rows_per_block; row < std::min(s.rows(), (blk + 1) * rows_per_block); ++row) {
-        pool_rgb_row(img, s, row, p.data());
+      for (int64_t t = blk * per_block; t < std::min(s.tiles(), (blk + 1) * per_block); ++t) {
+        const Tile tl = tile_of(s, t);
+        pool_rgb_tile(img, s, tl, p.data());
         std::fill(gp.begin(), gp.end(), acc_t(0));
-        const int64_t n = row / s.h, h = row % s.h;
         if (s.nhwc) {
-          for (int64_t w = 0; w < s.w; ++w) {
-            const int64_t off = (row * s.w + w) * s.co;
+          for (int64_t w = 0; w < tl.len; ++w) {
+            const int64_t off = ((tl.n * s.h + tl.h0) * s.w + w) * s.co;
             br.nhwc_pixel(w, grad + off, g_xh + off);
           }
         } else {
           for (int64_t o = 0; o < s.co; ++o) {
-            const int64_t off = ((n * s.co + o) * s.h + h) * s.w;
-            br.nchw_channel(o, grad + off, g_xh + off);
+            const int64_t off = ((tl.n * s.co + o) * s.h + tl.h0) * s.w;
+            br.nchw_channel(o, tl.len, grad + off, g_xh + off);
           }
         }
-        unpool_rgb_row(gp.data(), s, row, static_cast<acc_t>(0.25), g_img);
+        unpool_rgb_tile(gp.data(), s, tl, static_cast<acc_t>(0.25), g_img);
       }
     }
   });
