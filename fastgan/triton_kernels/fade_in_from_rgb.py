@@ -132,9 +132,8 @@ def _reduce_kernel(partial_ptr, gw_ptr, gb_ptr, ROWS, CO, w_mul: "fp64", b_mul: 
 
 _forward = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["P", "CO", "is_c", "xs_c"])(_forward_kernel)
 # The backward is not autotuned: its grid and its partials (one row a program) depend on BLOCK_P.
-# It holds two [BLOCK_O, CI_PAD, BLOCK_P] products: half the forward's tile on twice the warps
-# (float64 spills else).
-_BACKWARD_GPU_CONFIG = triton.Config({"BLOCK_O": 8, "BLOCK_P": 64}, num_warps=8)
+# It holds two [BLOCK_O, CI_PAD, BLOCK_P] products: 8 warps (ptxas spills with 4 in some dtypes).
+_BACKWARD_GPU_CONFIG = triton.Config({"BLOCK_O": 16, "BLOCK_P": 32}, num_warps=8)
 _BACKWARD_CONFIG = _INTERPRETER_CONFIG if INTERPRET else _BACKWARD_GPU_CONFIG
 
 
