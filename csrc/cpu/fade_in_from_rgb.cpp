@@ -238,16 +238,20 @@ struct BackwardRow {
       part[o] += vec_sum(sum_b);
       for (int64_t i = 0; i < vi; ++i) part[(1 + i) * s.co + o] += vec_sum(sum_w[i]);
     }
-    for (; j < len; ++j) {
-      const acc_t z = sc.z(p, s, o, j);
-      const acc_t gv = static_cast<acc_t>(g[j]);
-      const acc_t gz = b * gv * lrelu_slope(z, sl);
-      gxh[j] = static_cast<T>(a * gv);
-      part[o] += gz;
-      for (int64_t i = 0; i < s.ci; ++i) {
-        part[(1 + i) * s.co + o] += gz * p[i * pl + j];
-        gp[i * pl + j] += sc.wt[i * s.co + o] * gz;
-      }
+    for (; j < len; ++j) scalar(o, j, g[j], gxh[j]);
+  }
+
+  // The scalar code of channel o at tile pixel k: grad value gv in, grad_x_high value out.
+  void scalar(int64_t o, int64_t k, T gv_in, T& out) {
+    using acc_t = at::opmath_type<T>;
+    const int64_t pl = s.pl();
+    const acc_t gv = static_cast<acc_t>(gv_in);
+    const acc_t gz = b * gv * lrelu_slope(sc.z(p, s, o, k), sl);
+    out = static_cast<T>(a * gv);
+    part[o] += gz;
+    for (int64_t i = 0; i < s.ci; ++i) {
+      part[(1 + i) * s.co + o] += gz * p[i * pl + k];
+      gp[i * pl + k] += sc.wt[i * s.co + o] * gz;
     }
   }
 
@@ -292,17 +296,7 @@ struct BackwardRow {
       }
       for (int64_t i = 0; i < vi; ++i) gp[i * pl + w] += vec_sum(dot[i]);
     }
-    for (; o < s.co; ++o) {
-      const acc_t z = sc.z(p, s, o, w);
-      const acc_t gv = static_cast<acc_t>(g[o]);
-      const acc_t gz = b * gv * lrelu_slope(z, sl);
-      gxh[o] = static_cast<T>(a * gv);
-      part[o] += gz;
-      for (int64_t i = 0; i < s.ci; ++i) {
-        part[(1 + i) * s.co + o] += gz * p[i * pl + w];
-        gp[i * pl + w] += sc.wt[i * s.co + o] * gz;
-      }
-    }
+    for (; o < s.co; ++o) scalar(o, w, g[o], gxh[o]);
   }
 
   static at::opmath_type<T> vec_sum(const AccVec<T>& v) {

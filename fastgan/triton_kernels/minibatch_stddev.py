@@ -41,6 +41,15 @@ def _value_offsets(k, j, C, F, HW, K, CHANNELS_LAST: tl.constexpr):
 
 
 @triton.jit
+def _new_channel_offsets(n, j, p, C, F, HW, CHANNELS_LAST: tl.constexpr):
+    """Offsets of pixels p of out's channel C + j in sample n."""
+    base = n.to(tl.int64) * (C + F) * HW
+    if CHANNELS_LAST:
+        return base + p * (C + F) + C + j
+    return base + (C + j) * HW + p
+
+
+@triton.jit
 def _group_stats(x_ptr, m, e, mask, M, G, sample, acc_t: tl.constexpr):
     """Mean and s = sqrt(biased variance + eps) over the G samples of group m, two-pass."""
     total = tl.zeros(e.shape, dtype=acc_t)
@@ -95,13 +104,9 @@ def _fill_kernel(partial_ptr, out_ptr, C, HW, M, F, K, BLOCKS,
     for b0 in range(0, BLOCKS, BLOCK):
         total += tl.load(partial_ptr + (m * F + j) * BLOCKS + b0 + i, mask=b0 + i < BLOCKS, other=0.0)
     f = (tl.sum(total, axis=0) / K).to(out_ptr.dtype.element_ty)
-    base = n.to(tl.int64) * (C + F) * HW
     for p0 in range(0, HW, BLOCK):
         p = p0 + i
-        if CHANNELS_LAST:
-            offs = base + p * (C + F) + C + j
-        else:
-            offs = base + (C + j) * HW + p
+        offs = _new_channel_offsets(n, j, p, C, F, HW, CHANNELS_LAST)
         tl.store(out_ptr + offs, tl.zeros([BLOCK], dtype=out_ptr.dtype.element_ty) + f, mask=p < HW)
 
 
@@ -116,13 +121,9 @@ def _grad_f_kernel(grad_ptr, a_ptr, C, HW, M, G, F, K,
     i = tl.arange(0, BLOCK)
     total = tl.zeros([BLOCK], dtype=acc_t)
     for gi in range(G):
-        base = (gi * M + m).to(tl.int64) * (C + F) * HW
         for p0 in range(0, HW, BLOCK):
             p = p0 + i
-            if CHANNELS_LAST:
-                offs = base + p * (C + F) + C + j
-            else:
-                offs = base + (C + j) * HW + p
+            offs = _new_channel_offsets(gi * M + m, j, p, C, F, HW, CHANNELS_LAST)
             total += tl.load(grad_ptr + offs, mask=p < HW, other=0.0).to(acc_t)
     tl.store(a_ptr + pid, tl.sum(total, axis=0) / (K * G))
 
