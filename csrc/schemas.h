@@ -76,6 +76,27 @@ inline void define_kernel_schemas(torch::Library& m) {
   // grad_x = gain * (a > 0 ? 1 : slope) * (r * g - a * r^3 * sum_c(g * a) / C), a recomputed.
   m.def("bias_act_pixel_norm_backward(Tensor grad, Tensor x, Tensor bias, float slope, float gain, "
         "float eps) -> Tensor");
+  // ---- SPEC 5-6: minibatch standard deviation and the discriminator-side fade-in.
+  // SPEC 5: out = cat([x, f broadcast], dim 1) [N, C + F, H, W] in x's layout, x [N, C, H, W]
+  // seen as [G, N/G, F, C/F, H, W] (strided groups: sample n in group n mod N/G; group_size is
+  // G, already min(group_size, N), and divides N; F = num_channels divides C). Per feature
+  // s = sqrt(mean_g((x - mean_g(x))^2) + 1e-8), two-pass, in float32 (float64 for float64);
+  // f[m, j] = mean of s over channel group j and the pixels.
+  m.def("minibatch_stddev(Tensor x, int group_size, int num_channels) -> Tensor");
+  // grad_x = grad[:, :C] + A[m, j] * (x - mean_g(x)) / (G * s), A[m, j] = sum over the group's
+  // samples and pixels of grad[:, C + j] / (C/F * H * W). grad is [N, C + F, H, W] like x.
+  m.def("minibatch_stddev_backward(Tensor grad, Tensor x, int group_size, int num_channels) -> Tensor");
+  // SPEC 6, discriminator side: img [N, Ci, 2H, 2W], x_high [N, Co, H, W] (one layout),
+  // weight [Co, Ci, 1, 1] and bias [Co] contiguous, all one dtype:
+  // out = (1 - alpha) * lrelu(w_mul * W avg_pool_2x2(img) + b_mul * bias, slope) + alpha * x_high.
+  m.def("fade_in_from_rgb(Tensor img, Tensor x_high, Tensor weight, Tensor bias, float alpha, float w_mul, "
+        "float b_mul, float slope) -> Tensor");
+  // With z recomputed and gz = (1 - alpha) * lrelu'(z) * grad: grad_img = up_2x(w_mul * W^T gz) / 4,
+  // grad_x_high = alpha * grad, grad_weight = w_mul * sum gz p^T, grad_bias = b_mul * sum gz
+  // (sums over N, H, W accumulated in float32, float64 for float64).
+  m.def("fade_in_from_rgb_backward(Tensor grad, Tensor img, Tensor weight, Tensor bias, float alpha, "
+        "float w_mul, float b_mul, float slope) -> (Tensor grad_img, Tensor grad_x_high, Tensor grad_weight, "
+        "Tensor grad_bias)");
 }
 
 }  // namespace fastgan

@@ -1,0 +1,158 @@
+"""Discriminator-side fade-in of progressive growing (SPEC 6):
+
+    out = (1 - alpha) * lrelu(conv1x1(avg_pool_2x2(img), weight * w_mul) + bias * lr_mul) + alpha * x_high
+
+with the equalized learning rate of SPEC 3: w_mul = gain / sqrt(C_img) * lr_mul, applied
+inside the kernels to the raw weight [C_out, C_img, 1, 1] (no scaled copy). The pooling,
+the 1x1 conv (a per-pixel matrix-vector product over the C_img = 3 colour channels), the
+bias, the lrelu and the blend are one pass over x_high.
+
+Derivatives: the fused `fade_in_from_rgb_backward` gives the gradients of img, x_high,
+weight and bias in one pass (z is recomputed, not saved). It is linear in the incoming
+gradient for a fixed lrelu mask, and the mask has zero curvature, so its own backward
+(`_fade_in_from_rgb_backward_bwd`, eager PyTorch) is linear in the incoming gradients.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .._backend import resolve
+from .._checks import as_layout, check_alpha, check_same, check_tensor, empty, memory_format
+from ._dispatch import fused_op, kernels
+
+
+def _scales(img_channels, gain, lr_mul):
+    """(w_mul, b_mul) of the equalized 1x1 conv."""
+    return gain / math.sqrt(img_channels) * lr_mul, lr_mul
+
+
+def fade_in_from_rgb_reference(img, x_high, weight, bias, alpha, gain=math.sqrt(2), lr_mul=1.0, slope=0.2):
+    w_mul, b_mul = _scales(img.shape[1], gain, lr_mul)
+    y = F.leaky_relu(F.conv2d(F.avg_pool2d(img, 2), weight * w_mul, bias * b_mul), slope)
+    return (1.0 - alpha) * y + alpha * x_high
+
+
+def _check_args(img, x_high, weight, bias):
+    check_tensor(img, "img", ndim=4)
+    check_tensor(x_high, "x_high", ndim=4)
+    check_tensor(weight, "weight", ndim=4)
+    check_tensor(bias, "bias", ndim=1)
+    for t, name in ((x_high, "x_high"), (weight, "weight"), (bias, "bias")):
+        check_same(t, name, img, "img")
+    n, ci, hh, wh = img.shape
+    co = x_high.shape[1]
+    if tuple(x_high.shape) != (n, co, hh // 2, wh // 2) or hh % 2 or wh % 2:
+        raise ValueError(f"fastgan: x_high must be [N, C_out, H/2, W/2] for img of shape {tuple(img.shape)} "
+                         f"(even H and W), got {tuple(x_high.shape)}")
+    if tuple(weight.shape) != (co, ci, 1, 1):
+        raise ValueError(f"fastgan: weight must have shape {(co, ci, 1, 1)} (x_high's channels, img's channels, "
+                         f"1, 1), got {tuple(weight.shape)}")
+    if tuple(bias.shape) != (co,):
+        raise ValueError(f"fastgan: bias must have shape {(co,)}, got {tuple(bias.shape)}")
+
+
+def fade_in_from_rgb(img, x_high, weight, bias, alpha, gain=math.sqrt(2), lr_mul=1.0, slope=0.2, impl=None):
+    """Blend from_rgb(avg_pool_2x2(img)) into x_high [N, C_out, H, W]; img is [N, C_img, 2H, 2W]."""
+    _check_args(img, x_high, weight, bias)
+    alpha = check_alpha(alpha)
+    gain, lr_mul, slope = float(gain), float(lr_mul), float(slope)
+    impl = resolve(impl, x_high.device)
+    if impl == "reference":
+        return fade_in_from_rgb_reference(img, x_high, weight, bias, alpha, gain, lr_mul, slope)
+    w_mul, b_mul = _scales(img.shape[1], gain, lr_mul)
+    return _fade_in_from_rgb(img, x_high, weight, bias, alpha, w_mul, b_mul, slope, impl)
+
+
+def _fade_in_from_rgb_kernel(img: torch.Tensor, x_high: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                             alpha: float, w_mul: float, b_mul: float, slope: float, impl: str) -> torch.Tensor:
+    fmt = memory_format(x_high)
+    return kernels(impl).fade_in_from_rgb(as_layout(img, fmt), as_layout(x_high, fmt), weight.contiguous(),
+                                          bias.contiguous(), alpha, w_mul, b_mul, slope)
+
+
+def _fade_in_from_rgb_backward_kernel(
+        grad: torch.Tensor, img: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alpha: float,
+        w_mul: float, b_mul: float, slope: float, impl: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    fmt = memory_format(grad)
+    return kernels(impl).fade_in_from_rgb_backward(as_layout(grad, fmt), as_layout(img, fmt), weight.contiguous(),
+                                                   bias.contiguous(), alpha, w_mul, b_mul, slope)
+
+
+def _fade_in_from_rgb_fake(img, x_high, weight, bias, alpha, w_mul, b_mul, slope, impl):
+    return empty(x_high.shape, x_high, memory_format(x_high))
+
+
+def _fade_in_from_rgb_backward_fake(grad, img, weight, bias, alpha, w_mul, b_mul, slope, impl):
+    fmt = memory_format(grad)
+    return (empty(img.shape, img, fmt), empty(grad.shape, grad, fmt),
+            torch.empty_like(weight, memory_format=torch.contiguous_format),
+            torch.empty_like(bias, memory_format=torch.contiguous_format))
+
+
+def _save_forward(ctx, inputs, output):
+    img, _, weight, bias = inputs[:4]
+    ctx.scalars = inputs[4:]  # alpha, w_mul, b_mul, slope, impl
+    ctx.save_for_backward(img, weight, bias)
+
+
+def _save_backward(ctx, inputs, output):
+    ctx.scalars = inputs[4:]
+    ctx.save_for_backward(*inputs[:4])  # grad, img, weight, bias
+
+
+def _fade_in_from_rgb_bwd(ctx, grad):
+    img, weight, bias = ctx.saved_tensors
+    g_img, g_high, g_weight, g_bias = _fade_in_from_rgb_backward(grad, img, weight, bias, *ctx.scalars)
+    return g_img, g_high, g_weight, g_bias, None, None, None, None, None
+
+
+def _fade_in_from_rgb_backward_bwd(ctx, gg_img, gg_high, gg_weight, gg_bias):
+    """Second derivatives, eager. With p = avg_pool_2x2(img), z the conv output, m = lrelu'(z)
+    (1 or slope) and gz = (1 - alpha) * m * grad, the backward is
+        grad_img = up_2x(w_mul * W^T gz) / 4, grad_x_high = alpha * grad,
+        grad_weight = w_mul * sum gz p^T, grad_bias = b_mul * sum gz.
+    Its derivatives, with q = avg_pool_2x2(gg_img):
+        d grad   = (1 - alpha) * m * (w_mul * (W q + gg_weight p) + b_mul * gg_bias) + alpha * gg_x_high
+        d img    = up_2x(w_mul * gg_weight^T gz) / 4
+        d weight = w_mul * sum gz q^T
+        d bias   = 0 (bias enters only through the mask)."""
+    grad, img, weight, bias = ctx.saved_tensors
+    alpha, w_mul, b_mul, slope, _ = ctx.scalars
+    # Each scalar enters on its own (t - t * alpha, not (1 - alpha) * t): traced with dynamic
+    # shapes they are symbolic floats, and AOT autograd cannot turn compound ones into tensors.
+    co, ci = weight.shape[:2]
+    p = F.avg_pool2d(img, 2)
+    z = F.conv2d(p, weight * w_mul, bias * b_mul)
+    pos = (z > 0).to(grad.dtype)
+    m = pos + (1.0 - pos) * slope  # lrelu'(z)
+    mg = m * grad
+    gz = mg - mg * alpha
+    zero_w = torch.zeros_like(weight)
+    gg_weight = zero_w if gg_weight is None else gg_weight
+    q = None if gg_img is None else F.avg_pool2d(gg_img, 2)
+    d_grad = d_img = d_weight = None
+    if ctx.needs_input_grad[0]:
+        t = F.conv2d(p, gg_weight * w_mul, None if gg_bias is None else gg_bias * b_mul)
+        if q is not None:
+            t = t + F.conv2d(q, weight * w_mul)
+        mt = m * t
+        d_grad = mt - mt * alpha
+        if gg_high is not None:
+            d_grad = d_grad + gg_high * alpha
+    if ctx.needs_input_grad[1]:
+        d_p = F.conv2d(gz, gg_weight.transpose(0, 1) * w_mul) * 0.25
+        n, _, h, w = d_p.shape  # nearest 2x up-sampling (F.interpolate's float scale breaks dynamic shapes)
+        d_img = d_p[:, :, :, None, :, None].expand(n, ci, h, 2, w, 2).reshape(img.shape)
+    if ctx.needs_input_grad[2]:
+        d_weight = zero_w if q is None else (torch.einsum("nohw,nihw->oi", gz, q) * w_mul).reshape(co, ci, 1, 1)
+    return d_grad, d_img, d_weight, None, None, None, None, None, None
+
+
+_fade_in_from_rgb = fused_op("fade_in_from_rgb", _fade_in_from_rgb_kernel, _fade_in_from_rgb_fake,
+                             _fade_in_from_rgb_bwd, _save_forward)
+_fade_in_from_rgb_backward = fused_op("fade_in_from_rgb_backward", _fade_in_from_rgb_backward_kernel,
+                                      _fade_in_from_rgb_backward_fake, _fade_in_from_rgb_backward_bwd,
+                                      _save_backward)

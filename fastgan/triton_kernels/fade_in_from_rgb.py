@@ -1,0 +1,216 @@
+"""Discriminator-side fade-in (SPEC 6) and its backward:
+
+    out = (1 - alpha) * lrelu(z) + alpha * x_high,  z = w_mul * W p + b_mul * bias,  p = avg_pool_2x2(img)
+    gz  = (1 - alpha) * lrelu'(z) * grad:  grad_img = up_2x(w_mul * W^T gz) / 4,  grad_x_high = alpha * grad,
+          grad_weight = w_mul * sum gz p^T,  grad_bias = b_mul * sum gz
+
+A program owns BLOCK_P low-resolution pixels (flattened over N, H, W) and pools their
+Ci colours into p [CI_PAD, BLOCK_P]; the 1x1 conv is a broadcast product summed over the
+colour axis. The forward's programs also split the Co channels in BLOCK_O blocks; a
+backward program walks them all, accumulates grad_p, writes grad_img, and stores its sums
+for the weight and bias in a row of partials that `_reduce_kernel` adds up in order.
+Tensors are addressed through their strides (either layout); a stride of 1 is
+specialized by Triton, so the contiguous axis is known at compile time.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import INTERPRET, KernelSpec, autotune, check_like, compute_dtype, device_guard, fp64_scalar, layout
+
+# [BLOCK_O, BLOCK_P] output tiles; the conv's [BLOCK_O, CI_PAD, BLOCK_P] product is 4x that
+# (wider tiles spill registers in float16 channels-last).
+CONFIGS = [
+    triton.Config({"BLOCK_O": 16, "BLOCK_P": 64}, num_warps=4),
+    triton.Config({"BLOCK_O": 32, "BLOCK_P": 32}, num_warps=4),
+]
+_INTERPRETER_CONFIG = triton.Config({"BLOCK_O": 4, "BLOCK_P": 4})
+_REDUCE_BLOCK = 64
+
+
+@triton.jit
+def _pooled(img_ptr, q, q_mask, HW, W, is_n, is_c, is_h, is_w, CI: tl.constexpr, CI_PAD: tl.constexpr, acc_t):
+    """p [CI_PAD, BLOCK_P] of pixels q, the offsets and mask of the top-left image values of
+    their 2x2 blocks, and the pixels' (n, h, w)."""
+    n = q // HW
+    hw = q % HW
+    h = hw // W
+    w = hw % W
+    i = tl.arange(0, CI_PAD)
+    offs = i[:, None].to(tl.int64) * is_c + (n * is_n + 2 * h * is_h + 2 * w * is_w)[None, :]
+    mask = (i < CI)[:, None] & q_mask[None, :]
+    total = tl.load(img_ptr + offs, mask=mask, other=0.0).to(acc_t)
+    total += tl.load(img_ptr + offs + is_w, mask=mask, other=0.0).to(acc_t)
+    total += tl.load(img_ptr + offs + is_h, mask=mask, other=0.0).to(acc_t)
+    total += tl.load(img_ptr + offs + is_h + is_w, mask=mask, other=0.0).to(acc_t)
+    return 0.25 * total, offs, mask, n, h, w
+
+
+@triton.jit
+def _conv(w_ptr, b_ptr, p, o, CO, w_mul, b_mul, CI: tl.constexpr, CI_PAD: tl.constexpr, acc_t):
+    """z [BLOCK_O, BLOCK_P] of channels o, and the scaled weight block [BLOCK_O, CI_PAD]."""
+    i = tl.arange(0, CI_PAD)
+    o_mask = o < CO
+    wv = w_mul * tl.load(w_ptr + o[:, None] * CI + i[None, :], mask=o_mask[:, None] & (i < CI)[None, :],
+                         other=0.0).to(acc_t)
+    bias = b_mul * tl.load(b_ptr + o, mask=o_mask, other=0.0).to(acc_t)
+    return tl.sum(wv[:, :, None] * p[None, :, :], axis=1) + bias[:, None], wv
+
+
+@triton.jit
+def _forward_kernel(img_ptr, xh_ptr, w_ptr, b_ptr, out_ptr, P, HW, W, CO,
+                    is_n, is_c, is_h, is_w, xs_n, xs_c, xs_h, xs_w,
+                    alpha: "fp64", w_mul: "fp64", b_mul: "fp64", slope: "fp64",
+                    CI: tl.constexpr, CI_PAD: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr):
+    acc_t: tl.constexpr = compute_dtype(out_ptr.dtype.element_ty)
+    q = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    q_mask = q < P
+    p, _, _, n, h, w = _pooled(img_ptr, q, q_mask, HW, W, is_n, is_c, is_h, is_w, CI, CI_PAD, acc_t)
+    z, _ = _conv(w_ptr, b_ptr, p, o, CO, tl.cast(w_mul, acc_t), tl.cast(b_mul, acc_t), CI, CI_PAD, acc_t)
+    y = tl.where(z > 0, z, z * tl.cast(slope, acc_t))
+    offs = o[:, None].to(tl.int64) * xs_c + (n * xs_n + h * xs_h + w * xs_w)[None, :]
+    mask = (o < CO)[:, None] & q_mask[None, :]
+    xh = tl.load(xh_ptr + offs, mask=mask, other=0.0).to(acc_t)
+    a = tl.cast(alpha, acc_t)
+    tl.store(out_ptr + offs, ((1.0 - a) * y + a * xh).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _backward_kernel(grad_ptr, img_ptr, w_ptr, b_ptr, gimg_ptr, gxh_ptr, partial_ptr, P, HW, W, CO,
+                     is_n, is_c, is_h, is_w, xs_n, xs_c, xs_h, xs_w,
+                     alpha: "fp64", w_mul: "fp64", b_mul: "fp64", slope: "fp64",
+                     CI: tl.constexpr, CI_PAD: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr):
+    acc_t: tl.constexpr = compute_dtype(grad_ptr.dtype.element_ty)
+    pid = tl.program_id(0)
+    q = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    q_mask = q < P
+    p, img_offs, img_mask, n, h, w = _pooled(img_ptr, q, q_mask, HW, W, is_n, is_c, is_h, is_w, CI, CI_PAD, acc_t)
+    a = tl.cast(alpha, acc_t)
+    sl = tl.cast(slope, acc_t)
+    wm = tl.cast(w_mul, acc_t)
+    pix = (n * xs_n + h * xs_h + w * xs_w)[None, :]
+    i = tl.arange(0, CI_PAD)
+    row = partial_ptr + pid.to(tl.int64) * CO * (CI + 1)  # [o * (CI + 1) + i]: weight sums; + CI: bias
+    gp = tl.zeros([CI_PAD, BLOCK_P], dtype=acc_t)
+    for o0 in range(0, CO, BLOCK_O):
+        o = o0 + tl.arange(0, BLOCK_O)
+        z, wv = _conv(w_ptr, b_ptr, p, o, CO, wm, tl.cast(b_mul, acc_t), CI, CI_PAD, acc_t)
+        offs = o[:, None].to(tl.int64) * xs_c + pix
+        mask = (o < CO)[:, None] & q_mask[None, :]
+        g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(acc_t)
+        tl.store(gxh_ptr + offs, (a * g).to(gxh_ptr.dtype.element_ty), mask=mask)
+        gz = (1.0 - a) * g * tl.where(z > 0, 1.0, sl)  # zero outside the mask, as g is
+        gp += tl.sum(wv[:, :, None] * gz[:, None, :], axis=0)
+        sums = tl.sum(gz[:, None, :] * p[None, :, :], axis=2)
+        tl.store(row + o[:, None] * (CI + 1) + i[None, :], sums, mask=(o < CO)[:, None] & (i < CI)[None, :])
+        tl.store(row + o * (CI + 1) + CI, tl.sum(gz, axis=1), mask=o < CO)
+    v = (0.25 * gp).to(gimg_ptr.dtype.element_ty)
+    tl.store(gimg_ptr + img_offs, v, mask=img_mask)
+    tl.store(gimg_ptr + img_offs + is_w, v, mask=img_mask)
+    tl.store(gimg_ptr + img_offs + is_h, v, mask=img_mask)
+    tl.store(gimg_ptr + img_offs + is_h + is_w, v, mask=img_mask)
+
+
+@triton.jit
+def _reduce_kernel(partial_ptr, gw_ptr, gb_ptr, ROWS, CO, w_mul: "fp64", b_mul: "fp64",
+                   CI: tl.constexpr, BLOCK: tl.constexpr):
+    """Columns col = o * (CI + 1) + i of the partials, summed over the rows in order, scaled."""
+    acc_t: tl.constexpr = partial_ptr.dtype.element_ty
+    col = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.cast(CO, tl.int64) * (CI + 1)
+    mask = col < cols
+    total = tl.zeros([BLOCK], dtype=acc_t)
+    for r in range(ROWS):
+        total += tl.load(partial_ptr + r * cols + col, mask=mask, other=0.0)
+    o = col // (CI + 1)
+    i = col % (CI + 1)
+    tl.store(gw_ptr + o * CI + i, (tl.cast(w_mul, acc_t) * total).to(gw_ptr.dtype.element_ty), mask=mask & (i < CI))
+    tl.store(gb_ptr + o, (tl.cast(b_mul, acc_t) * total).to(gb_ptr.dtype.element_ty), mask=mask & (i == CI))
+
+
+_forward = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["P", "CO", "is_c", "xs_c"])(_forward_kernel)
+# The backward is not autotuned: its grid and its partials (one row a program) depend on BLOCK_P.
+# It holds two [BLOCK_O, CI_PAD, BLOCK_P] products: 8 warps (ptxas spills with 4 in some dtypes).
+_BACKWARD_GPU_CONFIG = triton.Config({"BLOCK_O": 16, "BLOCK_P": 32}, num_warps=8)
+_BACKWARD_CONFIG = _INTERPRETER_CONFIG if INTERPRET else _BACKWARD_GPU_CONFIG
+
+
+def _check(img, x_high, weight, bias, x_name):
+    if img.dim() != 4 or x_high.dim() != 4:
+        raise ValueError(f"fastgan triton: img and {x_name} must be 4-D, got {tuple(img.shape)}, {tuple(x_high.shape)}")
+    n, co, h, w = x_high.shape
+    ci = img.shape[1]
+    if tuple(img.shape) != (n, ci, 2 * h, 2 * w) or tuple(weight.shape) != (co, ci, 1, 1) or \
+            tuple(bias.shape) != (co,):
+        raise ValueError(f"fastgan triton: shapes img {tuple(img.shape)}, {x_name} {tuple(x_high.shape)}, weight "
+                         f"{tuple(weight.shape)}, bias {tuple(bias.shape)} do not match")
+    check_like(img, "img", x_high, layout(x_high, x_name))
+    check_like(weight, "weight", x_high, "nchw")
+    check_like(bias, "bias", x_high, "nchw")
+    return n * h * w, h * w, w, co, ci
+
+
+def _scalars(alpha, w_mul, b_mul, slope):
+    return [fp64_scalar(v) for v in (alpha, w_mul, b_mul, slope)]
+
+
+def fade_in_from_rgb(img, x_high, weight, bias, alpha, w_mul, b_mul, slope):
+    """(1 - alpha) * lrelu(w_mul * W avg_pool_2x2(img) + b_mul * bias) + alpha * x_high, in x_high's layout."""
+    p, hw, w, co, ci = _check(img, x_high, weight, bias, "x_high")
+    out = torch.empty_like(x_high)
+    if out.numel() == 0:
+        return out
+    with device_guard(x_high):
+        _forward[lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(co, meta["BLOCK_O"]))](
+            img, x_high, weight, bias, out, p, hw, w, co, *img.stride(), *x_high.stride(),
+            *_scalars(alpha, w_mul, b_mul, slope), CI=ci, CI_PAD=triton.next_power_of_2(ci))
+    return out
+
+
+def fade_in_from_rgb_backward(grad, img, weight, bias, alpha, w_mul, b_mul, slope):
+    """(grad_img, grad_x_high, grad_weight, grad_bias); the first two in grad's layout."""
+    p, hw, w, co, ci = _check(img, grad, weight, bias, "grad")
+    g_img = torch.empty_like(img)
+    g_xh = torch.empty_like(grad)
+    g_weight = torch.empty_like(weight)
+    g_bias = torch.empty_like(bias)
+    if grad.numel() == 0:
+        return g_img.zero_(), g_xh, g_weight.zero_(), g_bias.zero_()
+    config = _BACKWARD_CONFIG
+    rows = triton.cdiv(p, config.kwargs["BLOCK_P"])
+    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    partial = torch.empty(rows * co * (ci + 1), dtype=acc, device=grad.device)
+    with device_guard(grad):
+        _backward_kernel[(rows,)](grad, img, weight, bias, g_img, g_xh, partial, p, hw, w, co, *img.stride(),
+                                  *grad.stride(), *_scalars(alpha, w_mul, b_mul, slope), CI=ci,
+                                  CI_PAD=triton.next_power_of_2(ci), num_warps=config.num_warps, **config.kwargs)
+        _reduce_kernel[(triton.cdiv(co * (ci + 1), _REDUCE_BLOCK),)](
+            partial, g_weight, g_bias, rows, co, fp64_scalar(w_mul), fp64_scalar(b_mul), CI=ci, BLOCK=_REDUCE_BLOCK)
+    return g_img, g_xh, g_weight, g_bias
+
+
+def _variants(configs):
+    """NCHW has unit strides along W, channels-last along C (specialized to 1 by Triton at launch)."""
+    return (("nchw", {"is_w": 1, "xs_w": 1, "CI": 3, "CI_PAD": 4}, configs),
+            ("channels_last", {"is_c": 1, "xs_c": 1, "CI": 3, "CI_PAD": 4}, configs))
+
+
+_STRIDES = {name: "i64" for name in ("is_n", "is_c", "is_h", "is_w", "xs_n", "xs_c", "xs_h", "xs_w")}
+_SCALARS = {"alpha": "fp64", "w_mul": "fp64", "b_mul": "fp64", "slope": "fp64"}
+_TILE = {"CI": "constexpr", "CI_PAD": "constexpr", "BLOCK_O": "constexpr", "BLOCK_P": "constexpr"}
+_SIZES = {"P": "i32", "HW": "i32", "W": "i32", "CO": "i32"}
+KERNEL_SPECS = [
+    KernelSpec("fade_in_from_rgb", _forward_kernel,
+               {"img_ptr": "*{dtype}", "xh_ptr": "*{dtype}", "w_ptr": "*{dtype}", "b_ptr": "*{dtype}",
+                "out_ptr": "*{dtype}", **_SIZES, **_STRIDES, **_SCALARS, **_TILE}, _variants(CONFIGS)),
+    KernelSpec("fade_in_from_rgb_backward", _backward_kernel,
+               {"grad_ptr": "*{dtype}", "img_ptr": "*{dtype}", "w_ptr": "*{dtype}", "b_ptr": "*{dtype}",
+                "gimg_ptr": "*{dtype}", "gxh_ptr": "*{dtype}", "partial_ptr": "*fp32", **_SIZES, **_STRIDES,
+                **_SCALARS, **_TILE}, _variants([_BACKWARD_GPU_CONFIG])),
+    KernelSpec("fade_in_from_rgb_reduce", _reduce_kernel,
+               {"partial_ptr": "*fp32", "gw_ptr": "*{dtype}", "gb_ptr": "*{dtype}", "ROWS": "i32", "CO": "i32",
+                "w_mul": "fp64", "b_mul": "fp64", "CI": "constexpr", "BLOCK": "constexpr"},
+               (("any", {"CI": 3}, [triton.Config({"BLOCK": _REDUCE_BLOCK}, num_warps=4)]),)),
+]

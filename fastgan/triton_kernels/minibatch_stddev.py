@@ -1,0 +1,230 @@
+"""Minibatch standard deviation (SPEC 5) and its backward.
+
+x [N, C, H, W] in groups of G strided samples (group m holds samples g * M + m) and F
+channel groups of K = C/F * H * W values each. A program of the statistics kernels owns
+BLOCK values k of channel group j in the G samples of group m: it reads them once for
+the mean and again (from L1/L2) for the squared deviations (two-pass).
+
+  forward:  `_stats` copies x into out and writes per-program sums of s; `_fill` adds
+            them up into f[m, j] and writes the F new channels.
+  backward: `_grad_f` sums the gradient of the new channels per (m, j); `_backward`
+            recomputes mean and s and writes grad_x = grad[:, :C] + A * d / (G * s).
+
+Value k of channel group j sits at e = j * K + k in an NCHW sample (out: the same) and, with
+Cf = C/F, at pixel k // Cf, channel j * Cf + k % Cf in a channels-last one.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import KernelSpec, autotune, compute_dtype, device_guard, layout
+
+EPS = tl.constexpr(1e-8)  # a constexpr: jitted code reads no other globals
+# A thread holds 2 or 4 values of each loop-carried vector (8 spill registers in float32 on sm_80).
+CONFIGS = [triton.Config({"BLOCK": 256}, num_warps=4), triton.Config({"BLOCK": 1024}, num_warps=8)]
+_INTERPRETER_CONFIG = triton.Config({"BLOCK": 8})
+_FILL_BLOCK = 256  # pixels, or partial sums, a step of `_fill` and `_grad_f`
+_LAYOUT_FLAG = {"nchw": False, "channels_last": True}
+
+
+@triton.jit
+def _value_offsets(k, j, C, F, HW, K, CHANNELS_LAST: tl.constexpr):
+    """Offsets of values k of channel group j in an x sample and in an out sample."""
+    if CHANNELS_LAST:
+        cf = C // F
+        pix = k // cf
+        ch = j * cf + k % cf
+        return pix * C + ch, pix * (C + F) + ch
+    e = j * K + k
+    return e, e
+
+
+@triton.jit
+def _new_channel_offsets(n, j, p, C, F, HW, CHANNELS_LAST: tl.constexpr):
+    """Offsets of pixels p of out's channel C + j in sample n."""
+    base = n.to(tl.int64) * (C + F) * HW
+    if CHANNELS_LAST:
+        return base + p * (C + F) + C + j
+    return base + (C + j) * HW + p
+
+
+@triton.jit
+def _group_stats(x_ptr, m, e, mask, M, G, sample, acc_t: tl.constexpr):
+    """Mean and s = sqrt(biased variance + eps) over the G samples of group m, two-pass."""
+    total = tl.zeros(e.shape, dtype=acc_t)
+    for gi in range(G):
+        total += tl.load(x_ptr + (gi * M + m) * sample + e, mask=mask, other=0.0).to(acc_t)
+    mean = total / G
+    ss = tl.zeros(e.shape, dtype=acc_t)
+    for gi in range(G):
+        d = tl.load(x_ptr + (gi * M + m) * sample + e, mask=mask, other=0.0).to(acc_t) - mean
+        ss += d * d
+    return mean, tl.sqrt(ss / G + EPS)
+
+
+@triton.jit
+def _program_values(C, HW, F, K, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's (m, j, block index), the offsets of its values in an x and an out sample,
+    their mask, and the sizes of an x and an out sample."""
+    pid = tl.program_id(0)
+    blocks = tl.cdiv(K, BLOCK)
+    blk = pid % blocks
+    mj = pid // blocks
+    j = mj % F
+    k = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    e, e_out = _value_offsets(k, j, C, F, HW, K, CHANNELS_LAST)
+    return mj // F, j, blk, e, e_out, k < K, tl.cast(C, tl.int64) * HW, tl.cast(C + F, tl.int64) * HW
+
+
+@triton.jit
+def _stats_kernel(x_ptr, out_ptr, partial_ptr, C, HW, M, G, F, K, BLOCKS,
+                  CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+    acc_t: tl.constexpr = compute_dtype(x_ptr.dtype.element_ty)
+    m, j, blk, e, e_out, mask, sample, out_sample = _program_values(C, HW, F, K, CHANNELS_LAST, BLOCK)
+    for gi in range(G):  # the copy of x into out (the statistics re-read these values from cache)
+        n = gi * M + m
+        v = tl.load(x_ptr + n * sample + e, mask=mask)
+        tl.store(out_ptr + n * out_sample + e_out, v, mask=mask)
+    _, s = _group_stats(x_ptr, m, e, mask, M, G, sample, acc_t)
+    tl.store(partial_ptr + (m * F + j) * BLOCKS + blk, tl.sum(tl.where(mask, s, 0.0), axis=0))
+
+
+@triton.jit
+def _fill_kernel(partial_ptr, out_ptr, C, HW, M, F, K, BLOCKS,
+                 CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+    """Program (n, j): f[n mod M, j] = sum of its partials / K, written over the HW pixels."""
+    acc_t: tl.constexpr = partial_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    n = pid // F
+    j = pid % F
+    m = n % M
+    i = tl.arange(0, BLOCK)
+    total = tl.zeros([BLOCK], dtype=acc_t)
+    for b0 in range(0, BLOCKS, BLOCK):
+        total += tl.load(partial_ptr + (m * F + j) * BLOCKS + b0 + i, mask=b0 + i < BLOCKS, other=0.0)
+    f = (tl.sum(total, axis=0) / K).to(out_ptr.dtype.element_ty)
+    for p0 in range(0, HW, BLOCK):
+        p = p0 + i
+        offs = _new_channel_offsets(n, j, p, C, F, HW, CHANNELS_LAST)
+        tl.store(out_ptr + offs, tl.zeros([BLOCK], dtype=out_ptr.dtype.element_ty) + f, mask=p < HW)
+
+
+@triton.jit
+def _grad_f_kernel(grad_ptr, a_ptr, C, HW, M, G, F, K,
+                   CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+    """Program (m, j): a[m, j] = sum of grad's channel C + j over group m's samples and pixels / (K * G)."""
+    acc_t: tl.constexpr = a_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    m = pid // F
+    j = pid % F
+    i = tl.arange(0, BLOCK)
+    total = tl.zeros([BLOCK], dtype=acc_t)
+    for gi in range(G):
+        for p0 in range(0, HW, BLOCK):
+            p = p0 + i
+            offs = _new_channel_offsets(gi * M + m, j, p, C, F, HW, CHANNELS_LAST)
+            total += tl.load(grad_ptr + offs, mask=p < HW, other=0.0).to(acc_t)
+    tl.store(a_ptr + pid, tl.sum(total, axis=0) / (K * G))
+
+
+@triton.jit
+def _backward_kernel(grad_ptr, x_ptr, a_ptr, gx_ptr, C, HW, M, G, F, K,
+                     CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+    acc_t: tl.constexpr = compute_dtype(x_ptr.dtype.element_ty)
+    m, j, blk, e, e_out, mask, sample, out_sample = _program_values(C, HW, F, K, CHANNELS_LAST, BLOCK)
+    mean, s = _group_stats(x_ptr, m, e, mask, M, G, sample, acc_t)
+    coef = tl.load(a_ptr + m * F + j) / s
+    for gi in range(G):
+        n = gi * M + m
+        x = tl.load(x_ptr + n * sample + e, mask=mask, other=0.0).to(acc_t)
+        g = tl.load(grad_ptr + n * out_sample + e_out, mask=mask, other=0.0).to(acc_t)
+        tl.store(gx_ptr + n * sample + e, (g + coef * (x - mean)).to(gx_ptr.dtype.element_ty), mask=mask)
+
+
+_stats = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["C", "HW", "G", "F"])(_stats_kernel)
+_backward = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["C", "HW", "G", "F"])(_backward_kernel)
+
+
+def _geometry(x, group_size, num_channels):
+    if x.dim() != 4:
+        raise ValueError(f"fastgan triton: x must be 4-D, got shape {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    if group_size < 1 or n % group_size or num_channels < 1 or c % num_channels:
+        raise ValueError(f"fastgan triton: group_size ({group_size}) must divide the batch ({n}) and "
+                         f"num_channels ({num_channels}) the channels ({c})")
+    fmt = layout(x, "x")
+    return dict(C=c, HW=h * w, M=n // group_size, G=group_size, F=num_channels, K=c // num_channels * h * w), fmt
+
+
+def _acc_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _program_grid(geo):
+    return lambda meta: (geo["M"] * geo["F"] * triton.cdiv(geo["K"], meta["BLOCK"]),)
+
+
+def minibatch_stddev(x, group_size, num_channels):
+    """cat([x, f broadcast], dim 1), in x's layout."""
+    geo, fmt = _geometry(x, group_size, num_channels)
+    n, c, h, w = x.shape
+    memory_format = torch.contiguous_format if fmt == "nchw" else torch.channels_last
+    out = torch.empty((n, c + num_channels, h, w), dtype=x.dtype, device=x.device, memory_format=memory_format)
+    if x.numel() == 0:
+        return out
+    flag = _LAYOUT_FLAG[fmt]
+    # Room for one partial sum per program of the narrowest config; the autotuned one may fill
+    # a prefix of each (m, j) row, the rest stays zero.
+    blocks = triton.cdiv(geo["K"], min(c.kwargs["BLOCK"] for c in CONFIGS + [_INTERPRETER_CONFIG]))
+    partial = torch.zeros(geo["M"] * geo["F"] * blocks, dtype=_acc_dtype(x), device=x.device)
+    with device_guard(x):
+        _stats[_program_grid(geo)](x, out, partial, **geo, BLOCKS=blocks, CHANNELS_LAST=flag)
+        _fill_kernel[(n * num_channels,)](partial, out, geo["C"], geo["HW"], geo["M"], geo["F"], geo["K"], blocks,
+                                          CHANNELS_LAST=flag, BLOCK=_FILL_BLOCK)
+    return out
+
+
+def minibatch_stddev_backward(grad, x, group_size, num_channels):
+    """grad_x = grad[:, :C] + A * (x - mean) / (G * s), in x's layout."""
+    geo, fmt = _geometry(x, group_size, num_channels)
+    n, c, h, w = x.shape
+    if tuple(grad.shape) != (n, c + num_channels, h, w) or grad.dtype != x.dtype or layout(grad, "grad") != fmt:
+        raise ValueError(f"fastgan triton: grad must be {(n, c + num_channels, h, w)} of {x.dtype}, laid out like x, "
+                         f"got {tuple(grad.shape)} {grad.dtype} with strides {grad.stride()}")
+    gx = torch.empty_like(x)
+    if x.numel() == 0:
+        return gx
+    flag = _LAYOUT_FLAG[fmt]
+    a = torch.empty(geo["M"] * geo["F"], dtype=_acc_dtype(x), device=x.device)
+    with device_guard(x):
+        _grad_f_kernel[(geo["M"] * geo["F"],)](grad, a, **geo, CHANNELS_LAST=flag, BLOCK=_FILL_BLOCK)
+        _backward[_program_grid(geo)](grad, x, a, gx, **geo, CHANNELS_LAST=flag)
+    return gx
+
+
+def _kernel_spec(name, fn, signature_order, configs):
+    """`signature_order`: (argument, type) in the kernel's order."""
+    return KernelSpec(name, fn, dict(signature_order),
+                      tuple((lay, {"CHANNELS_LAST": flag}, configs) for lay, flag in _LAYOUT_FLAG.items()))
+
+
+_GEOMETRY = [("C", "i32"), ("HW", "i32"), ("M", "i32"), ("G", "i32"), ("F", "i32"), ("K", "i32")]
+_CONSTEXPRS = [("CHANNELS_LAST", "constexpr"), ("BLOCK", "constexpr")]
+_FILL_CONFIGS = [triton.Config({"BLOCK": _FILL_BLOCK}, num_warps=4)]
+# The partial sums and `a` are float32, float64 for float64 tensors; compiled here as float32
+# in every dtype (the kernels only add and store through them).
+KERNEL_SPECS = [
+    _kernel_spec("minibatch_stddev_stats", _stats_kernel,
+                 [("x_ptr", "*{dtype}"), ("out_ptr", "*{dtype}"), ("partial_ptr", "*fp32"), *_GEOMETRY, ("BLOCKS", "i32"),
+                  *_CONSTEXPRS],
+                 CONFIGS),
+    _kernel_spec("minibatch_stddev_fill", _fill_kernel,
+                 [("partial_ptr", "*fp32"), ("out_ptr", "*{dtype}"), ("C", "i32"), ("HW", "i32"), ("M", "i32"),
+                  ("F", "i32"), ("K", "i32"), ("BLOCKS", "i32"), *_CONSTEXPRS], _FILL_CONFIGS),
+    _kernel_spec("minibatch_stddev_grad_f", _grad_f_kernel,
+                 [("grad_ptr", "*{dtype}"), ("a_ptr", "*fp32"), *_GEOMETRY, *_CONSTEXPRS], _FILL_CONFIGS),
+    _kernel_spec("minibatch_stddev_backward", _backward_kernel,
+                 [("grad_ptr", "*{dtype}"), ("x_ptr", "*{dtype}"), ("a_ptr", "*fp32"), ("gx_ptr", "*{dtype}"),
+                  *_GEOMETRY, *_CONSTEXPRS], CONFIGS),
+]

@@ -1,0 +1,205 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastgan
+from fastgan.ops.fade_in_from_rgb import (_fade_in_from_rgb, _fade_in_from_rgb_backward,
+                                          fade_in_from_rgb_reference)
+from helpers import (CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, assert_close, check_forward_backward,
+                     TOLERANCES, gradchecks, randn)
+
+F64 = torch.float64
+# (N, C_img, C_out, H, W) at the low resolution: RGB, odd sizes, vector tails, grey and RGBA images.
+SHAPES = [(2, 3, 5, 3, 4), (1, 3, 19, 5, 3), (2, 1, 4, 2, 5), (1, 4, 7, 3, 3)]
+
+
+def make(shape, layout="contiguous", dtype=torch.float32, device="cpu"):
+    n, ci, co, h, w = shape
+    return [randn((n, ci, 2 * h, 2 * w), layout, dtype, device), randn((n, co, h, w), layout, dtype, device),
+            randn((co, ci, 1, 1), dtype=dtype, device=device), randn((co,), dtype=dtype, device=device)]
+
+
+def check(inputs, impl, dtype, alpha=0.3, gain=math.sqrt(2), lr_mul=1.0):
+    def op(img, x_high, weight, bias, impl):
+        return fastgan.ops.fade_in_from_rgb(img, x_high, weight, bias, alpha, gain, lr_mul, impl=impl)
+
+    def ref(img, x_high, weight, bias):
+        return fade_in_from_rgb_reference(img, x_high, weight, bias, alpha, gain, lr_mul)
+
+    return check_forward_backward(op, ref, inputs, impl, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_parity(impl, shape, layout, dtype):
+    check(make(shape, layout, dtype), impl, dtype)
+
+
+@pytest.mark.parametrize("alpha, gain, lr_mul", [(0.0, 1.0, 1.0), (1.0, math.sqrt(2), 0.01), (0.7, 2.0, 3.0)])
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_parity_scales(impl, alpha, gain, lr_mul):
+    check(make((2, 3, 6, 2, 3)), impl, torch.float32, alpha, gain, lr_mul)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(2, 3, 64, 32, 32), (2, 3, 128, 16, 16), (1, 3, 37, 9, 35), (1, 5, 70, 4, 20)])
+def test_parity_cpu_large(shape, layout, dtype):
+    """Vector loops and tails of both layouts, more than 4 colours, several blocks of weight partials.
+    The weight and bias gradients sum thousands of terms: compared with the float64 reference, to
+    the dtype's tolerance relative to their largest entry (float32 sums cancel to small entries)."""
+    inputs = make(shape, layout, dtype)
+    exact = [t.detach().double().requires_grad_() for t in inputs]
+    mine = [t.detach().requires_grad_() for t in inputs]
+    want = fade_in_from_rgb_reference(*exact, 0.3)
+    got = fastgan.ops.fade_in_from_rgb(*mine, 0.3, impl="cpu")
+    assert_close(got, want, dtype)
+    grad = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, exact, grad)
+    got_grads = torch.autograd.grad(got, mine, grad.to(dtype))
+    for g, w in zip(got_grads[:2], want_grads[:2]):
+        assert_close(g, w, dtype)
+    tol = TOLERANCES[dtype]
+    for g, w in zip(got_grads[2:], want_grads[2:]):
+        torch.testing.assert_close(g.double(), w, rtol=tol["rtol"], atol=tol["atol"] * w.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_parity_gpu(impl, layout, dtype):
+    for shape in SHAPES + [(32, 3, 64, 64, 64), (32, 3, 128, 32, 32)]:
+        check(make(shape, layout, dtype, "cuda"), impl, dtype)
+
+
+@pytest.mark.parametrize("impl", ["reference"] + CPU_BACKENDS)
+def test_gradcheck(impl):
+    inputs = tuple(t.requires_grad_() for t in make((2, 3, 4, 2, 3), dtype=F64))
+    gradchecks(lambda *ts: fastgan.ops.fade_in_from_rgb(*ts, 0.3, impl=impl), inputs, impl)
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_custom_op_gradcheck(impl):
+    """The traced path (the custom ops themselves), to the second order."""
+    img, x_high, weight, bias = (t.requires_grad_() for t in make((1, 3, 4, 2, 3), dtype=F64))
+    scalars = (0.3, 0.8, 1.0, 0.2, impl)
+    gradchecks(lambda *ts: _fade_in_from_rgb.op(*ts, *scalars), (img, x_high, weight, bias), impl)
+    grad = randn(x_high.shape, dtype=F64).requires_grad_()
+    gradchecks(lambda *ts: _fade_in_from_rgb_backward.op(*ts, *scalars), (grad, img, weight, bias), impl)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_opcheck(impl, layout):
+    img, x_high, weight, bias = (t.requires_grad_() for t in make((2, 3, 4, 2, 3), layout))
+    grad = randn(x_high.shape, layout).requires_grad_()
+    scalars = (0.3, 0.8, 1.0, 0.2, impl)
+    torch.library.opcheck(torch.ops.fastgan.fade_in_from_rgb.default, (img, x_high, weight, bias, *scalars))
+    torch.library.opcheck(torch.ops.fastgan.fade_in_from_rgb_backward.default, (grad, img, weight, bias, *scalars))
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_compile_fullgraph(impl):
+    torch._dynamo.reset()
+    layer = fastgan.nn.FadeInFromRGB(3, 4, impl=impl)
+    model = torch.compile(lambda img, x: layer(img, x, 0.4).square().sum(), fullgraph=True)
+    img, x_high = randn((2, 3, 4, 6)).requires_grad_(), randn((2, 4, 2, 3), "channels_last").requires_grad_()
+    got = model(img, x_high)
+    want = fade_in_from_rgb_reference(img, x_high, layer.weight, layer.bias, 0.4).square().sum()
+    torch.testing.assert_close(got, want)
+    params = (img, x_high, layer.weight, layer.bias)
+    for a, b in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params)):
+        torch.testing.assert_close(a, b)
+
+
+class TinyDiscriminator(torch.nn.Module):
+    """The last stages of a ProGAN discriminator while 8x8 fades in: from-RGB at 8x8, a conv, 2x2
+    pooling, the fade-in blend from the pooled image, minibatch stddev, a 3x3 conv and a dense head."""
+
+    def __init__(self, impl, c=6):
+        super().__init__()
+        self.impl = impl
+        self.rgb_high = torch.nn.Conv2d(3, c, 1)
+        self.conv_high = torch.nn.Conv2d(c, c, 3, padding=1)
+        self.fade = fastgan.nn.FadeInFromRGB(3, c, impl=impl)
+        with torch.no_grad():
+            self.fade.bias.normal_()
+        self.conv = torch.nn.Conv2d(c + 1, c, 3, padding=1)
+        self.head = torch.nn.Linear(c * 16, 1)
+
+    def forward(self, img, alpha):
+        x = F.leaky_relu(self.conv_high(F.leaky_relu(self.rgb_high(img), 0.2)), 0.2)
+        x = self.fade(img, F.avg_pool2d(x, 2), alpha)
+        x = fastgan.ops.minibatch_stddev(x, 4, impl=self.impl)
+        x = F.leaky_relu(self.conv(x), 0.2)
+        return self.head(x.flatten(1))
+
+
+def gradient_penalty_grads(disc, real, fake, alpha):
+    """WGAN-GP: the gradients of the penalty (||dD/dx|| - 1)^2 with respect to D's parameters."""
+    eps = torch.rand(real.shape[0], 1, 1, 1)
+    mix = (eps * real + (1 - eps) * fake).requires_grad_()
+    (g,) = torch.autograd.grad(disc(mix, alpha).sum(), mix, create_graph=True)
+    penalty = 10.0 * (g.flatten(1).norm(dim=1) - 1).square().mean()
+    # The head's bias does not move the gradient: its penalty gradient is None.
+    return torch.autograd.grad(penalty, list(disc.parameters()), allow_unused=True)
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_gradient_penalty_matches_eager(impl):
+    real, fake = randn((8, 3, 8, 8)), randn((8, 3, 8, 8))
+    fused = TinyDiscriminator(impl)
+    eager = TinyDiscriminator("reference")
+    eager.load_state_dict(fused.state_dict())
+    state = torch.random.get_rng_state()
+    want = gradient_penalty_grads(eager, real, fake, 0.6)
+    torch.random.set_rng_state(state)
+    got = gradient_penalty_grads(fused, real, fake, 0.6)
+    assert sum(g is not None for g in got) == len(got) - 1
+    for a, b in zip(got, want):
+        if b is None:
+            assert a is None
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+
+
+def test_module():
+    m = fastgan.nn.FadeInFromRGB(3, 8, gain=1.0, lr_mul=0.5, impl="cpu")
+    assert m.weight.shape == (8, 3, 1, 1) and m.bias.shape == (8,) and not m.bias.any()
+    assert m.weight.std().item() > 1.0  # N(0, 1) / lr_mul
+    img, x_high = randn((2, 3, 8, 6)), randn((2, 8, 4, 3))
+    assert_close(m(img, x_high, 0.25), fade_in_from_rgb_reference(img, x_high, m.weight, m.bias, 0.25, 1.0, 0.5))
+    assert "3, 8" in repr(m)
+
+
+def test_weight_is_never_scaled_in_place():
+    img, x_high, weight, bias = make((1, 3, 4, 2, 2))
+    before = weight.clone()
+    fastgan.ops.fade_in_from_rgb(img, x_high, weight, bias, 0.5, impl="cpu")
+    assert torch.equal(weight, before)
+
+
+@pytest.mark.parametrize("index, bad, error, words", [
+    (0, torch.ones(2, 3, 4, 6, dtype=torch.int32), TypeError, "img must be a floating tensor"),
+    (0, torch.ones(2, 3, 5, 6), ValueError, "x_high must be"),
+    (1, torch.ones(2, 4, 2, 3, 1), ValueError, "x_high must be 4-D"),
+    (1, torch.ones(2, 4, 2, 3, dtype=F64), TypeError, "x_high has dtype"),
+    (2, torch.ones(4, 3, 3, 3), ValueError, r"weight must have shape \(4, 3, 1, 1\)"),
+    (3, torch.ones(5), ValueError, r"bias must have shape \(4,\)"),
+    (3, [0.0] * 4, TypeError, "bias must be a torch.Tensor"),
+])
+def test_bad_input(index, bad, error, words):
+    inputs = make((2, 3, 4, 2, 3))
+    inputs[index] = bad
+    with pytest.raises(error, match=words):
+        fastgan.ops.fade_in_from_rgb(*inputs, 0.5, impl="cpu")
+
+
+def test_bad_alpha():
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        fastgan.ops.fade_in_from_rgb(*make((2, 3, 4, 2, 3)), 1.5, impl="cpu")

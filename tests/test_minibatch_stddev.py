@@ -1,0 +1,146 @@
+import functools
+
+import pytest
+import torch
+
+import fastgan
+from fastgan.ops.minibatch_stddev import _minibatch_stddev, _minibatch_stddev_backward, minibatch_stddev_reference
+from helpers import (CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, assert_close, check_forward_backward,
+                     gradchecks, randn)
+
+# (shape, group_size, num_channels): G = 4, G < group_size (= N), G = 1, several channel groups.
+CASES = [((8, 6, 3, 5), 4, 1), ((8, 6, 3, 5), 2, 3), ((6, 4, 2, 2), 3, 2), ((3, 5, 1, 3), 4, 1),
+         ((5, 2, 3, 3), 1, 1), ((4, 17, 2, 1), 4, 17)]
+F64 = torch.float64
+
+
+def check(x, group_size, num_channels, impl, dtype):
+    op = functools.partial(fastgan.ops.minibatch_stddev, group_size=group_size, num_channels=num_channels)
+    ref = functools.partial(minibatch_stddev_reference, group_size=group_size, num_channels=num_channels)
+    return check_forward_backward(op, ref, [x], impl, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_parity(impl, case, layout, dtype):
+    shape, group_size, num_channels = case
+    check(randn(shape, layout, dtype), group_size, num_channels, impl, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", [((32, 512, 4, 4), 4, 1), ((8, 64, 16, 16), 4, 2), ((4, 7, 33, 9), 2, 7)])
+def test_parity_cpu_large(case, layout, dtype):
+    """Vector loops and tails, several spans of values per group (csrc/cpu/minibatch_stddev.cpp)."""
+    shape, group_size, num_channels = case
+    check(randn(shape, layout, dtype), group_size, num_channels, "cpu", dtype)
+
+
+@pytest.mark.parametrize("impl", ["reference"] + CPU_BACKENDS)
+def test_groups_are_strided(impl):
+    """Sample n belongs to group n mod (N / G): identical samples 0, 2, 4, 6 give s = sqrt(1e-8)."""
+    x = randn((8, 3, 2, 2))
+    x[0::2] = x[0]
+    out = fastgan.ops.minibatch_stddev(x, 4, impl=impl)
+    torch.testing.assert_close(out[0::2, 3], torch.full((4, 2, 2), 1e-4))
+    assert (out[1::2, 3] > 0.1).all()
+    torch.testing.assert_close(out[:, :3], x, rtol=0, atol=0)
+
+
+def test_statistics_are_centered():
+    """A large common offset does not swamp the variance (two-pass, not E[x^2] - E[x]^2)."""
+    x = randn((4, 8, 3, 3))
+    for impl in CPU_BACKENDS:
+        got = fastgan.ops.minibatch_stddev(x + 1e4, impl=impl)[:, 8]
+        torch.testing.assert_close(got, minibatch_stddev_reference(x.double())[:, 8].float(), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_parity_gpu(impl, layout, dtype):
+    for shape, group_size, num_channels in CASES + [((32, 512, 4, 4), 4, 1), ((32, 128, 32, 32), 4, 1)]:
+        check(randn(shape, layout, dtype, "cuda"), group_size, num_channels, impl, dtype)
+
+
+@pytest.mark.parametrize("case", [((4, 4, 2, 3), 2, 2), ((3, 2, 2, 2), 4, 1)])
+@pytest.mark.parametrize("impl", ["reference"] + CPU_BACKENDS)
+def test_gradcheck(impl, case):
+    shape, group_size, num_channels = case
+    x = randn(shape, dtype=F64).requires_grad_()
+    gradchecks(lambda x: fastgan.ops.minibatch_stddev(x, group_size, num_channels, impl=impl), (x,), impl)
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_custom_op_gradcheck(impl):
+    """The traced path (the custom ops themselves), to the second order."""
+    x = randn((4, 4, 2, 3), dtype=F64).requires_grad_()
+    gradchecks(lambda x: _minibatch_stddev.op(x, 2, 2, impl), (x,), impl)
+    g = randn((4, 6, 2, 3), dtype=F64).requires_grad_()
+    gradchecks(lambda g, x: _minibatch_stddev_backward.op(g, x, 2, 2, impl), (g, x), impl)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_opcheck(impl, layout):
+    x = randn((4, 6, 3, 2), layout).requires_grad_()
+    g = randn((4, 8, 3, 2), layout).requires_grad_()
+    torch.library.opcheck(torch.ops.fastgan.minibatch_stddev.default, (x, 2, 2, impl))
+    torch.library.opcheck(torch.ops.fastgan.minibatch_stddev_backward.default, (g, x, 2, 2, impl))
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_compile_fullgraph(impl):
+    torch._dynamo.reset()
+    layer = fastgan.nn.MinibatchStdDev(4, 1, impl=impl)
+    model = torch.compile(lambda x: layer(x).square().sum(), fullgraph=True)
+    x = randn((8, 5, 3, 3)).requires_grad_()
+    got = model(x)
+    want = minibatch_stddev_reference(x).square().sum()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0])
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_double_backward_matches_eager(impl):
+    """A WGAN-GP style penalty: the gradient of ||d out / d x|| with respect to x."""
+    x = randn((8, 6, 3, 3))
+    w = randn((8, 7, 3, 3))
+
+    def penalty_grad(fn):
+        xi = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad((fn(xi) * w).sum(), xi, create_graph=True)
+        return torch.autograd.grad(g.square().sum(), xi)[0]
+
+    want = penalty_grad(lambda t: minibatch_stddev_reference(t, 4, 1))
+    got = penalty_grad(lambda t: fastgan.ops.minibatch_stddev(t, 4, 1, impl=impl))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def test_module():
+    x = randn((8, 6, 2, 2))
+    m = fastgan.nn.MinibatchStdDev(group_size=2, num_channels=3, impl="cpu")
+    assert_close(m(x), minibatch_stddev_reference(x, 2, 3))
+    assert "group_size=2, num_channels=3" in repr(m)
+
+
+@pytest.mark.parametrize("impl", ["reference"] + CPU_BACKENDS)
+def test_batch_not_divisible_by_group_size(impl):
+    with pytest.raises(ValueError, match=r"batch \(6\) must be divisible by group_size \(4"):
+        fastgan.ops.minibatch_stddev(randn((6, 3, 2, 2)), group_size=4, impl=impl)
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(x=torch.ones(4, 3, 2, 2, dtype=torch.int32)), TypeError, "x must be a floating tensor"),
+    (dict(x=torch.ones(4, 3, 2)), ValueError, "x must be 4-D"),
+    (dict(x=[1.0]), TypeError, "x must be a torch.Tensor"),
+    (dict(x=torch.ones(4, 3, 2, 2), num_channels=2), ValueError, r"channels \(3\) must be divisible by num_channels"),
+    (dict(x=torch.ones(4, 3, 2, 2), group_size=0), ValueError, "group_size must be a positive int"),
+    (dict(x=torch.ones(4, 3, 2, 2), num_channels=1.5), ValueError, "num_channels must be a positive int"),
+])
+def test_bad_input(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        fastgan.ops.minibatch_stddev(**kwargs, impl="cpu")
