@@ -1,5 +1,6 @@
 """Drop-in modules built on `fastgan.ops`."""
 
+from .discriminator import FadeInFromRGB, MinibatchStdDev
 from .equalized import EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear
 from .minibatch_discrimination import MinibatchDiscrimination
 from .progressive import FadeIn, PixelNorm
@@ -11,4 +12,6 @@ __all__ = [
     "EqualizedConv2d",
     "EqualizedConvTranspose2d",
     "EqualizedLinear",
+    "FadeInFromRGB",
+    "MinibatchStdDev",
 ]

@@ -4,8 +4,10 @@ from .bias_act import bias_act, bias_act_reference
 from .bias_act_pixel_norm import bias_act_pixel_norm, bias_act_pixel_norm_reference
 from .blend_reals import blend_reals, blend_reals_reference
 from .fade_in import fade_in, fade_in_reference
+from .fade_in_from_rgb import fade_in_from_rgb, fade_in_from_rgb_reference
 from .minibatch_discrimination import (minibatch_discrimination, minibatch_discrimination_reference,
                                        minibatch_features, minibatch_features_reference)
+from .minibatch_stddev import minibatch_stddev, minibatch_stddev_reference
 from .pixel_norm import pixel_norm, pixel_norm_reference
 from .schedule import fade_alpha
 
@@ -25,4 +27,8 @@ __all__ = [
     "bias_act_reference",
     "bias_act_pixel_norm",
     "bias_act_pixel_norm_reference",
+    "fade_in_from_rgb",
+    "fade_in_from_rgb_reference",
+    "minibatch_stddev",
+    "minibatch_stddev_reference",
 ]

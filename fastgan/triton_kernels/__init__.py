@@ -18,8 +18,12 @@ from .blend_reals import KERNEL_SPECS as _BLEND_REALS_SPECS
 from .blend_reals import blend_reals
 from .fade_in import KERNEL_SPECS as _FADE_IN_SPECS
 from .fade_in import fade_in, fade_in_backward
+from .fade_in_from_rgb import KERNEL_SPECS as _FADE_IN_FROM_RGB_SPECS
+from .fade_in_from_rgb import fade_in_from_rgb, fade_in_from_rgb_backward
 from .minibatch_discrimination import KERNEL_SPECS as _MINIBATCH_DISCRIMINATION_SPECS
 from .minibatch_discrimination import minibatch_discrimination, minibatch_discrimination_backward
+from .minibatch_stddev import KERNEL_SPECS as _MINIBATCH_STDDEV_SPECS
+from .minibatch_stddev import minibatch_stddev, minibatch_stddev_backward
 from .pixel_norm import KERNEL_SPECS as _PIXEL_NORM_SPECS
 from .pixel_norm import pixel_norm, pixel_norm_backward
 
@@ -30,6 +34,8 @@ KERNEL_SPECS = [
     *_MINIBATCH_DISCRIMINATION_SPECS,
     *_BIAS_ACT_SPECS,
     *_BIAS_ACT_PIXEL_NORM_SPECS,
+    *_MINIBATCH_STDDEV_SPECS,
+    *_FADE_IN_FROM_RGB_SPECS,
 ]
 
 __all__ = [
@@ -46,4 +52,8 @@ __all__ = [
     "bias_act_backward",
     "bias_act_pixel_norm",
     "bias_act_pixel_norm_backward",
+    "minibatch_stddev",
+    "minibatch_stddev_backward",
+    "fade_in_from_rgb",
+    "fade_in_from_rgb_backward",
 ]
