@@ -203,12 +203,26 @@ def _train_setup(ctx, inputs, output):
 def _train_bwd(ctx, grad_y, *_):
     x, weight, gamma, beta, z, mean, var = ctx.saved_tensors
     invstd = torch.rsqrt(var + ctx.eps)
-    grad_z, grad_gamma, grad_beta = kernels(ctx.impl).bn_relu_backward(
-        as_layout(grad_y, _layout_of(z)), z, mean, invstd, gamma, beta)
+    grad_z, grad_gamma, grad_beta = _call(_bn_relu_backward, grad_y, z, mean, invstd, gamma, beta, ctx.impl)
     need = ctx.needs_input_grad
     grad_x, grad_w, grad_b = _conv_backward(grad_z, x, weight, ctx, need[0], need[1], ctx.has_bias and need[2])
     return (grad_x, grad_w, grad_b, grad_gamma if ctx.has_gamma else None, grad_beta if ctx.has_beta else None,
             None, None, None, None, None)
+
+
+@torch.library.custom_op("fastgan::bn_relu_backward", mutates_args=())
+def _bn_relu_backward(grad_y: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
+                      gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
+                      impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused BN + ReLU backward (csrc/schemas.h) as a traceable op: grad_z, grad_gamma, grad_beta."""
+    grad_z, grad_gamma, grad_beta = kernels(impl).bn_relu_backward(as_layout(grad_y, _layout_of(z)), z, mean,
+                                                                   invstd, gamma, beta)
+    return as_layout(grad_z, _layout_of(z)), grad_gamma, grad_beta
+
+
+@_bn_relu_backward.register_fake
+def _(grad_y, z, mean, invstd, gamma, beta, impl):
+    return empty(z.shape, z, _layout_of(z)), torch.empty_like(mean), torch.empty_like(mean)
 
 
 def _conv_backward(grad, x, weight, ctx, need_x, need_w, need_b):
