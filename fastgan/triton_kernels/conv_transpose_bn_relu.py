@@ -8,7 +8,8 @@ same along w), so each program only walks the taps that contribute. x is read ch
 weight as [kH, kW, C_in, C_out] (both copied so on the host: the GEMM operands are then row-major
 tiles). z is stored channels-last. The epilogue writes per-tile, per-channel partial statistics
 (count, tile mean, M2 = sum of squared deviations from the tile mean, from the registers: never a
-sum of squares), and a tiny finalize kernel merges them (Chan) into mean and biased variance.
+sum of squares; the tile mean is kept as a rounded shift plus a small offset), and a tiny finalize
+kernel merges them (Chan) into mean and biased variance.
 The statistics are those of z as stored (rounded to its dtype), as the reference computes them.
 
 conv_transpose_bias_relu: the same GEMM with a bias + ReLU epilogue (eval, BN folded by the caller).
@@ -88,7 +89,7 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
     """x [N, H_in, W_in, C_in] (channels-last), w [kH, kW, C_in, C_out], z [N, H_out, W_out, C_out].
     Program (t, j): output channels j * BLOCK_N + ..., and the t-th tile of BLOCK_M pixels in phase
     order: phase (rh, rw) holds the pixels (rh + s_h * qh, rw + s_w * qw), qh < Hq, qw < Wq.
-    STATS: store z and the tile's partial statistics to part [tiles, 3, C_out];
+    STATS: store z and the tile's partial statistics to part [tiles, 4, C_out];
     else store relu(z + bias)."""
     acc_t: tl.constexpr = compute_dtype(z_ptr.dtype.element_ty)
     t = tl.program_id(0)
@@ -141,16 +142,20 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
     if STATS:
         z = acc.to(z_ptr.dtype.element_ty)
         tl.store(z_ptr + out_offs, z, mask=out_mask)
-        # The statistics of z as stored; rows past the image count for nothing.
+        # The statistics of z as stored; rows past the image count for nothing. The tile mean is
+        # kept as shift + offset: the rounded mean (an exact reference value) and the mean of the
+        # deviations from it, so that its rounding (|mean| >> std) does not reach the merges.
         zs = tl.where(row_ok[:, None], z.to(acc_t), 0.0)
         count = tl.sum(row_ok.to(acc_t), axis=0)
-        mean = tl.sum(zs, axis=0) / tl.maximum(count, 1.0)
-        dev = tl.where(row_ok[:, None], zs - mean[None, :], 0.0)
-        m2 = tl.sum(dev * dev, axis=0)
-        part = part_ptr + t.to(tl.int64) * 3 * C_out + co
+        shift = tl.sum(zs, axis=0) / tl.maximum(count, 1.0)
+        dev = tl.where(row_ok[:, None], zs - shift[None, :], 0.0)
+        offset = tl.sum(dev, axis=0) / tl.maximum(count, 1.0)
+        dev = tl.where(row_ok[:, None], dev - offset[None, :], 0.0)
+        part = part_ptr + t.to(tl.int64) * 4 * C_out + co
         tl.store(part, tl.zeros([BLOCK_N], dtype=acc_t) + count, mask=co_ok)
-        tl.store(part + C_out, mean, mask=co_ok)
-        tl.store(part + 2 * C_out, m2, mask=co_ok)
+        tl.store(part + C_out, shift, mask=co_ok)
+        tl.store(part + 2 * C_out, offset, mask=co_ok)
+        tl.store(part + 3 * C_out, tl.sum(dev * dev, axis=0), mask=co_ok)
     else:
         bias = tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(acc_t)
         y = tl.maximum(acc + bias[None, :], 0.0)
@@ -159,23 +164,27 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
 
 @triton.jit
 def _finalize_stats_kernel(part_ptr, mean_ptr, var_ptr, T, C, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Merges the partials [T, 3, C] of each channel, BLOCK_T tiles at a time in a fixed order."""
+    """Merges the partials [T, 4, C] (count, shift, offset, M2) of each channel, BLOCK_T tiles at a
+    time in a fixed order. Tile means are taken relative to tile 0's shift (never empty: it holds
+    pixel (0, 0)); shift - shift_0 is exact when |mean| >> std, so the merges see accurate means."""
     acc_t: tl.constexpr = mean_ptr.dtype.element_ty
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
+    shift0 = tl.load(part_ptr + C + c, mask=c_ok, other=0.0)
     n = tl.zeros([BLOCK_C], dtype=acc_t)
-    mean = tl.zeros([BLOCK_C], dtype=acc_t)
+    mean = tl.zeros([BLOCK_C], dtype=acc_t)  # relative to shift0
     m2 = tl.zeros([BLOCK_C], dtype=acc_t)
     for t0 in range(0, T, BLOCK_T):
         tt = t0 + tl.arange(0, BLOCK_T)
         mask = (tt < T)[:, None] & c_ok[None, :]
-        offs = tt[:, None].to(tl.int64) * 3 * C + c[None, :]
+        offs = tt[:, None].to(tl.int64) * 4 * C + c[None, :]
         n_b = tl.load(part_ptr + offs, mask=mask, other=0.0)
-        mean_b = tl.load(part_ptr + offs + C, mask=mask, other=0.0)
-        m2_b = tl.load(part_ptr + offs + 2 * C, mask=mask, other=0.0)
+        shift_b = tl.load(part_ptr + offs + C, mask=mask, other=0.0)
+        mean_b = (shift_b - shift0[None, :]) + tl.load(part_ptr + offs + 2 * C, mask=mask, other=0.0)
+        m2_b = tl.load(part_ptr + offs + 3 * C, mask=mask, other=0.0)
         n_b, mean_b, m2_b = tl.reduce((n_b, mean_b, m2_b), 0, _chan_combine)
         n, mean, m2 = _chan_combine(n, mean, m2, n_b, mean_b, m2_b)
-    tl.store(mean_ptr + c, mean, mask=c_ok)
+    tl.store(mean_ptr + c, shift0 + mean, mask=c_ok)
     tl.store(var_ptr + c, m2 / tl.maximum(n, 1.0), mask=c_ok)  # n >= 1 in every real channel
 
 
@@ -220,7 +229,7 @@ def _launch_conv(x, weight, bias, stride, padding, output_padding, stats):
     z = torch.empty((n, c_out, h_out, w_out), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     phases = sh * sw
     max_tiles = phases * triton.cdiv(n * hq * wq, _MIN_BLOCK_M)
-    part = torch.empty((max_tiles, 3, c_out) if stats else (0,), dtype=_acc_dtype(x), device=x.device)
+    part = torch.empty((max_tiles, 4, c_out) if stats else (0,), dtype=_acc_dtype(x), device=x.device)
     if z.numel() == 0:
         return z, part, 0
     # tf32 where PyTorch's own convolutions may use it (cuDNN's flag, on by default).
