@@ -12,14 +12,18 @@ it is launched with, for the ahead-of-time compile test (tests/test_triton_aot.p
 from ._common import KernelSpec
 from .blend_reals import KERNEL_SPECS as _BLEND_REALS_SPECS
 from .blend_reals import blend_reals
+from .conv_transpose_bn_relu import KERNEL_SPECS as _CONV_TRANSPOSE_BN_RELU_SPECS
+from .conv_transpose_bn_relu import (bn_relu, bn_relu_, bn_relu_backward, conv_transpose_bias_relu,
+                                     conv_transpose_stats)
 from .fade_in import KERNEL_SPECS as _FADE_IN_SPECS
 from .fade_in import fade_in, fade_in_backward
 from .pixel_norm import KERNEL_SPECS as _PIXEL_NORM_SPECS
 from .pixel_norm import pixel_norm, pixel_norm_backward
 
-KERNEL_SPECS = [*_PIXEL_NORM_SPECS, *_FADE_IN_SPECS, *_BLEND_REALS_SPECS]
+KERNEL_SPECS = [*_PIXEL_NORM_SPECS, *_FADE_IN_SPECS, *_BLEND_REALS_SPECS, *_CONV_TRANSPOSE_BN_RELU_SPECS]
 
 __all__ = [
     "pixel_norm", "pixel_norm_backward", "fade_in", "fade_in_backward", "blend_reals",
+    "conv_transpose_stats", "bn_relu", "bn_relu_", "bn_relu_backward", "conv_transpose_bias_relu",
     "KERNEL_SPECS", "KernelSpec",
 ]
