@@ -5,8 +5,10 @@ backends "cpu", "triton", "cuda" ("reference" is left out: it is eager). A provi
 becomes a row with `error` set ("n/a (reason)" in the tables); the run goes on.
 
 Modes: "forward" runs the op on inputs that require grad, as in training (it records the
-autograd graph). "backward" times `torch.autograd.grad` alone on a graph built by an untimed
-forward just before. "forward+backward" times both.
+autograd graph), or under torch.no_grad for an inference case. "backward" times
+`torch.autograd.grad` alone on a graph built by an untimed forward just before. "forward+backward"
+times both. "double backward" times a gradient-penalty step: forward, the gradient with respect to
+the first input with create_graph=True, and the gradients of its squared norm.
 """
 
 import contextlib
@@ -28,7 +30,7 @@ import torch
 import fastgan
 from fastgan._backend import availability
 
-MODES = ("forward", "backward", "forward+backward")
+MODES = ("forward", "backward", "forward+backward", "double backward")
 BACKENDS = ("cpu", "triton", "cuda")
 PROVIDERS = ("eager", "compile") + BACKENDS
 COPY = "copy"  # the bandwidth yardstick, reported as a row of its own
@@ -75,21 +77,50 @@ def unavailable(device, wanted, forced=()):
 
 # ---------------------------------------------------------------------------- timing
 
-def mode_fns(fn, inputs, grad_out, mode):
+def grad_targets(inputs):
+    """The inputs gradients are taken for: those that require grad, or all if none does."""
+    targets = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    if targets:
+        return targets
+    return [t.requires_grad_() for t in inputs if isinstance(t, torch.Tensor)]
+
+
+def mode_fns(fn, inputs, grad_out, mode, inference=False):
     """(setup, run) for a mode: `state = setup()` is untimed, then `run(state)` is timed."""
+    targets = grad_targets(inputs)
+
     def forward(_=None):
         return fn(*inputs)
 
     def backward(out):
-        return torch.autograd.grad(out, inputs, grad_out)
+        return torch.autograd.grad(out, targets, grad_out)
+
+    def double_backward(_):
+        (g,) = torch.autograd.grad(forward(), targets[0], grad_out, create_graph=True)
+        return torch.autograd.grad(g.square().sum(), targets, allow_unused=True, materialize_grads=True)
 
     if mode == "forward":
+        if inference:
+            return None, torch.no_grad()(forward)
         return None, forward
     if mode == "backward":
         return forward, backward  # a fresh graph per run, built outside the timed region
     if mode == "forward+backward":
         return None, lambda _: backward(forward())
+    if mode == "double backward":
+        return None, double_backward
     raise ValueError(mode)
+
+
+def free_bytes(device):
+    """Memory a run may still take on `device`: free GPU memory, or the kernel's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
 
 
 class Timer:
@@ -206,7 +237,8 @@ def peak_extra_bytes(device, setup, run):
 def _row(case, shape, mode, provider, **kw):
     row = dict(op=case.name, shape=shape_label(shape), mode=mode, provider=provider,
                median_ms=None, min_ms=None, iqr_ms=None, reps=0, x_eager=None, x_compile=None,
-               peak_mb=None, gbps=None, eff_pct=None, bytes=None, error=None)
+               peak_mb=None, gbps=None, eff_pct=None, bytes=None, gflops=None, outside_pct=None,
+               flops=None, error=None)
     row.update(kw)
     return row
 
@@ -233,40 +265,77 @@ def _cleanup(device):
         torch.cuda.empty_cache()
 
 
+def _out_of_memory(case, shape, itemsize, device):
+    """Why eager cannot run this shape here, or None."""
+    if case.eager_bytes is None:
+        return None
+    need, free = case.eager_bytes(shape, itemsize), free_bytes(device)
+    if free is None or need <= free:
+        return None
+    return f"out of memory: eager needs {need / GB:.1f} GB, {free / GB:.1f} GB free"
+
+
+def _grad_out(case, inputs, fns):
+    """A random output gradient, shaped by the first provider that runs (eager may not)."""
+    for fn in [case.reference] + list(fns.values()):
+        try:
+            with torch.no_grad():
+                return torch.randn_like(fn(*inputs))
+        except Exception:
+            _cleanup(inputs[0].device)
+    return None
+
+
 def bench_case(case, shape, device, dtype, providers, settings, timer, status=lambda s: None):
-    """Rows for every mode and provider of one op and shape, copy rows included. Within a mode
-    the providers and the copy are timed interleaved (`Timer.interleaved`)."""
+    """Rows for every mode and provider of one op and shape, copy and yardstick rows included.
+    Within a mode the providers and the yardsticks are timed interleaved (`Timer.interleaved`)."""
     torch._dynamo.reset()  # "compile" compiles once per case, from scratch, for static shapes
-    inputs = [t.requires_grad_() for t in case.make_inputs(shape, dtype, device)]
-    try:
-        grad_out = torch.randn_like(case.reference(*inputs))
-    except Exception as e:
-        why = f"reference failed: {reason(e)}"
-        return [_row(case, shape, m, p, error=why) for m in MODES for p in providers]
+    inputs = case.make_inputs(shape, dtype, device)
+    grad_targets(inputs)
+    modes = ("forward",) if case.inference else case.modes
     itemsize = inputs[0].element_size()
-    nbytes = dict(case.min_bytes(shape, itemsize))
-    nbytes["forward+backward"] = nbytes["forward"] + nbytes["backward"]
+    oom = _out_of_memory(case, shape, itemsize, device)
 
     fns, rows = {}, []
     for provider in providers:
+        if oom and provider in ("eager", "compile"):
+            rows += [_row(case, shape, m, provider, error=oom) for m in modes]
+            continue
         try:
             fns[provider] = provider_fn(case, provider)
         except Exception as e:
-            rows += [_row(case, shape, m, provider, error=reason(e)) for m in MODES]
-    for mode in MODES:
-        # The yardstick: src.clone() of nbytes / 2 bytes reads and writes nbytes in all.
-        src = torch.randn(nbytes[mode] // 2 // itemsize, dtype=dtype, device=device)
-        jobs = {COPY: (None, lambda _: src.clone())}  # clone() allocates, as the ops do
-        jobs.update({p: mode_fns(fn, inputs, grad_out, mode) for p, fn in fns.items()})
+            rows += [_row(case, shape, m, provider, error=reason(e)) for m in modes]
+    grad_out = _grad_out(case, inputs, {p: f for p, f in fns.items() if p not in ("eager", "compile")})
+    if grad_out is None:
+        return rows + [_row(case, shape, m, p, error="every provider failed on this shape")
+                       for m in modes for p in fns]
+    nbytes = dict(case.min_bytes(shape, itemsize)) if case.min_bytes else {}
+    if "forward" in nbytes and "backward" in nbytes:
+        nbytes["forward+backward"] = nbytes["forward"] + nbytes["backward"]
+    flops = case.flops(shape) if case.flops else {}
+    yard = case.yardstick(shape, dtype, device) if case.yardstick else None
+    yard_rate = None
+
+    for mode in modes:
+        jobs = {}
+        if mode in nbytes:  # the bandwidth yardstick: src.clone() reads and writes nbytes in all
+            src = torch.randn(nbytes[mode] // 2 // itemsize, dtype=dtype, device=device)
+            jobs[COPY] = (None, lambda _, src=src: src.clone())  # clone() allocates, as the ops do
+        if yard and mode == "forward":
+            jobs[yard[0]] = (None, lambda _: yard[1]())
+        jobs.update({p: mode_fns(fn, inputs, grad_out, mode, case.inference) for p, fn in fns.items()})
         times = timer.interleaved(jobs, settings, status=lambda s: status(f"{mode} {s}"))
-        del src, jobs[COPY]
+        jobs.pop(COPY, None)
         for name, t in times.items():
             if isinstance(t, Exception):
                 rows.append(_row(case, shape, mode, name, error=reason(t)))
                 _cleanup(device)
                 continue
-            row = _row(case, shape, mode, name, bytes=nbytes[mode], **_timing(t))
-            if name != COPY:
+            row = _row(case, shape, mode, name, bytes=nbytes.get(mode), **_timing(t))
+            row["flops"] = yard[2] if yard and name == yard[0] else flops.get(mode)
+            if name == (yard and yard[0]):
+                yard_rate = row["flops"] / (row["median_ms"] / 1e3)
+            elif name != COPY:
                 status(f"{mode} {name} memory")
                 try:
                     row["peak_mb"] = peak_extra_bytes(device, *jobs[name]) / MB
@@ -274,23 +343,29 @@ def bench_case(case, shape, device, dtype, providers, settings, timer, status=la
                     row["peak_error"] = reason(e)
             rows.append(row)
 
-    # Derived columns: bandwidth against the copy of the same mode, speed-ups against baselines.
+    # Derived columns: bandwidth against the copy of the same mode, GFLOP/s, speed-ups.
     by = {(r["mode"], r["provider"]): r for r in rows}
     for r in rows:
         if r["error"] or r["median_ms"] is None:
             continue
-        r["gbps"] = r["bytes"] / (r["median_ms"] / 1e3) / GB
-        copy = by[(r["mode"], COPY)]
-        copy_gbps = copy["bytes"] / (copy["median_ms"] / 1e3) / GB if copy["median_ms"] else None
-        r["eff_pct"] = 100 * r["gbps"] / copy_gbps if copy_gbps else None
-        if r["provider"] == COPY:
+        seconds = r["median_ms"] / 1e3
+        if r["flops"]:
+            r["gflops"] = r["flops"] / seconds / 1e9
+            if yard_rate and r["provider"] != yard[0]:
+                r["outside_pct"] = 100 * max(0.0, 1 - r["flops"] / yard_rate / seconds)
+        if r["bytes"]:
+            r["gbps"] = r["bytes"] / seconds / GB
+            copy = by[(r["mode"], COPY)]
+            copy_gbps = copy["bytes"] / (copy["median_ms"] / 1e3) / GB if copy["median_ms"] else None
+            r["eff_pct"] = 100 * r["gbps"] / copy_gbps if copy_gbps else None
+        if r["provider"] in (COPY, yard and yard[0]):
             continue
         for base, key in (("eager", "x_eager"), ("compile", "x_compile")):
             b = by.get((r["mode"], base))
             if b and b["median_ms"]:
                 r[key] = b["median_ms"] / r["median_ms"]
     order = {p: i for i, p in enumerate(PROVIDERS + (COPY,))}
-    return sorted(rows, key=lambda r: (MODES.index(r["mode"]), order[r["provider"]]))
+    return sorted(rows, key=lambda r: (MODES.index(r["mode"]), order.get(r["provider"], len(order))))
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -335,7 +410,7 @@ def machine_info(device, dtype, quick):
 
 
 COLUMNS = ["op", "shape", "mode", "provider", "median ms", "IQR ms", "x vs eager", "x vs compile",
-           "peak extra MB", "GB/s", "efficiency %"]
+           "peak extra MB", "GB/s", "efficiency %", "GFLOP/s", "outside %"]
 
 
 def _cells(r, width=None):
@@ -355,7 +430,7 @@ def _cells(r, width=None):
 
     peak = f(r["peak_mb"]) if "peak_error" not in r else "n/a"
     return head + [f(r["median_ms"], 4), f(r["iqr_ms"], 2), f(r["x_eager"]), f(r["x_compile"]),
-                   peak, f(r["gbps"]), f(r["eff_pct"], 2)]
+                   peak, f(r["gbps"]), f(r["eff_pct"], 2), f(r["gflops"]), f(r["outside_pct"], 2)]
 
 
 def format_table(rows, width=100):
@@ -375,13 +450,20 @@ def format_table(rows, width=100):
 
 def format_summary(rows):
     """A Markdown table, one line per op, shape and mode: the median ms of every provider side by
-    side, then each fastgan backend's speed-up over eager and torch.compile and its bandwidth
-    efficiency against the copy."""
+    side, then each fastgan backend's speed-up over eager and torch.compile, and where the cases
+    give them, its bandwidth efficiency against the copy, its GFLOP/s and the share of its time
+    outside the yardstick's rate; then the yardsticks' GFLOP/s."""
     providers = [p for p in PROVIDERS if any(r["provider"] == p for r in rows)]
     backends = [p for p in providers if p in BACKENDS]
+    metrics = [("x_eager", "x eager", "{:.2f}"), ("x_compile", "x compile", "{:.2f}"),
+               ("eff_pct", "eff %", "{:.0f}"), ("gflops", "GFLOP/s", "{:.0f}"),
+               ("outside_pct", "outside %", "{:.0f}")]
+    metrics = [m for m in metrics if any(r.get(m[0]) is not None for r in rows)]
     by = {(r["op"], r["shape"], r["mode"], r["provider"]): r for r in rows}
     head = ["op", "shape", "mode"] + [f"{p} ms" for p in providers]
-    head += [f"{b} {k}" for b in backends for k in ("x eager", "x compile", "eff %")]
+    head += [f"{b} {label}" for b in backends for _, label, _ in metrics]
+    yards = [p for p in dict.fromkeys(r["provider"] for r in rows) if p not in PROVIDERS + (COPY,)]
+    head += [f"{y} GFLOP/s" for y in yards]
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(head))) + "|"]
     for key in dict.fromkeys((r["op"], r["shape"], r["mode"]) for r in rows):
         cells = list(key)
@@ -390,8 +472,11 @@ def format_summary(rows):
             cells.append("n/a" if r is None or r["error"] else f"{r['median_ms']:.3g}")
         for b in backends:
             r = by.get(key + (b,)) or {}
-            for k, fmt in (("x_eager", "{:.2f}"), ("x_compile", "{:.2f}"), ("eff_pct", "{:.0f}")):
+            for k, _, fmt in metrics:
                 cells.append("-" if r.get(k) is None else fmt.format(r[k]))
+        for y in yards:
+            r = by.get(key + (y,)) or {}
+            cells.append("-" if r.get("gflops") is None else f"{r['gflops']:.0f}")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 

@@ -1,4 +1,5 @@
-"""The benchmark cases through pytest-benchmark: forward+backward on the quick shapes, per provider.
+"""The benchmark cases through pytest-benchmark: forward+backward (forward for inference cases)
+on the quick shapes, per provider.
 
     pytest benchmarks/test_benchmarks.py --benchmark-only
 
@@ -30,9 +31,15 @@ def test_forward_backward(benchmark, case, shape, provider):
         pytest.skip(f"n/a ({why})")
     torch.manual_seed(0)
     torch._dynamo.reset()  # each compile test compiles from scratch
-    inputs = [t.requires_grad_() for t in case.make_inputs(shape, torch.float32, DEVICE)]
-    grad_out = torch.randn_like(case.reference(*inputs))
-    _, run = harness.mode_fns(harness.provider_fn(case, provider), inputs, grad_out, MODE)
+    inputs = case.make_inputs(shape, torch.float32, DEVICE)
+    fn = harness.provider_fn(case, provider)
+    mode = "forward" if case.inference else MODE
+    try:
+        with torch.no_grad():
+            grad_out = torch.randn_like(fn(*inputs))
+    except Exception as e:
+        pytest.skip(f"n/a ({harness.reason(e)})")
+    _, run = harness.mode_fns(fn, inputs, grad_out, mode, case.inference)
 
     def step():
         run(None)
@@ -44,7 +51,8 @@ def test_forward_backward(benchmark, case, shape, provider):
         step()
     except Exception as e:
         pytest.skip(f"n/a ({harness.reason(e)})")
-    nbytes = case.min_bytes(shape, inputs[0].element_size())
-    benchmark.extra_info.update(device=str(DEVICE), mode=MODE,
-                                min_bytes=nbytes["forward"] + nbytes["backward"])
+    benchmark.extra_info.update(device=str(DEVICE), mode=mode)
+    if case.min_bytes and not case.inference:
+        nbytes = case.min_bytes(shape, inputs[0].element_size())
+        benchmark.extra_info["min_bytes"] = nbytes["forward"] + nbytes["backward"]
     benchmark(step)

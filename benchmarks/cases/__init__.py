@@ -4,19 +4,38 @@ To add an op, write `cases/<op>.py` with a `CASE = Case(...)` and list it in `CA
 """
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 
 @dataclass(frozen=True)
 class Case:
+    """One op to benchmark. Required: name, shapes, quick_shapes, make_inputs, op, reference.
+
+    make_inputs returns the op's tensor arguments, fresh and random. Gradients are taken with
+    respect to the ones that require grad; if make_inputs sets none, all of them (buffers such as
+    running statistics: leave requires_grad off and set it on the others). The first input that
+    requires grad is the one the "double backward" mode differentiates twice (x of a gradient
+    penalty). The optional fields add columns or change what is run:
+    """
     name: str
     shapes: list          # full run: shape tuples handed to make_inputs
     quick_shapes: list    # --quick and the pytest-benchmark tests
-    make_inputs: Callable  # (shape, dtype, device) -> list of fresh random tensors, all differentiable
+    make_inputs: Callable  # (shape, dtype, device) -> list of fresh random tensors
     op: Callable          # (*inputs, impl=name) -> output: the public fastgan op
     reference: Callable   # (*inputs) -> output: eager PyTorch ("eager", and compiled for "compile")
-    min_bytes: Callable   # (shape, itemsize) -> {"forward": bytes, "backward": bytes}, the least
-    #                       traffic any implementation must move (forward+backward is their sum)
+    min_bytes: Optional[Callable] = None  # (shape, itemsize) -> {mode: bytes}: the least traffic any
+    #                       implementation must move per mode ("forward", "backward"; forward+backward
+    #                       is their sum): adds GB/s and efficiency against a copy of as many bytes
+    modes: tuple = ("forward", "backward", "forward+backward")  # any of harness.MODES
+    inference: bool = False  # forward under torch.no_grad (an eval-mode or sampling call); forward only
+    flops: Optional[Callable] = None  # (shape) -> {mode: floating-point operations}: adds GFLOP/s
+    yardstick: Optional[Callable] = None  # (shape, dtype, device) -> (label, fn, flops): a reference
+    #                       computation (a matrix product of the same size, say) timed with the
+    #                       forward providers, reported as a row of its own; with flops, rows also
+    #                       get the share of their time outside it ("outside %")
+    eager_bytes: Optional[Callable] = None  # (shape, itemsize) -> bytes eager needs: where that is
+    #                       more than the device has free, eager and compile are reported n/a
+    #                       (out of memory) instead of run
 
 
 # Imported after Case is defined: the case modules import it from this package.
