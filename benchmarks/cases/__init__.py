@@ -39,6 +39,7 @@ class Case:
 
 
 # Imported after Case is defined: the case modules import it from this package.
-from . import blend_reals, fade_in, pixel_norm  # noqa: E402
+from . import blend_reals, conv_transpose_bn_relu, fade_in, pixel_norm  # noqa: E402
 
-CASES = [fade_in.CASE, blend_reals.CASE, pixel_norm.CASE]
+CASES = [fade_in.CASE, blend_reals.CASE, pixel_norm.CASE, conv_transpose_bn_relu.TRAIN,
+         conv_transpose_bn_relu.EVAL]
