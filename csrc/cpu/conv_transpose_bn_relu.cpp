@@ -329,22 +329,12 @@ at::MemoryFormat check_z(const at::Tensor& z, const char* op) {
   return layout_of(z, "z");
 }
 
-// The layout of a convolution's inputs: channels-last whenever x is channels-last contiguous
-// (also when that is ambiguous, as for 1x1 images), so that z comes out channels-last.
-at::MemoryFormat conv_layout(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() == 4, "fastgan_cpu: x must be 4-D, got ", x.sizes());
-  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
-  return layout_of(x, "x");
-}
-
+// oneDNN's transposed convolution: z comes out channels-last when x is (unambiguously) so, else
+// NCHW. The weight is taken in whatever dense layout it has: converting it cost more than it saved.
 at::Tensor conv_transpose(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding) {
-  const auto fmt = conv_layout(x);
-  // oneDNN writes z in the layout it picks from x and the weight: a channels-last weight
-  // makes it channels-last even for an ambiguous x.
-  const auto w = weight.contiguous(fmt);
-  auto z = at::conv_transpose2d(x, w, bias, stride, padding, output_padding, 1, {1, 1});
-  return z.contiguous(fmt);
+  auto z = at::conv_transpose2d(x, weight, bias, stride, padding, output_padding, 1, {1, 1});
+  return z.is_contiguous() || z.is_contiguous(at::MemoryFormat::ChannelsLast) ? z : z.contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_stats(const at::Tensor& x, const at::Tensor& weight,
@@ -450,9 +440,12 @@ at::Tensor conv_transpose_bias_relu(const at::Tensor& x, const at::Tensor& weigh
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(1) && bias.scalar_type() == x.scalar_type(),
               "fastgan_cpu::conv_transpose_bias_relu: bias must be [", weight.size(1), "] of x's dtype, got ",
               bias.sizes(), " ", bias.scalar_type());
-  const auto fmt = conv_layout(x);
-  if (auto y = conv_transpose_pointwise_relu(x, weight.contiguous(fmt), bias, stride, padding, output_padding))
-    return y->contiguous(fmt);
+  // oneDNN's ReLU post-op only where z is channels-last: in NCHW (1x1 inputs) it ran slower
+  // than the plain convolution and a separate in-place ReLU.
+  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    if (auto y = conv_transpose_pointwise_relu(x, weight, bias, stride, padding, output_padding))
+      return y->is_contiguous(at::MemoryFormat::ChannelsLast) ? *y : y->contiguous(at::MemoryFormat::ChannelsLast);
+  }
   return conv_transpose(x, weight, bias, stride, padding, output_padding).relu_();
 }
 
