@@ -231,6 +231,9 @@ def test_opcheck(impl):
     torch.library.opcheck(ops.conv_transpose_bn_relu_train_inplace.default,
                           (x.detach(), w.detach(), gamma.detach(), beta.detach(), 1e-5, *sizes, impl))
     torch.library.opcheck(ops.conv_transpose_bias_relu.default, (x, w, b, *sizes, impl))
+    vectors = [t.detach() for t in (b, gamma, beta)] + [torch.randn(4), torch.rand(4) + 0.5]
+    torch.library.opcheck(ops.conv_transpose_bn_relu_eval_unfolded.default,
+                          (x.detach(), w.detach(), *vectors, 1e-5, *sizes, impl))
     stats = (torch.randn(4), torch.rand(4) + 0.5, torch.tensor(2), torch.randn(4), torch.rand(4), torch.randn(4))
     torch.library.opcheck(ops.bn_running_stats_update.default, (*stats, 50, 0.1))
     torch.library.opcheck(ops.bn_running_stats_update.default, (*stats, 50, None))
@@ -293,6 +296,16 @@ def test_reference_is_the_sequential():
         torch.testing.assert_close(got, seq.train(training)(x), rtol=0, atol=0)
         for a, b in zip(mine.state_dict().values(), seq.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_eval_without_grad(impl):
+    """Eval under no_grad: folded (weight smaller than the output) or normalized in place (larger)."""
+    for shape in (DCGAN, (2, 40, 1, 8, 4, 1, 0, 0)):  # weight vs output values: 768 <= 768, 5120 > 256
+        seq, fused = make_pair(shape, impl, bias=True)
+        x = randn(shape[:3] + shape[2:3])
+        with torch.no_grad():
+            torch.testing.assert_close(fused.eval()(x), seq.eval()(x))
 
 
 def test_no_grad_training_normalizes_in_place():

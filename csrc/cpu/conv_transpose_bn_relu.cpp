@@ -2,16 +2,16 @@
 //
 // The GEMM stays oneDNN's (at::conv_transpose2d, near this machine's peak); the win is
 // around it. z comes out channels-last whenever x is channels-last (the Python op hands
-// it so), so a pixel's channels are contiguous and the per-channel work vectorizes
-// across channels. Then:
+// it so, except for 1x1 inputs), so a pixel's channels are contiguous and the per-channel
+// work vectorizes across channels. Then:
 // - statistics in one pass over z: blocks of ~kBlockElems values, each reduced in two
 //   passes while it sits in L1 (exact block mean, then squared deviations from it), the
 //   blocks merged with Chan's formula in double: accurate when |mean| >> std (SPEC 1);
 // - normalize + ReLU in one pass (in place when nothing keeps z);
 // - backward: both per-channel sums of the BN + ReLU backward in one pass over
-//   (grad_y, z), then one pass writing grad_z; the convolution's own backward does the rest;
+//   (grad_y, z), then one pass writing grad_z; the convolutions' backward (Python) does the rest;
 // - eval: the caller folds the statistics into W and the bias, and oneDNN applies the
-//   ReLU as a post-op (no pass of our own at all).
+//   ReLU as a post-op on channels-last outputs (no pass of our own at all).
 // NCHW z works too (each plane is one channel). float16/bfloat16 compute in float.
 #include <ATen/core/dispatch/Dispatcher.h>
 

@@ -75,6 +75,11 @@ def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, ru
                                                 training, momentum, eps, sizes[0], sizes[1], sizes[2],
                                                 num_batches_tracked)
     if not use_batch:
+        z_numel = torch.Size(_out_shape(x, weight, sizes)).numel()
+        if weight.numel() > z_numel and not _needs_grad(x, weight, bias, bn_weight, bn_bias):
+            vectors = [None if t is None else t.to(_stats_dtype(x))
+                       for t in (bias, bn_weight, bn_bias, running_mean, running_var)]
+            return _call(_eval_unfolded, x, weight, *vectors, eps, *sizes, impl)
         return _eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, sizes, impl)
     gamma, beta = (None if t is None else t.to(_stats_dtype(x)) for t in (bn_weight, bn_bias))
     if _needs_grad(x, weight, bias, bn_weight, bn_bias):
@@ -322,6 +327,27 @@ def _eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, s
         shift = shift + bn_bias.to(stats)
     w = (weight.to(stats) * scale[None, :, None, None]).to(x.dtype)
     return _bias_relu(x, w, shift.to(x.dtype), *sizes, impl)
+
+
+@torch.library.custom_op("fastgan::conv_transpose_bn_relu_eval_unfolded", mutates_args=())
+def _eval_unfolded(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
+                   beta: Optional[torch.Tensor], running_mean: torch.Tensor, running_var: torch.Tensor, eps: float,
+                   stride: list[int], padding: list[int], output_padding: list[int], impl: str) -> torch.Tensor:
+    """Eval forward without gradients where the weight is larger than the output (the first DCGAN
+    blocks at small batches): folding would cost more than normalizing z in place, which this does
+    (the statistics conv_transpose_stats also computes go unused)."""
+    k = kernels(impl)
+    fmt = _layout_for(x)
+    z, _, _ = k.conv_transpose_stats(as_layout(x, fmt), _dense(weight), stride, padding, output_padding)
+    z = as_layout(z, fmt)
+    mean = running_mean if bias is None else running_mean - bias
+    k.bn_relu_(z, mean, *_scale_shift(running_var, gamma, beta, eps))
+    return z
+
+
+@_eval_unfolded.register_fake
+def _(x, weight, bias, gamma, beta, running_mean, running_var, eps, stride, padding, output_padding, impl):
+    return _bias_relu_fake(x, weight, None, stride, padding, output_padding, impl)
 
 
 def _bias_relu_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: list[int],
