@@ -57,6 +57,16 @@ def check_stats(ops, x, weight, stride, padding, output_padding):
     return z, mean, var
 
 
+@pytest.fixture
+def exact_fp32():
+    """TF32 convolutions (cuDNN's flag, on by default) off: float32 compares at float32 precision.
+    The triton kernels follow the same flag."""
+    allowed = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = allowed
+
+
 # ---------------------------------------------------------------------------
 # Triton under the interpreter.
 
@@ -66,6 +76,13 @@ def check_stats(ops, x, weight, stride, padding, output_padding):
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv_transpose_stats(case, layout, dtype):
     check_stats(kernels("triton"), *conv_inputs(case, layout, dtype))
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:3])
+def test_conv_transpose_stats_exact_fp32(case, exact_fp32):
+    """With TF32 off, float32 runs the rank-1-update path of the GEMM instead of tl.dot."""
+    check_stats(kernels("triton"), *conv_inputs(case, "channels_last"))
+    check_bias_relu(kernels("triton"), *conv_inputs(case))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -212,16 +229,6 @@ GPU_CONV_CASES = CONV_CASES + [
     (8, 128, 16, 16, 64, 4, 2, 1, 0),
     (4, 37, 9, 7, 19, 3, 2, 1, 1),
 ]
-
-
-@pytest.fixture
-def exact_fp32():
-    """cuDNN's TF32 convolutions (PyTorch's default) are off: float32 compares at float32 precision.
-    The triton kernels follow the same flag."""
-    allowed = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = allowed
 
 
 @pytest.mark.gpu

@@ -32,17 +32,20 @@ import triton.language as tl
 from ._common import INTERPRET, KernelSpec, autotune, check_like, compute_dtype, device_guard, layout
 
 # ---------------------------------------------------------------------------
-# Configurations. The GEMM tiles must fit every dtype (float64 too) in registers and shared memory.
+# Configurations. Every GEMM tile must fit each dtype (float64 too) in registers and shared memory.
+# Tensor-core tiles (tl.dot) for float16, bfloat16, float64 and TF32; exact float32 (TF32 off) runs
+# rank-1 updates on the CUDA cores, whose register use only allows the smaller tile.
 
-CONV_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+MMA_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=3),
+]
+FMA_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=4, num_stages=3),
 ]
 _CONV_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 8, "BLOCK_K": 4})
 # The most tiles a conv launch can have per phase: partial statistics are allocated for it.
-_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in ([_CONV_INTERPRETER_CONFIG] if INTERPRET else CONV_CONFIGS))
+_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in ([_CONV_INTERPRETER_CONFIG] if INTERPRET else MMA_CONFIGS + FMA_CONFIGS))
 
 # [BLOCK_R, BLOCK_K] tiles of the elementwise and reduction passes, long along the contiguous K.
 ROW_CONFIGS = {
@@ -80,11 +83,18 @@ def _chan_combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     return n, mean_a + d * w, m2_a + m2_b + d * d * n_a * w
 
 
+@triton.constexpr_function
+def _use_mma(dtype, fp32_mma):
+    """tl.dot (tensor cores: IEEE products for float64) except for float32 where TF32 is not
+    allowed (FP32_MMA false): rank-1 updates on the CUDA cores then."""
+    return dtype != tl.float32 or fp32_mma
+
+
 @triton.jit
 def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
                            N, C_in, H_in, W_in, C_out, H_out, W_out, Hq, Wq,
                            stride_h, stride_w, pad_h, pad_w, kH, kW,
-                           STATS: tl.constexpr, ALLOW_TF32: tl.constexpr,
+                           STATS: tl.constexpr, FP32_MMA: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """x [N, H_in, W_in, C_in] (channels-last), w [kH, kW, C_in, C_out], z [N, H_out, W_out, C_out].
     Program (t, j): output channels j * BLOCK_N + ..., and the t-th tile of BLOCK_M pixels in phase
@@ -122,19 +132,23 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
             iw = qw + dw - jw
             kw = pw + stride_w * jw
             ok = row_ok & (ih >= 0) & (ih < H_in) & (iw >= 0) & (iw < W_in)
-            # Rows whose tap falls outside x read nothing (offset 0, masked).
-            x_row = tl.where(ok, ((n_img.to(tl.int64) * H_in + ih) * W_in + iw) * C_in, 0)
-            w_tap = w_ptr + (kh * kW + kw).to(tl.int64) * C_in * C_out
+            # Rows whose tap falls outside x read nothing (offset 0, masked). int32 offsets: the
+            # host checks that x and the weight have fewer than 2**31 elements.
+            x_row = tl.where(ok, ((n_img * H_in + ih) * W_in + iw) * C_in, 0)
+            w_tap = w_ptr + (kh * kW + kw) * C_in * C_out
             for c0 in range(0, C_in, BLOCK_K):
-                ci = c0 + ck
-                ci_ok = ci < C_in
-                a = tl.load(x_ptr + x_row[:, None] + ci[None, :], mask=ok[:, None] & ci_ok[None, :], other=0.0)
-                b = tl.load(w_tap + ci[:, None] * C_out + co[None, :], mask=ci_ok[:, None] & co_ok[None, :],
-                            other=0.0)
-                if ALLOW_TF32:
+                if _use_mma(x_ptr.dtype.element_ty, FP32_MMA):
+                    ci = c0 + ck
+                    ci_ok = ci < C_in
+                    a = tl.load(x_ptr + x_row[:, None] + ci[None, :], mask=ok[:, None] & ci_ok[None, :], other=0.0)
+                    b = tl.load(w_tap + ci[:, None] * C_out + co[None, :], mask=ci_ok[:, None] & co_ok[None, :],
+                                other=0.0)
                     acc = tl.dot(a, b, acc, input_precision="tf32", out_dtype=acc_t)
-                else:
-                    acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc_t)
+                else:  # rank-1 updates on the CUDA cores: exact float32 products
+                    for kk in tl.range(0, tl.minimum(BLOCK_K, C_in - c0), num_stages=1):  # no prefetch: registers
+                        a = tl.load(x_ptr + x_row + (c0 + kk), mask=ok, other=0.0).to(acc_t)
+                        b = tl.load(w_tap + (c0 + kk) * C_out + co, mask=co_ok, other=0.0).to(acc_t)
+                        acc += a[:, None] * b[None, :]
 
     out_row = ((n_img.to(tl.int64) * H_out + oh) * W_out + ow) * C_out
     out_offs = out_row[:, None] + co[None, :]
@@ -188,13 +202,10 @@ def _finalize_stats_kernel(part_ptr, mean_ptr, var_ptr, T, C, BLOCK_T: tl.conste
     tl.store(var_ptr + c, m2 / tl.maximum(n, 1.0), mask=c_ok)  # n >= 1 in every real channel
 
 
-def _conv_autotuned(kernel):
-    return autotune(CONV_CONFIGS, _CONV_INTERPRETER_CONFIG,
-                    key=["N", "C_in", "H_in", "W_in", "C_out", "H_out", "W_out", "stride_h", "stride_w", "kH", "kW"])(
-        kernel)
-
-
-_conv_transpose = _conv_autotuned(_conv_transpose_kernel)
+_CONV_KEY = ["N", "C_in", "H_in", "W_in", "C_out", "H_out", "W_out", "stride_h", "stride_w", "kH", "kW"]
+# {FP32_MMA: the kernel autotuned over its tiles}
+_conv_transpose = {mma: autotune(configs, _CONV_INTERPRETER_CONFIG, key=_CONV_KEY)(_conv_transpose_kernel)
+                   for mma, configs in ((True, MMA_CONFIGS), (False, FMA_CONFIGS))}
 
 
 def _check_conv(x, weight, stride, padding, output_padding):
@@ -232,17 +243,21 @@ def _launch_conv(x, weight, bias, stride, padding, output_padding, stats):
     part = torch.empty((max_tiles, 4, c_out) if stats else (0,), dtype=_acc_dtype(x), device=x.device)
     if z.numel() == 0:
         return z, part, 0
-    # tf32 where PyTorch's own convolutions may use it (cuDNN's flag, on by default).
-    allow_tf32 = x.dtype == torch.float32 and x.is_cuda and torch.backends.cudnn.allow_tf32
+    if x.numel() >= 2**31 or weight.numel() >= 2**31:
+        raise ValueError(f"fastgan triton: x and weight must have fewer than 2**31 elements, got {x.numel()} "
+                         f"and {weight.numel()}")
+    # TF32 where PyTorch's own convolutions may use it (cuDNN's flag, on by default). The
+    # interpreter computes tl.dot in exact float32 either way.
+    fp32_mma = torch.backends.cudnn.allow_tf32
 
     def grid(meta):
         return (phases * triton.cdiv(n * hq * wq, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]))
 
     with device_guard(x):
-        _conv_transpose[grid](x, w, z, bias if bias is not None else z, part,
+        _conv_transpose[fp32_mma][grid](x, w, z, bias if bias is not None else z, part,
                               n, c_in, h_in, w_in, c_out, h_out, w_out, hq, wq, sh, sw, ph, pw, kh, kw,
-                              STATS=stats, ALLOW_TF32=allow_tf32)
-    tiles = phases * triton.cdiv(n * hq * wq, _conv_transpose.best_config.kwargs["BLOCK_M"])
+                              STATS=stats, FP32_MMA=fp32_mma)
+    tiles = phases * triton.cdiv(n * hq * wq, _conv_transpose[fp32_mma].best_config.kwargs["BLOCK_M"])
     return z, part, tiles
 
 
@@ -545,10 +560,10 @@ _AFFINE = ({"AFFINE": True}, {"AFFINE": False})
 KERNEL_SPECS = [
     KernelSpec("conv_transpose", _conv_transpose_kernel,
                _signature(("x_ptr", "w_ptr", "z_ptr", "bias_ptr"), _CONV_INTS, vector_pointers=("part_ptr",),
-                          constexprs=("STATS", "ALLOW_TF32", "BLOCK_M", "BLOCK_N", "BLOCK_K")),
-               tuple((f"{'stats' if stats else 'bias_relu'}-{'tf32' if tf32 else 'ieee'}",
-                      {"STATS": stats, "ALLOW_TF32": tf32}, CONV_CONFIGS)
-                     for stats in (True, False) for tf32 in (False, True))),
+                          constexprs=("STATS", "FP32_MMA", "BLOCK_M", "BLOCK_N", "BLOCK_K")),
+               tuple((f"{'stats' if stats else 'bias_relu'}-{'tf32' if mma else 'fp32'}",
+                      {"STATS": stats, "FP32_MMA": mma}, MMA_CONFIGS if mma else FMA_CONFIGS)
+                     for stats in (True, False) for mma in (True, False))),
     KernelSpec("conv_transpose_finalize_stats", _finalize_stats_kernel,
                _signature((), ("T", "C"), vector_pointers=("part_ptr", "mean_ptr", "var_ptr"),
                           constexprs=("BLOCK_T", "BLOCK_C")),
