@@ -66,8 +66,10 @@ _LAYOUT_FLAG = {"nchw": False, "channels_last": True}
 # Rows of one channels-last chunk of the backward's pass 1 (one partial sum per chunk and channel).
 _CHUNK_ROWS = 8 if INTERPRET else 256
 
-# Finalize kernels: [BLOCK_T, BLOCK_C] tiles of the partials.
-FINALIZE_CONFIG = triton.Config({"BLOCK_T": 8 if INTERPRET else 32, "BLOCK_C": 4 if INTERPRET else 32}, num_warps=4)
+# Finalize kernels: [BLOCK_T, BLOCK_C] tiles of the partials (smaller under the interpreter, so that
+# tiny tests span several).
+FINALIZE_CONFIG = triton.Config({"BLOCK_T": 64, "BLOCK_C": 16}, num_warps=4)
+_FINALIZE_LAUNCH = triton.Config({"BLOCK_T": 8, "BLOCK_C": 4}, num_warps=4) if INTERPRET else FINALIZE_CONFIG
 
 
 # ---------------------------------------------------------------------------
@@ -113,13 +115,15 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
     pw = (rw + pad_w) % stride_w
     dw = (rw + pad_w) // stride_w
 
+    # Pixels in (qh, qw, n) order: with N >= BLOCK_M a tile shares one position, so a tap lands
+    # on all of its rows or on none (skipped: 15 of the 16 taps of a 4x4 kernel on a 1x1 input).
     m = (t % m_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
-    n_img = m // (Hq * Wq)
-    qh = (m // Wq) % Hq
-    qw = m % Wq
+    n_img = m % N
+    qw = (m // N) % Wq
+    qh = m // (N * Wq)
     oh = rh + stride_h * qh
     ow = rw + stride_w * qw
-    row_ok = (n_img < N) & (oh < H_out) & (ow < W_out)
+    row_ok = (qh < Hq) & (oh < H_out) & (ow < W_out)
     co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     co_ok = co < C_out
     ck = tl.arange(0, BLOCK_K)
@@ -136,7 +140,8 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
             # host checks that x and the weight have fewer than 2**31 elements.
             x_row = tl.where(ok, ((n_img * H_in + ih) * W_in + iw) * C_in, 0)
             w_tap = w_ptr + (kh * kW + kw) * C_in * C_out
-            for c0 in range(0, C_in, BLOCK_K):
+            tap_lands = tl.max(ok.to(tl.int32), axis=0) > 0
+            for c0 in range(0, tl.where(tap_lands, C_in, 0), BLOCK_K):
                 if _use_mma(x_ptr.dtype.element_ty, FP32_MMA):
                     ci = c0 + ck
                     ci_ok = ci < C_in
@@ -275,8 +280,8 @@ def conv_transpose_stats(x, weight, stride, padding, output_padding):
     if z.numel() == 0:
         return z, mean.fill_(float("nan")), var.fill_(float("nan"))
     with device_guard(z):
-        _finalize_stats_kernel[(triton.cdiv(c, FINALIZE_CONFIG.kwargs["BLOCK_C"]),)](
-            part, mean, var, tiles, c, **FINALIZE_CONFIG.kwargs, num_warps=FINALIZE_CONFIG.num_warps)
+        _finalize_stats_kernel[(triton.cdiv(c, _FINALIZE_LAUNCH.kwargs["BLOCK_C"]),)](
+            part, mean, var, tiles, c, **_FINALIZE_LAUNCH.kwargs, num_warps=_FINALIZE_LAUNCH.num_warps)
     return z, mean, var
 
 
@@ -515,9 +520,9 @@ def bn_relu_backward(grad_y, z, mean, invstd, gamma, beta):
     with device_guard(z):
         _bn_relu_sums[zl][lambda meta: tuple(d(meta) if callable(d) else d for d in sums_grid)](
             grad_y, z, mean, invstd, gamma, beta, part, r, k, c, _CHUNK_ROWS, AFFINE=affine, CHANNELS_LAST=flag)
-        _finalize_backward_kernel[(triton.cdiv(c, FINALIZE_CONFIG.kwargs["BLOCK_C"]),)](
+        _finalize_backward_kernel[(triton.cdiv(c, _FINALIZE_LAUNCH.kwargs["BLOCK_C"]),)](
             part, invstd, gamma, grad_gamma, grad_beta, coef, t, c, r * k // c, AFFINE=affine,
-            **FINALIZE_CONFIG.kwargs, num_warps=FINALIZE_CONFIG.num_warps)
+            **_FINALIZE_LAUNCH.kwargs, num_warps=_FINALIZE_LAUNCH.num_warps)
         _bn_relu_grad[zl][_row_grid(r, k)](grad_y, z, mean, invstd, gamma, beta, coef, grad_z, r, k, c,
                                           AFFINE=affine, CHANNELS_LAST=flag)
     return grad_z, grad_gamma, grad_beta
