@@ -5,10 +5,13 @@ written out in eager and differentiated by autograd). Triton runs under the inte
 shapes here; the gpu-marked tests run the cuda and triton kernels on a CUDA device.
 """
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from fastgan import _extensions
 from fastgan.ops._dispatch import kernels
 from helpers import GPU_BACKENDS, GPU_DTYPES, TOLERANCES, assert_close, expected_in, randn
 
@@ -218,6 +221,19 @@ def test_bad_inputs():
         ops.bn_relu_backward(z.contiguous(memory_format=torch.channels_last), z, mean, invstd, gamma, beta)
     with pytest.raises(ValueError, match="gamma"):
         ops.bn_relu_backward(z, z, mean, invstd, gamma[:3], beta)
+
+
+KERNEL_OPS = ["conv_transpose_stats", "bn_relu", "bn_relu_", "bn_relu_backward", "conv_transpose_bias_relu"]
+
+
+def test_cuda_extension_registers_the_kernels():
+    """Built and linked (no GPU needed): every op has its CUDA kernel."""
+    if _extensions.load("_C_cuda") is None:
+        if os.environ.get("FASTGAN_REQUIRE_CUDA_EXT") != "1":
+            pytest.skip(f"CUDA extension not built: {_extensions.load_error('_C_cuda')}")
+        pytest.fail(_extensions.load_error("_C_cuda"))
+    for op in KERNEL_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan_cuda::{op}", "CUDA"), op
 
 
 # ---------------------------------------------------------------------------

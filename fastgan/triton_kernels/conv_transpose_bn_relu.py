@@ -33,8 +33,8 @@ from ._common import INTERPRET, KernelSpec, autotune, check_like, compute_dtype,
 
 # ---------------------------------------------------------------------------
 # Configurations. Every GEMM tile must fit each dtype (float64 too) in registers and shared memory.
-# Tensor-core tiles (tl.dot) for float16, bfloat16, float64 and TF32; exact float32 (TF32 off) runs
-# rank-1 updates on the CUDA cores, whose register use only allows the smaller tile.
+# Tensor-core tiles (tl.dot) for float16, bfloat16, float64 (IEEE products) and TF32; exact float32
+# (TF32 off) runs tl.dot's IEEE float32 path on the CUDA cores, whose register use wants smaller tiles.
 
 MMA_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=4, num_stages=3),
@@ -47,17 +47,18 @@ _CONV_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 8, "BLOCK_K"
 # The most tiles a conv launch can have per phase: partial statistics are allocated for it.
 _MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in ([_CONV_INTERPRETER_CONFIG] if INTERPRET else MMA_CONFIGS + FMA_CONFIGS))
 
-# [BLOCK_R, BLOCK_K] tiles of the elementwise and reduction passes, long along the contiguous K.
+# [BLOCK_R, BLOCK_K] tiles of the elementwise and reduction passes, long along the contiguous K;
+# 8 warps: with 4, ptxas spills a few bytes in float64 without 16-byte alignment.
 ROW_CONFIGS = {
     "nchw": [
-        triton.Config({"BLOCK_R": 4, "BLOCK_K": 256}, num_warps=4),
-        triton.Config({"BLOCK_R": 16, "BLOCK_K": 64}, num_warps=4),
-        triton.Config({"BLOCK_R": 64, "BLOCK_K": 16}, num_warps=4),
+        triton.Config({"BLOCK_R": 4, "BLOCK_K": 256}, num_warps=8),
+        triton.Config({"BLOCK_R": 16, "BLOCK_K": 64}, num_warps=8),
+        triton.Config({"BLOCK_R": 64, "BLOCK_K": 16}, num_warps=8),
     ],
     "channels_last": [
-        triton.Config({"BLOCK_R": 32, "BLOCK_K": 32}, num_warps=4),
-        triton.Config({"BLOCK_R": 16, "BLOCK_K": 64}, num_warps=4),
-        triton.Config({"BLOCK_R": 8, "BLOCK_K": 128}, num_warps=4),
+        triton.Config({"BLOCK_R": 32, "BLOCK_K": 32}, num_warps=8),
+        triton.Config({"BLOCK_R": 16, "BLOCK_K": 64}, num_warps=8),
+        triton.Config({"BLOCK_R": 8, "BLOCK_K": 128}, num_warps=8),
     ],
 }
 _ROW_INTERPRETER_CONFIG = triton.Config({"BLOCK_R": 4, "BLOCK_K": 8})
@@ -83,13 +84,6 @@ def _chan_combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     w = n_b / tl.maximum(n, 1.0)
     d = mean_b - mean_a
     return n, mean_a + d * w, m2_a + m2_b + d * d * n_a * w
-
-
-@triton.constexpr_function
-def _use_mma(dtype, fp32_mma):
-    """tl.dot (tensor cores: IEEE products for float64) except for float32 where TF32 is not
-    allowed (FP32_MMA false): rank-1 updates on the CUDA cores then."""
-    return dtype != tl.float32 or fp32_mma
 
 
 @triton.jit
@@ -142,18 +136,15 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
             w_tap = w_ptr + (kh * kW + kw) * C_in * C_out
             tap_lands = tl.max(ok.to(tl.int32), axis=0) > 0
             for c0 in range(0, tl.where(tap_lands, C_in, 0), BLOCK_K):
-                if _use_mma(x_ptr.dtype.element_ty, FP32_MMA):
-                    ci = c0 + ck
-                    ci_ok = ci < C_in
-                    a = tl.load(x_ptr + x_row[:, None] + ci[None, :], mask=ok[:, None] & ci_ok[None, :], other=0.0)
-                    b = tl.load(w_tap + ci[:, None] * C_out + co[None, :], mask=ci_ok[:, None] & co_ok[None, :],
-                                other=0.0)
+                ci = c0 + ck
+                ci_ok = ci < C_in
+                a = tl.load(x_ptr + x_row[:, None] + ci[None, :], mask=ok[:, None] & ci_ok[None, :], other=0.0)
+                b = tl.load(w_tap + ci[:, None] * C_out + co[None, :], mask=ci_ok[:, None] & co_ok[None, :],
+                            other=0.0)
+                if FP32_MMA:
                     acc = tl.dot(a, b, acc, input_precision="tf32", out_dtype=acc_t)
-                else:  # rank-1 updates on the CUDA cores: exact float32 products
-                    for kk in tl.range(0, tl.minimum(BLOCK_K, C_in - c0), num_stages=1):  # no prefetch: registers
-                        a = tl.load(x_ptr + x_row + (c0 + kk), mask=ok, other=0.0).to(acc_t)
-                        b = tl.load(w_tap + (c0 + kk) * C_out + co, mask=co_ok, other=0.0).to(acc_t)
-                        acc += a[:, None] * b[None, :]
+                else:  # exact float32 products (on the CUDA cores); other dtypes are unaffected
+                    acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc_t)
 
     out_row = ((n_img.to(tl.int64) * H_out + oh) * W_out + ow) * C_out
     out_offs = out_row[:, None] + co[None, :]
