@@ -5,10 +5,13 @@ written out in eager and differentiated by autograd). Triton runs under the inte
 shapes here; the gpu-marked tests run the cuda and triton kernels on a CUDA device.
 """
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from fastgan import _extensions
 from fastgan.ops._dispatch import kernels
 from helpers import GPU_BACKENDS, GPU_DTYPES, TOLERANCES, assert_close, expected_in, randn
 
@@ -57,6 +60,16 @@ def check_stats(ops, x, weight, stride, padding, output_padding):
     return z, mean, var
 
 
+@pytest.fixture
+def exact_fp32():
+    """TF32 convolutions (cuDNN's flag, on by default) off: float32 compares at float32 precision.
+    The triton kernels follow the same flag."""
+    allowed = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = allowed
+
+
 # ---------------------------------------------------------------------------
 # Triton under the interpreter.
 
@@ -66,6 +79,13 @@ def check_stats(ops, x, weight, stride, padding, output_padding):
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv_transpose_stats(case, layout, dtype):
     check_stats(kernels("triton"), *conv_inputs(case, layout, dtype))
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:3])
+def test_conv_transpose_stats_exact_fp32(case, exact_fp32):
+    """With TF32 off, float32 runs the rank-1-update path of the GEMM instead of tl.dot."""
+    check_stats(kernels("triton"), *conv_inputs(case, "channels_last"))
+    check_bias_relu(kernels("triton"), *conv_inputs(case))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -203,6 +223,19 @@ def test_bad_inputs():
         ops.bn_relu_backward(z, z, mean, invstd, gamma[:3], beta)
 
 
+KERNEL_OPS = ["conv_transpose_stats", "bn_relu", "bn_relu_", "bn_relu_backward", "conv_transpose_bias_relu"]
+
+
+def test_cuda_extension_registers_the_kernels():
+    """Built and linked (no GPU needed): every op has its CUDA kernel."""
+    if _extensions.load("_C_cuda") is None:
+        if os.environ.get("FASTGAN_REQUIRE_CUDA_EXT") != "1":
+            pytest.skip(f"CUDA extension not built: {_extensions.load_error('_C_cuda')}")
+        pytest.fail(_extensions.load_error("_C_cuda"))
+    for op in KERNEL_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan_cuda::{op}", "CUDA"), op
+
+
 # ---------------------------------------------------------------------------
 # On a CUDA device: the cuda and triton kernels, in the GPU dtypes.
 
@@ -212,16 +245,6 @@ GPU_CONV_CASES = CONV_CASES + [
     (8, 128, 16, 16, 64, 4, 2, 1, 0),
     (4, 37, 9, 7, 19, 3, 2, 1, 1),
 ]
-
-
-@pytest.fixture
-def exact_fp32():
-    """cuDNN's TF32 convolutions (PyTorch's default) are off: float32 compares at float32 precision.
-    The triton kernels follow the same flag."""
-    allowed = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = allowed
 
 
 @pytest.mark.gpu

@@ -1,8 +1,9 @@
 // SPEC 1, the DCGAN generator block ConvTranspose2d + BatchNorm2d + ReLU (schemas in csrc/schemas.h).
 // The convolution is cuDNN's (through ATen, fed channels-last so that z comes out NHWC); around it:
-// - one pass of per-channel statistics: Welford per thread, Chan merges across a warp (shuffles)
-//   and a block (shared memory, fixed order), per-block partials merged in a fixed order by a tiny
-//   finalize kernel: deterministic, and never E[z^2] - E[z]^2;
+// - one pass of per-channel statistics: Welford per thread (of z minus a value of its channel),
+//   Chan merges across a warp (shuffles) and a block (shared memory, fixed order), per-block
+//   partials merged in a fixed order by a tiny finalize kernel: deterministic, and never
+//   E[z^2] - E[z]^2;
 // - one fused normalize + ReLU pass (vectorized, in place or not);
 // - the BN + ReLU backward: both sums in one pass (the same reduction machinery), then grad_z.
 // z is seen as [outer, C, inner]: NHWC is [N*H*W, C, 1] (threads across channels), NCHW is
@@ -32,17 +33,21 @@ __device__ __forceinline__ ChannelParams<acc_t> load_params(const acc_t* mean, c
   return {mean[c], invstd[c], gamma ? gamma[c] : acc_t(1), beta ? beta[c] : acc_t(0)};
 }
 
-// count, mean, M2 (sum of squared deviations from the mean).
+// count, mean, M2 (sum of squared deviations from the mean) of z - shift, the shift being a value
+// of the channel (p.mean: its first element): the running means stay small, so their rounding
+// does not spoil the merges when |mean| >> std.
 template <typename acc_t>
 struct WelfordState {
   static constexpr int kFields = 3;
+  static constexpr bool kShifted = true;
   acc_t n, mean, m2;  // no initializers: __shared__ arrays of states need a trivial type
 
-  __device__ __forceinline__ void add(acc_t z, acc_t, const ChannelParams<acc_t>&) {
+  __device__ __forceinline__ void add(acc_t z, acc_t, const ChannelParams<acc_t>& p) {
+    const acc_t v = z - p.mean;
     n += 1;
-    const acc_t d = z - mean;
+    const acc_t d = v - mean;
     mean += d / n;
-    m2 += d * (z - mean);
+    m2 += d * (v - mean);
   }
   // Chan et al.: exact in the counts, no cancellation between the two M2.
   __device__ __forceinline__ void merge(const WelfordState& o) {
@@ -77,6 +82,7 @@ struct WelfordState {
 template <typename acc_t>
 struct BackwardSums {
   static constexpr int kFields = 2;
+  static constexpr bool kShifted = false;
   acc_t s1, s2;
 
   __device__ __forceinline__ void add(acc_t z, acc_t g, const ChannelParams<acc_t>& p) {
@@ -121,7 +127,8 @@ __global__ void __launch_bounds__(kLanes* kRowsNHWC)
   const int64_t c = int64_t{blockIdx.x} * kLanes + threadIdx.x;
   State s{};
   if (c < C) {
-    const ChannelParams<acc_t> p = load_params(mean, invstd, gamma, beta, c);
+    ChannelParams<acc_t> p = load_params(mean, invstd, gamma, beta, c);
+    if constexpr (State::kShifted) p.mean = static_cast<acc_t>(z[c]);  // row 0
     const int64_t step = int64_t{gridDim.y} * kRowsNHWC;
     for (int64_t r = int64_t{blockIdx.y} * kRowsNHWC + threadIdx.y; r < R; r += step) {
       const int64_t i = r * C + c;
@@ -150,7 +157,8 @@ __global__ void __launch_bounds__(kThreadsNCHW)
   constexpr int kWarps = kThreadsNCHW / 32;
   __shared__ State states[kWarps];
   const int64_t c = blockIdx.x;
-  const ChannelParams<acc_t> p = load_params(mean, invstd, gamma, beta, c);
+  ChannelParams<acc_t> p = load_params(mean, invstd, gamma, beta, c);
+  if constexpr (State::kShifted) p.mean = static_cast<acc_t>(z[c * S]);  // sample 0, pixel 0
   State s{};
   const int64_t total = N * S, step = int64_t{gridDim.y} * kThreadsNCHW;
   for (int64_t e = int64_t{blockIdx.y} * kThreadsNCHW + threadIdx.x; e < total; e += step) {
@@ -206,18 +214,27 @@ at::Tensor reduce_channels(const at::Tensor& z, const at::Tensor& g, bool nhwc, 
   return partials;
 }
 
-// Pass 2 of the statistics: per channel, the partials merged in chunk order -> mean, biased var.
-template <typename acc_t>
-__global__ void finalize_stats_kernel(const acc_t* __restrict__ partials, acc_t* __restrict__ mean,
-                                      acc_t* __restrict__ var, int64_t chunks, int64_t C) {
-  const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  WelfordState<acc_t> s{}, o{};
+// The partials [chunks][kFields][C] of channel c, merged in chunk order.
+template <typename State, typename acc_t>
+__device__ __forceinline__ State merge_partials(const acc_t* partials, int64_t chunks, int64_t C, int64_t c) {
+  State s{}, o{};
   for (int64_t k = 0; k < chunks; ++k) {
-    o.load(partials + k * 3 * C + c, C);
+    o.load(partials + k * State::kFields * C + c, C);
     s.merge(o);
   }
-  mean[c] = s.mean;
+  return s;
+}
+
+// Pass 2 of the statistics: per channel, the partials merged in chunk order -> mean, biased var.
+// The shift of channel c is z[c * shift_stride] (its first element).
+template <typename scalar_t, typename acc_t>
+__global__ void finalize_stats_kernel(const acc_t* __restrict__ partials, const scalar_t* __restrict__ z,
+                                      int64_t shift_stride, acc_t* __restrict__ mean, acc_t* __restrict__ var,
+                                      int64_t chunks, int64_t C) {
+  const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const auto s = merge_partials<WelfordState<acc_t>>(partials, chunks, C, c);
+  mean[c] = static_cast<acc_t>(z[c * shift_stride]) + s.mean;
   var[c] = s.m2 / s.n;
 }
 
@@ -230,11 +247,7 @@ __global__ void finalize_backward_kernel(const acc_t* __restrict__ partials, con
                                          int64_t C, acc_t n) {
   const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  BackwardSums<acc_t> s{}, o{};
-  for (int64_t k = 0; k < chunks; ++k) {
-    o.load(partials + k * 2 * C + c, C);
-    s.merge(o);
-  }
+  const auto s = merge_partials<BackwardSums<acc_t>>(partials, chunks, C, c);
   grad_gamma[c] = s.s2;
   grad_beta[c] = s.s1;
   coef[c] = (gamma ? gamma[c] : acc_t(1)) * invstd[c];
@@ -380,9 +393,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_stats_cuda(const a
     using acc_t = at::opmath_type<scalar_t>;
     at::Tensor partials = reduce_channels<WelfordState<acc_t>, scalar_t>(z, at::Tensor(), /*nhwc=*/true, {}, {}, {}, {});
     const int64_t chunks = partials.size(0);
-    finalize_stats_kernel<acc_t><<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0,
-                                   at::cuda::getCurrentCUDAStream()>>>(
-        partials.const_data_ptr<acc_t>(), mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>(), chunks, C);
+    finalize_stats_kernel<scalar_t, acc_t><<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0,
+                                             at::cuda::getCurrentCUDAStream()>>>(
+        partials.const_data_ptr<acc_t>(), z.const_data_ptr<scalar_t>(), /*shift_stride=*/1,
+        mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>(), chunks, C);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {z, mean, var};

@@ -32,29 +32,33 @@ import triton.language as tl
 from ._common import INTERPRET, KernelSpec, autotune, check_like, compute_dtype, device_guard, layout
 
 # ---------------------------------------------------------------------------
-# Configurations. The GEMM tiles must fit every dtype (float64 too) in registers and shared memory.
+# Configurations. Every GEMM tile must fit each dtype (float64 too) in registers and shared memory.
+# Tensor-core tiles (tl.dot) for float16, bfloat16, float64 (IEEE products) and TF32; exact float32
+# (TF32 off) runs tl.dot's IEEE float32 path on the CUDA cores, whose register use wants smaller tiles.
 
-CONV_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+MMA_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=3),
+]
+FMA_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=4, num_stages=3),
 ]
 _CONV_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 8, "BLOCK_K": 4})
 # The most tiles a conv launch can have per phase: partial statistics are allocated for it.
-_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in ([_CONV_INTERPRETER_CONFIG] if INTERPRET else CONV_CONFIGS))
+_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in ([_CONV_INTERPRETER_CONFIG] if INTERPRET else MMA_CONFIGS + FMA_CONFIGS))
 
-# [BLOCK_R, BLOCK_K] tiles of the elementwise and reduction passes, long along the contiguous K.
+# [BLOCK_R, BLOCK_K] tiles of the elementwise and reduction passes, long along the contiguous K;
+# 8 warps: with 4, ptxas spills a few bytes in float64 without 16-byte alignment.
 ROW_CONFIGS = {
     "nchw": [
-        triton.Config({"BLOCK_R": 4, "BLOCK_K": 256}, num_warps=4),
-        triton.Config({"BLOCK_R": 16, "BLOCK_K": 64}, num_warps=4),
-        triton.Config({"BLOCK_R": 64, "BLOCK_K": 16}, num_warps=4),
+        triton.Config({"BLOCK_R": 4, "BLOCK_K": 256}, num_warps=8),
+        triton.Config({"BLOCK_R": 16, "BLOCK_K": 64}, num_warps=8),
+        triton.Config({"BLOCK_R": 64, "BLOCK_K": 16}, num_warps=8),
     ],
     "channels_last": [
-        triton.Config({"BLOCK_R": 32, "BLOCK_K": 32}, num_warps=4),
-        triton.Config({"BLOCK_R": 16, "BLOCK_K": 64}, num_warps=4),
-        triton.Config({"BLOCK_R": 8, "BLOCK_K": 128}, num_warps=4),
+        triton.Config({"BLOCK_R": 32, "BLOCK_K": 32}, num_warps=8),
+        triton.Config({"BLOCK_R": 16, "BLOCK_K": 64}, num_warps=8),
+        triton.Config({"BLOCK_R": 8, "BLOCK_K": 128}, num_warps=8),
     ],
 }
 _ROW_INTERPRETER_CONFIG = triton.Config({"BLOCK_R": 4, "BLOCK_K": 8})
@@ -63,8 +67,10 @@ _LAYOUT_FLAG = {"nchw": False, "channels_last": True}
 # Rows of one channels-last chunk of the backward's pass 1 (one partial sum per chunk and channel).
 _CHUNK_ROWS = 8 if INTERPRET else 256
 
-# Finalize kernels: [BLOCK_T, BLOCK_C] tiles of the partials.
-FINALIZE_CONFIG = triton.Config({"BLOCK_T": 8 if INTERPRET else 32, "BLOCK_C": 4 if INTERPRET else 32}, num_warps=4)
+# Finalize kernels: [BLOCK_T, BLOCK_C] tiles of the partials (smaller under the interpreter, so that
+# tiny tests span several).
+FINALIZE_CONFIG = triton.Config({"BLOCK_T": 64, "BLOCK_C": 16}, num_warps=4)
+_FINALIZE_LAUNCH = triton.Config({"BLOCK_T": 8, "BLOCK_C": 4}, num_warps=4) if INTERPRET else FINALIZE_CONFIG
 
 
 # ---------------------------------------------------------------------------
@@ -84,7 +90,7 @@ def _chan_combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
                            N, C_in, H_in, W_in, C_out, H_out, W_out, Hq, Wq,
                            stride_h, stride_w, pad_h, pad_w, kH, kW,
-                           STATS: tl.constexpr, ALLOW_TF32: tl.constexpr,
+                           STATS: tl.constexpr, FP32_MMA: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """x [N, H_in, W_in, C_in] (channels-last), w [kH, kW, C_in, C_out], z [N, H_out, W_out, C_out].
     Program (t, j): output channels j * BLOCK_N + ..., and the t-th tile of BLOCK_M pixels in phase
@@ -103,13 +109,15 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
     pw = (rw + pad_w) % stride_w
     dw = (rw + pad_w) // stride_w
 
+    # Pixels in (qh, qw, n) order: with N >= BLOCK_M a tile shares one position, so a tap lands
+    # on all of its rows or on none (skipped: 15 of the 16 taps of a 4x4 kernel on a 1x1 input).
     m = (t % m_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
-    n_img = m // (Hq * Wq)
-    qh = (m // Wq) % Hq
-    qw = m % Wq
+    n_img = m % N
+    qw = (m // N) % Wq
+    qh = m // (N * Wq)
     oh = rh + stride_h * qh
     ow = rw + stride_w * qw
-    row_ok = (n_img < N) & (oh < H_out) & (ow < W_out)
+    row_ok = (qh < Hq) & (oh < H_out) & (ow < W_out)
     co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     co_ok = co < C_out
     ck = tl.arange(0, BLOCK_K)
@@ -122,18 +130,20 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
             iw = qw + dw - jw
             kw = pw + stride_w * jw
             ok = row_ok & (ih >= 0) & (ih < H_in) & (iw >= 0) & (iw < W_in)
-            # Rows whose tap falls outside x read nothing (offset 0, masked).
-            x_row = tl.where(ok, ((n_img.to(tl.int64) * H_in + ih) * W_in + iw) * C_in, 0)
-            w_tap = w_ptr + (kh * kW + kw).to(tl.int64) * C_in * C_out
-            for c0 in range(0, C_in, BLOCK_K):
+            # Rows whose tap falls outside x read nothing (offset 0, masked). int32 offsets: the
+            # host checks that x and the weight have fewer than 2**31 elements.
+            x_row = tl.where(ok, ((n_img * H_in + ih) * W_in + iw) * C_in, 0)
+            w_tap = w_ptr + (kh * kW + kw) * C_in * C_out
+            tap_lands = tl.max(ok.to(tl.int32), axis=0) > 0
+            for c0 in range(0, tl.where(tap_lands, C_in, 0), BLOCK_K):
                 ci = c0 + ck
                 ci_ok = ci < C_in
                 a = tl.load(x_ptr + x_row[:, None] + ci[None, :], mask=ok[:, None] & ci_ok[None, :], other=0.0)
                 b = tl.load(w_tap + ci[:, None] * C_out + co[None, :], mask=ci_ok[:, None] & co_ok[None, :],
                             other=0.0)
-                if ALLOW_TF32:
+                if FP32_MMA:
                     acc = tl.dot(a, b, acc, input_precision="tf32", out_dtype=acc_t)
-                else:
+                else:  # exact float32 products (on the CUDA cores); other dtypes are unaffected
                     acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc_t)
 
     out_row = ((n_img.to(tl.int64) * H_out + oh) * W_out + ow) * C_out
@@ -188,13 +198,10 @@ def _finalize_stats_kernel(part_ptr, mean_ptr, var_ptr, T, C, BLOCK_T: tl.conste
     tl.store(var_ptr + c, m2 / tl.maximum(n, 1.0), mask=c_ok)  # n >= 1 in every real channel
 
 
-def _conv_autotuned(kernel):
-    return autotune(CONV_CONFIGS, _CONV_INTERPRETER_CONFIG,
-                    key=["N", "C_in", "H_in", "W_in", "C_out", "H_out", "W_out", "stride_h", "stride_w", "kH", "kW"])(
-        kernel)
-
-
-_conv_transpose = _conv_autotuned(_conv_transpose_kernel)
+_CONV_KEY = ["N", "C_in", "H_in", "W_in", "C_out", "H_out", "W_out", "stride_h", "stride_w", "kH", "kW"]
+# {FP32_MMA: the kernel autotuned over its tiles}
+_conv_transpose = {mma: autotune(configs, _CONV_INTERPRETER_CONFIG, key=_CONV_KEY)(_conv_transpose_kernel)
+                   for mma, configs in ((True, MMA_CONFIGS), (False, FMA_CONFIGS))}
 
 
 def _check_conv(x, weight, stride, padding, output_padding):
@@ -232,17 +239,21 @@ def _launch_conv(x, weight, bias, stride, padding, output_padding, stats):
     part = torch.empty((max_tiles, 4, c_out) if stats else (0,), dtype=_acc_dtype(x), device=x.device)
     if z.numel() == 0:
         return z, part, 0
-    # tf32 where PyTorch's own convolutions may use it (cuDNN's flag, on by default).
-    allow_tf32 = x.dtype == torch.float32 and x.is_cuda and torch.backends.cudnn.allow_tf32
+    if x.numel() >= 2**31 or weight.numel() >= 2**31:
+        raise ValueError(f"fastgan triton: x and weight must have fewer than 2**31 elements, got {x.numel()} "
+                         f"and {weight.numel()}")
+    # TF32 where PyTorch's own convolutions may use it (cuDNN's flag, on by default). The
+    # interpreter computes tl.dot in exact float32 either way.
+    fp32_mma = torch.backends.cudnn.allow_tf32
 
     def grid(meta):
         return (phases * triton.cdiv(n * hq * wq, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]))
 
     with device_guard(x):
-        _conv_transpose[grid](x, w, z, bias if bias is not None else z, part,
+        _conv_transpose[fp32_mma][grid](x, w, z, bias if bias is not None else z, part,
                               n, c_in, h_in, w_in, c_out, h_out, w_out, hq, wq, sh, sw, ph, pw, kh, kw,
-                              STATS=stats, ALLOW_TF32=allow_tf32)
-    tiles = phases * triton.cdiv(n * hq * wq, _conv_transpose.best_config.kwargs["BLOCK_M"])
+                              STATS=stats, FP32_MMA=fp32_mma)
+    tiles = phases * triton.cdiv(n * hq * wq, _conv_transpose[fp32_mma].best_config.kwargs["BLOCK_M"])
     return z, part, tiles
 
 
@@ -260,8 +271,8 @@ def conv_transpose_stats(x, weight, stride, padding, output_padding):
     if z.numel() == 0:
         return z, mean.fill_(float("nan")), var.fill_(float("nan"))
     with device_guard(z):
-        _finalize_stats_kernel[(triton.cdiv(c, FINALIZE_CONFIG.kwargs["BLOCK_C"]),)](
-            part, mean, var, tiles, c, **FINALIZE_CONFIG.kwargs, num_warps=FINALIZE_CONFIG.num_warps)
+        _finalize_stats_kernel[(triton.cdiv(c, _FINALIZE_LAUNCH.kwargs["BLOCK_C"]),)](
+            part, mean, var, tiles, c, **_FINALIZE_LAUNCH.kwargs, num_warps=_FINALIZE_LAUNCH.num_warps)
     return z, mean, var
 
 
@@ -500,9 +511,9 @@ def bn_relu_backward(grad_y, z, mean, invstd, gamma, beta):
     with device_guard(z):
         _bn_relu_sums[zl][lambda meta: tuple(d(meta) if callable(d) else d for d in sums_grid)](
             grad_y, z, mean, invstd, gamma, beta, part, r, k, c, _CHUNK_ROWS, AFFINE=affine, CHANNELS_LAST=flag)
-        _finalize_backward_kernel[(triton.cdiv(c, FINALIZE_CONFIG.kwargs["BLOCK_C"]),)](
+        _finalize_backward_kernel[(triton.cdiv(c, _FINALIZE_LAUNCH.kwargs["BLOCK_C"]),)](
             part, invstd, gamma, grad_gamma, grad_beta, coef, t, c, r * k // c, AFFINE=affine,
-            **FINALIZE_CONFIG.kwargs, num_warps=FINALIZE_CONFIG.num_warps)
+            **_FINALIZE_LAUNCH.kwargs, num_warps=_FINALIZE_LAUNCH.num_warps)
         _bn_relu_grad[zl][_row_grid(r, k)](grad_y, z, mean, invstd, gamma, beta, coef, grad_z, r, k, c,
                                           AFFINE=affine, CHANNELS_LAST=flag)
     return grad_z, grad_gamma, grad_beta
@@ -545,10 +556,10 @@ _AFFINE = ({"AFFINE": True}, {"AFFINE": False})
 KERNEL_SPECS = [
     KernelSpec("conv_transpose", _conv_transpose_kernel,
                _signature(("x_ptr", "w_ptr", "z_ptr", "bias_ptr"), _CONV_INTS, vector_pointers=("part_ptr",),
-                          constexprs=("STATS", "ALLOW_TF32", "BLOCK_M", "BLOCK_N", "BLOCK_K")),
-               tuple((f"{'stats' if stats else 'bias_relu'}-{'tf32' if tf32 else 'ieee'}",
-                      {"STATS": stats, "ALLOW_TF32": tf32}, CONV_CONFIGS)
-                     for stats in (True, False) for tf32 in (False, True))),
+                          constexprs=("STATS", "FP32_MMA", "BLOCK_M", "BLOCK_N", "BLOCK_K")),
+               tuple((f"{'stats' if stats else 'bias_relu'}-{'tf32' if mma else 'fp32'}",
+                      {"STATS": stats, "FP32_MMA": mma}, MMA_CONFIGS if mma else FMA_CONFIGS)
+                     for stats in (True, False) for mma in (True, False))),
     KernelSpec("conv_transpose_finalize_stats", _finalize_stats_kernel,
                _signature((), ("T", "C"), vector_pointers=("part_ptr", "mean_ptr", "var_ptr"),
                           constexprs=("BLOCK_T", "BLOCK_C")),
