@@ -9,8 +9,10 @@ over dim 1, b' = beta + (bias - running_mean) * gamma * invstd, and the backend 
 relu(conv_transpose2d(x, W', b')): no normalization pass at all.
 
 Backward: training runs the fused BN + ReLU backward (both per-channel sums in one pass) and
-hands grad_z to the convolution's own backward (aten.convolution_backward); eval backpropagates
-through the folded formula. Double backward is not supported: it raises (once_differentiable).
+hands grad_z to the convolution's backward (ATen: see _conv_backward for the form that is fastest
+on CPU); eval backpropagates through the folded formula. Eval without gradients skips the fold
+where the weight is larger than the output (_eval_unfolded). Double backward is not supported:
+it raises (once_differentiable).
 
 The kernels get x channels-last (except 1x1 inputs, see _layout_for), so z and y come out
 channels-last (per-channel work vectorizes across the contiguous channels, and the next block
