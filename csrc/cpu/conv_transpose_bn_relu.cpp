@@ -1,0 +1,462 @@
+// SPEC 1 on CPU: ConvTranspose2d + BatchNorm2d + ReLU, the DCGAN generator block.
+//
+// The GEMM stays oneDNN's (at::conv_transpose2d, near this machine's peak); the win is
+// around it. z comes out channels-last whenever x is channels-last (the Python op hands
+// it so, except for 1x1 inputs), so a pixel's channels are contiguous and the per-channel
+// work vectorizes across channels. Then:
+// - statistics in one pass over z: blocks of ~kBlockElems values, each reduced in two
+//   passes while it sits in L1 (exact block mean, then squared deviations from it), the
+//   blocks merged with Chan's formula in double: accurate when |mean| >> std (SPEC 1);
+// - normalize + ReLU in one pass (in place when nothing keeps z);
+// - backward: both per-channel sums of the BN + ReLU backward in one pass over
+//   (grad_y, z), then one pass writing grad_z; the convolutions' backward (Python) does the rest;
+// - eval: the caller folds the statistics into W and the bias, and oneDNN applies the
+//   ReLU as a post-op on channels-last outputs (no pass of our own at all).
+// NCHW z works too (each plane is one channel). float16/bfloat16 compute in float.
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cmath>
+#include <vector>
+
+#include "common.h"
+
+namespace fastgan::cpu {
+namespace {
+
+// Values of z per statistics block: the two passes over a block run from L1 (48 KB here).
+constexpr int64_t kBlockElems = 8192;
+
+// z seen as channels-last rows [n * s, c] (cl) or NCHW planes [n * c, s], s = H * W.
+struct View {
+  bool cl;
+  int64_t n, c, s;
+  int64_t per_channel() const { return n * s; }
+};
+
+View view_of(const at::Tensor& z, at::MemoryFormat fmt) {
+  return {fmt == at::MemoryFormat::ChannelsLast, z.size(0), z.size(1), z.size(2) * z.size(3)};
+}
+
+// The statistics blocks: channels-last blocks of whole rows (every channel), NCHW pieces of
+// one plane (one channel). Block `item` adds into record `record(item)`: per-channel slots
+// [c] of the records, which later merge in a fixed order (deterministic, any thread count).
+struct Blocks {
+  View v;
+  int64_t len;  // rows per block (cl) or values per piece (NCHW)
+  int64_t pieces;  // pieces per NCHW plane
+
+  explicit Blocks(const View& view) : v(view) {
+    len = v.cl ? std::max<int64_t>(1, kBlockElems / v.c) : std::min(kBlockElems, v.s);
+    pieces = v.cl ? 1 : (v.s + len - 1) / len;
+  }
+  int64_t items() const { return v.cl ? (v.n * v.s + len - 1) / len : v.n * v.c * pieces; }
+  int64_t records() const { return v.cl ? items() : v.n * pieces; }
+  int64_t record(int64_t item) const { return v.cl ? item : item / (v.c * pieces) * pieces + item % pieces; }
+  int64_t channel(int64_t item) const { return v.cl ? 0 : item / pieces % v.c; }
+  // Values per channel in record r.
+  int64_t count(int64_t r) const {
+    return v.cl ? std::min(len, v.n * v.s - r * len) : std::min(len, v.s - r % pieces * len);
+  }
+  // The first element of block `item`.
+  int64_t offset(int64_t item) const {
+    return v.cl ? item * len * v.c : item / pieces * v.s + item % pieces * len;
+  }
+};
+
+template <typename T>
+using acc_t = at::opmath_type<T>;
+
+// A chunk of per-channel values: loaded at channel ch (channels-last) or broadcast from p[ch] (NCHW).
+template <typename T, bool Bcast>
+Chunk<T> param_chunk(const acc_t<T>* p, int64_t ch) {
+  if constexpr (Bcast) {
+    Chunk<T> v;
+    for (auto& part : v) part = AccVec<T>(p[ch]);
+    return v;
+  } else {
+    return load_acc_chunk<T>(p + ch);
+  }
+}
+
+// Runs vec(k, ch, bcast) on the chunks and one(k, ch) on the single values of the elements
+// [k0, k0 + len) of one channels-last row (channel ch = 0 at k0, bcast false) or of one
+// NCHW plane segment of channel ch (bcast true: per-channel values are broadcast).
+template <typename T, typename Vec, typename One>
+void walk(int64_t k0, int64_t len, int64_t ch, bool cl, const Vec& vec, const One& one) {
+  int64_t j = 0;
+  if (cl) {
+    if constexpr (kChunked<T>) {
+      for (; j + kChunk<T> <= len; j += kChunk<T>) vec(k0 + j, j, std::false_type{});
+    }
+    for (; j < len; ++j) one(k0 + j, j);
+  } else {
+    if constexpr (kChunked<T>) {
+      for (; j + kChunk<T> <= len; j += kChunk<T>) vec(k0 + j, ch, std::true_type{});
+    }
+    for (; j < len; ++j) one(k0 + j, ch);
+  }
+}
+
+// Element-wise pass over all of z, in parallel.
+template <typename T, typename Vec, typename One>
+void elementwise(const View& v, const Vec& vec, const One& one) {
+  const int64_t lines = v.cl ? v.n * v.s : v.n * v.c, len = v.cl ? v.c : v.s;
+  at::parallel_for(0, lines, grain(len), [&](int64_t begin, int64_t end) {
+    for (int64_t l = begin; l < end; ++l) walk<T>(l * len, len, l % v.c, v.cl, vec, one);
+  });
+}
+
+// Adds K per-channel sums over the elements of block `item` into `out`, its record's K * c
+// slots (sums[q * c + ch]). vec(k, ch, bcast) returns std::array<Chunk<T>, K> of terms for the
+// chunk at k, one(k, ch) std::array<acc_t, K> for the value at k.
+template <typename T, int K, typename Vec, typename One>
+void accumulate_block(const Blocks& b, int64_t item, acc_t<T>* out, const Vec& vec, const One& one) {
+  using A = acc_t<T>;
+  const int64_t c = b.v.c, ch = b.channel(item), k0 = b.offset(item);
+  if (b.v.cl) {
+    // Accumulate into the record's channel slots (in L1), a row at a time.
+    const auto add_vec = [&](int64_t k, int64_t j, auto bcast) {
+      const auto terms = vec(k, j, bcast);
+      for (int q = 0; q < K; ++q) {
+        auto acc = load_acc_chunk<T>(out + q * c + j);
+        for (int p = 0; p < kParts<T>; ++p) acc[p] = acc[p] + terms[q][p];
+        store_acc_chunk<T>(out + q * c + j, acc);
+      }
+    };
+    const auto add_one = [&](int64_t k, int64_t j) {
+      const auto terms = one(k, j);
+      for (int q = 0; q < K; ++q) out[q * c + j] += terms[q];
+    };
+    const int64_t rows = b.count(item);
+    for (int64_t r = 0; r < rows; ++r) walk<T>(k0 + r * c, c, 0, true, add_vec, add_one);
+    return;
+  }
+  // One channel: accumulate in registers, then reduce.
+  std::array<Chunk<T>, K> acc;
+  for (auto& a : acc) a.fill(AccVec<T>(A(0)));
+  std::array<A, K> tail{};
+  const auto add_vec = [&](int64_t k, int64_t j, auto bcast) {
+    const auto terms = vec(k, j, bcast);
+    for (int q = 0; q < K; ++q)
+      for (int p = 0; p < kParts<T>; ++p) acc[q][p] = acc[q][p] + terms[q][p];
+  };
+  const auto add_one = [&](int64_t k, int64_t j) {
+    const auto terms = one(k, j);
+    for (int q = 0; q < K; ++q) tail[q] += terms[q];
+  };
+  walk<T>(k0, b.count(b.record(item)), ch, false, add_vec, add_one);
+  for (int q = 0; q < K; ++q) {
+    A s = tail[q];
+    for (const auto& part : acc[q])
+      s += at::vec::vec_reduce_all<A>([](const AccVec<T>& x, const AccVec<T>& y) { return x + y; }, part);
+    out[q * c + ch] += s;
+  }
+}
+
+// Per-channel mean and biased variance of z (see the top of the file).
+template <typename T>
+void channel_stats(const T* z, const View& v, acc_t<T>* mean, acc_t<T>* var) {
+  using A = acc_t<T>;
+  const Blocks b(v);
+  const int64_t c = v.c;
+  std::vector<A> bmean(b.records() * c, A(0)), bm2(b.records() * c, A(0));
+  at::parallel_for(0, b.items(), grain(v.cl ? b.len * c : b.len), [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t r = b.record(item);
+      A* m = bmean.data() + r * c;
+      // Pass 1: the block's sums, made means.
+      accumulate_block<T, 1>(
+          b, item, m, [&](int64_t k, int64_t, auto) { return std::array<Chunk<T>, 1>{load_chunk(z + k)}; },
+          [&](int64_t k, int64_t) { return std::array<A, 1>{static_cast<A>(z[k])}; });
+      const A inv = A(1) / static_cast<A>(b.count(r));
+      for (int64_t ch = b.channel(item); ch < (v.cl ? c : b.channel(item) + 1); ++ch) m[ch] *= inv;
+      // Pass 2, on the block still in L1: squared deviations from its mean.
+      accumulate_block<T, 1>(
+          b, item, bm2.data() + r * c,
+          [&](int64_t k, int64_t ch, auto bcast) {
+            auto x = load_chunk(z + k);
+            const auto mv = param_chunk<T, decltype(bcast)::value>(m, ch);
+            for (int p = 0; p < kParts<T>; ++p) x[p] = (x[p] - mv[p]) * (x[p] - mv[p]);
+            return std::array<Chunk<T>, 1>{x};
+          },
+          [&](int64_t k, int64_t ch) {
+            const A d = static_cast<A>(z[k]) - m[ch];
+            return std::array<A, 1>{d * d};
+          });
+    }
+  });
+  // Chan's merge of the blocks, in double, in record order.
+  at::parallel_for(0, c, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t ch = begin; ch < end; ++ch) {
+      double cnt = 0, mu = 0, m2 = 0;
+      for (int64_t r = 0; r < b.records(); ++r) {
+        const double nb = static_cast<double>(b.count(r)), tot = cnt + nb;
+        const double d = static_cast<double>(bmean[r * c + ch]) - mu;
+        mu += d * nb / tot;
+        m2 += static_cast<double>(bm2[r * c + ch]) + d * d * cnt * nb / tot;
+        cnt = tot;
+      }
+      mean[ch] = static_cast<A>(mu);
+      var[ch] = static_cast<A>(m2 / cnt);
+    }
+  });
+}
+
+// K per-channel sums over all blocks, in parallel: sums[(r * K + q) * c + ch] of record r.
+template <typename T, int K, typename Vec, typename One>
+std::vector<acc_t<T>> block_sums(const Blocks& b, const Vec& vec, const One& one) {
+  const int64_t c = b.v.c;
+  std::vector<acc_t<T>> sums(b.records() * K * c, acc_t<T>(0));
+  at::parallel_for(0, b.items(), grain(b.v.cl ? b.len * c : b.len), [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item)
+      accumulate_block<T, K>(b, item, sums.data() + b.record(item) * K * c, vec, one);
+  });
+  return sums;
+}
+
+// y = relu((z - mean) * scale + shift); y may be z.
+template <typename T>
+void bn_relu_pass(const T* z, T* y, const View& v, const acc_t<T>* mean, const acc_t<T>* scale,
+                  const acc_t<T>* shift) {
+  using A = acc_t<T>;
+  elementwise<T>(
+      v,
+      [&](int64_t k, int64_t ch, auto bcast) {
+        constexpr bool B = decltype(bcast)::value;
+        auto x = load_chunk(z + k);
+        const auto m = param_chunk<T, B>(mean, ch), a = param_chunk<T, B>(scale, ch), s = param_chunk<T, B>(shift, ch);
+        for (int p = 0; p < kParts<T>; ++p) {
+          x[p] = at::vec::clamp_min(at::vec::fmadd(x[p] - m[p], a[p], s[p]), AccVec<T>(A(0)));
+        }
+        store_chunk(y + k, x);
+      },
+      [&](int64_t k, int64_t ch) {
+        const A out = (static_cast<A>(z[k]) - mean[ch]) * scale[ch] + shift[ch];
+        y[k] = static_cast<T>(out > A(0) || std::isnan(out) ? out : A(0));
+      });
+}
+
+// The per-channel values of the BN + ReLU backward (schemas.h): xhat = (z - mean) * invstd,
+// gm = grad_y where xhat * gamma + beta > 0 (else 0), then grad_z = k * (gm - c1 - xhat * c2).
+template <typename T>
+struct BackwardParams {
+  std::vector<acc_t<T>> mean, invstd, gamma, beta, k, c1, c2;
+};
+
+template <typename T>
+void bn_relu_backward_passes(const T* g, const T* z, T* gz, const View& v, BackwardParams<T>& P,
+                             acc_t<T>* grad_gamma, acc_t<T>* grad_beta) {
+  using A = acc_t<T>;
+  using V = AccVec<T>;
+  const Blocks b(v);
+  const int64_t c = v.c;
+  // xhat and the masked gradient of a chunk / a value.
+  const auto chunk_terms = [&](int64_t k, int64_t ch, auto bcast) {
+    constexpr bool B = decltype(bcast)::value;
+    auto xh = load_chunk(z + k), gm = load_chunk(g + k);
+    const auto m = param_chunk<T, B>(P.mean.data(), ch), is = param_chunk<T, B>(P.invstd.data(), ch);
+    const auto ga = param_chunk<T, B>(P.gamma.data(), ch), be = param_chunk<T, B>(P.beta.data(), ch);
+    for (int p = 0; p < kParts<T>; ++p) {
+      xh[p] = (xh[p] - m[p]) * is[p];
+      gm[p] = V::blendv(V(A(0)), gm[p], at::vec::fmadd(xh[p], ga[p], be[p]) > V(A(0)));
+    }
+    return std::make_pair(xh, gm);
+  };
+  const auto one_terms = [&](int64_t k, int64_t ch) {
+    const A xh = (static_cast<A>(z[k]) - P.mean[ch]) * P.invstd[ch];
+    const A gm = xh * P.gamma[ch] + P.beta[ch] > A(0) ? static_cast<A>(g[k]) : A(0);
+    return std::make_pair(xh, gm);
+  };
+  // Pass 1: s1 = sum(gm), s2 = sum(gm * xhat) per channel.
+  auto sums = block_sums<T, 2>(
+      b,
+      [&](int64_t k, int64_t ch, auto bcast) {
+        auto [xh, gm] = chunk_terms(k, ch, bcast);
+        for (int p = 0; p < kParts<T>; ++p) xh[p] = gm[p] * xh[p];
+        return std::array<Chunk<T>, 2>{gm, xh};
+      },
+      [&](int64_t k, int64_t ch) {
+        const auto [xh, gm] = one_terms(k, ch);
+        return std::array<A, 2>{gm, gm * xh};
+      });
+  const double n = static_cast<double>(v.per_channel());
+  for (int64_t ch = 0; ch < c; ++ch) {
+    double s1 = 0, s2 = 0;
+    for (int64_t r = 0; r < b.records(); ++r) {
+      s1 += static_cast<double>(sums[(r * 2) * c + ch]);
+      s2 += static_cast<double>(sums[(r * 2 + 1) * c + ch]);
+    }
+    grad_beta[ch] = static_cast<A>(s1);
+    grad_gamma[ch] = static_cast<A>(s2);
+    P.k[ch] = P.gamma[ch] * P.invstd[ch];
+    P.c1[ch] = static_cast<A>(s1 / n);
+    P.c2[ch] = static_cast<A>(s2 / n);
+  }
+  // Pass 2: grad_z.
+  elementwise<T>(
+      v,
+      [&](int64_t k, int64_t ch, auto bcast) {
+        constexpr bool B = decltype(bcast)::value;
+        auto [xh, gm] = chunk_terms(k, ch, bcast);
+        const auto kk = param_chunk<T, B>(P.k.data(), ch), c1 = param_chunk<T, B>(P.c1.data(), ch);
+        const auto c2 = param_chunk<T, B>(P.c2.data(), ch);
+        for (int p = 0; p < kParts<T>; ++p) gm[p] = kk[p] * (gm[p] - c1[p] - xh[p] * c2[p]);
+        store_chunk(gz + k, gm);
+      },
+      [&](int64_t k, int64_t ch) {
+        const auto [xh, gm] = one_terms(k, ch);
+        gz[k] = static_cast<T>(P.k[ch] * (gm - P.c1[ch] - xh * P.c2[ch]));
+      });
+}
+
+// ---- argument checks and the ops ----
+
+at::ScalarType stats_type(const at::Tensor& z) {
+  return z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_channel_vector(const at::Tensor& t, const char* name, const at::Tensor& z, const char* op) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == z.size(1), "fastgan_cpu::", op, ": ", name, " must have shape [",
+              z.size(1), "], got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == stats_type(z), "fastgan_cpu::", op, ": ", name, " must be ", stats_type(z),
+              " for ", z.scalar_type(), " inputs, got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), "fastgan_cpu::", op, ": ", name,
+              " must be a contiguous CPU tensor");
+}
+
+at::MemoryFormat check_z(const at::Tensor& z, const char* op) {
+  TORCH_CHECK(z.dim() == 4, "fastgan_cpu::", op, ": z must be 4-D, got ", z.sizes());
+  return layout_of(z, "z");
+}
+
+// oneDNN's transposed convolution: z comes out channels-last when x is (unambiguously) so, else
+// NCHW. The weight is taken in whatever dense layout it has: converting it cost more than it saved.
+at::Tensor conv_transpose(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding) {
+  auto z = at::conv_transpose2d(x, weight, bias, stride, padding, output_padding, 1, {1, 1});
+  return z.is_contiguous() || z.is_contiguous(at::MemoryFormat::ChannelsLast) ? z : z.contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_stats(const at::Tensor& x, const at::Tensor& weight,
+                                                                    at::IntArrayRef stride, at::IntArrayRef padding,
+                                                                    at::IntArrayRef output_padding) {
+  TORCH_CHECK(weight.dim() == 4 && x.dim() == 4 && weight.size(0) == x.size(1),
+              "fastgan_cpu::conv_transpose_stats: weight must be [C_in, C_out, kH, kW] with C_in = x.size(1), got x ",
+              x.sizes(), " and weight ", weight.sizes());
+  auto z = conv_transpose(x, weight, c10::nullopt, stride, padding, output_padding);
+  const auto fmt = layout_of(z, "z");
+  const int64_t c = z.size(1);
+  auto mean = at::empty({c}, z.options().dtype(stats_type(z)));
+  auto var = at::empty({c}, z.options().dtype(stats_type(z)));
+  TORCH_CHECK(z.numel() > 0, "fastgan_cpu::conv_transpose_stats: empty output ", z.sizes());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cpu::conv_transpose_stats", [&] {
+    channel_stats(z.const_data_ptr<scalar_t>(), view_of(z, fmt), mean.mutable_data_ptr<acc_t<scalar_t>>(),
+                  var.mutable_data_ptr<acc_t<scalar_t>>());
+  });
+  return {z, mean, var};
+}
+
+void bn_relu_into(const at::Tensor& z, const at::Tensor& y, const at::Tensor& mean, const at::Tensor& scale,
+                  const at::Tensor& shift, const char* op) {
+  const auto fmt = check_z(z, op);
+  for (const auto& [t, name] : {std::pair{&mean, "mean"}, {&scale, "scale"}, {&shift, "shift"}})
+    check_channel_vector(*t, name, z, op);
+  if (z.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cpu::bn_relu", [&] {
+    using A = acc_t<scalar_t>;
+    bn_relu_pass(z.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), view_of(z, fmt),
+                 mean.const_data_ptr<A>(), scale.const_data_ptr<A>(), shift.const_data_ptr<A>());
+  });
+}
+
+at::Tensor bn_relu(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale, const at::Tensor& shift) {
+  auto y = at::empty(z.sizes(), z.options().memory_format(check_z(z, "bn_relu")));
+  bn_relu_into(z, y, mean, scale, shift, "bn_relu");
+  return y;
+}
+
+void bn_relu_(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale, const at::Tensor& shift) {
+  bn_relu_into(z, z, mean, scale, shift, "bn_relu_");
+}
+
+// A [C] vector of opmath values: t's, or `fill` when t is undefined (affine=False).
+template <typename A>
+std::vector<A> channel_values(const c10::optional<at::Tensor>& t, int64_t c, A fill) {
+  if (!t.has_value() || !t->defined()) return std::vector<A>(c, fill);
+  const A* p = t->const_data_ptr<A>();
+  return std::vector<A>(p, p + c);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(const at::Tensor& grad_y, const at::Tensor& z,
+                                                                const at::Tensor& mean, const at::Tensor& invstd,
+                                                                const c10::optional<at::Tensor>& gamma,
+                                                                const c10::optional<at::Tensor>& beta) {
+  const char* op = "bn_relu_backward";
+  const auto fmt = check_z(z, op);
+  TORCH_CHECK(grad_y.sizes() == z.sizes(), "fastgan_cpu::bn_relu_backward: grad_y must have z's shape ", z.sizes(),
+              ", got ", grad_y.sizes());
+  check_like(grad_y, "grad_y", z, fmt);
+  check_channel_vector(mean, "mean", z, op);
+  check_channel_vector(invstd, "invstd", z, op);
+  if (gamma.has_value() && gamma->defined()) check_channel_vector(*gamma, "gamma", z, op);
+  if (beta.has_value() && beta->defined()) check_channel_vector(*beta, "beta", z, op);
+  const int64_t c = z.size(1);
+  auto grad_z = at::empty(z.sizes(), z.options().memory_format(fmt));
+  auto grad_gamma = at::empty({c}, mean.options());
+  auto grad_beta = at::empty({c}, mean.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cpu::bn_relu_backward", [&] {
+    using A = acc_t<scalar_t>;
+    BackwardParams<scalar_t> P{channel_values<A>(mean, c, 0), channel_values<A>(invstd, c, 0),
+                               channel_values<A>(gamma, c, 1), channel_values<A>(beta, c, 0),
+                               std::vector<A>(c), std::vector<A>(c), std::vector<A>(c)};
+    bn_relu_backward_passes(grad_y.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
+                            grad_z.mutable_data_ptr<scalar_t>(), view_of(z, fmt), P,
+                            grad_gamma.mutable_data_ptr<A>(), grad_beta.mutable_data_ptr<A>());
+  });
+  return {grad_z, grad_gamma, grad_beta};
+}
+
+// oneDNN's transposed convolution with the ReLU as a post-op (what torch.compile's CPU
+// backend calls), when this build of PyTorch has it; float32 and bfloat16 only.
+std::optional<at::Tensor> conv_transpose_pointwise_relu(const at::Tensor& x, const at::Tensor& w,
+                                                        const at::Tensor& bias, at::IntArrayRef stride,
+                                                        at::IntArrayRef padding, at::IntArrayRef output_padding) {
+  static const auto handle = c10::Dispatcher::singleton().findOp({"mkldnn::_convolution_transpose_pointwise", ""});
+  if (!handle.has_value() || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16)) return {};
+  static const auto op = handle->typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                                  at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                                                  int64_t, std::string_view, c10::List<std::optional<at::Scalar>>,
+                                                  std::optional<std::string_view>)>();
+  c10::List<std::optional<at::Scalar>> scalars;
+  scalars.push_back(std::nullopt);
+  return op.call(x, w, bias, padding, output_padding, stride, {1, 1}, 1, "relu", scalars, std::nullopt);
+}
+
+at::Tensor conv_transpose_bias_relu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding) {
+  TORCH_CHECK(weight.dim() == 4 && x.dim() == 4 && weight.size(0) == x.size(1),
+              "fastgan_cpu::conv_transpose_bias_relu: weight must be [C_in, C_out, kH, kW] with C_in = x.size(1), got x ",
+              x.sizes(), " and weight ", weight.sizes());
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(1) && bias.scalar_type() == x.scalar_type(),
+              "fastgan_cpu::conv_transpose_bias_relu: bias must be [", weight.size(1), "] of x's dtype, got ",
+              bias.sizes(), " ", bias.scalar_type());
+  // oneDNN's ReLU post-op only where z is channels-last: in NCHW (1x1 inputs) it ran slower
+  // than the plain convolution and a separate in-place ReLU.
+  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    if (auto y = conv_transpose_pointwise_relu(x, weight, bias, stride, padding, output_padding))
+      return y->is_contiguous(at::MemoryFormat::ChannelsLast) ? *y : y->contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  return conv_transpose(x, weight, bias, stride, padding, output_padding).relu_();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan_cpu, CPU, m) {
+  m.impl("conv_transpose_stats", &conv_transpose_stats);
+  m.impl("bn_relu", &bn_relu);
+  m.impl("bn_relu_", &bn_relu_);
+  m.impl("bn_relu_backward", &bn_relu_backward);
+  m.impl("conv_transpose_bias_relu", &conv_transpose_bias_relu);
+}
+
+}  // namespace fastgan::cpu

@@ -1,0 +1,535 @@
+// SPEC 1, the DCGAN generator block ConvTranspose2d + BatchNorm2d + ReLU (schemas in csrc/schemas.h).
+// The convolution is cuDNN's (through ATen, fed channels-last so that z comes out NHWC); around it:
+// - one pass of per-channel statistics: Welford per thread (of z minus a value of its channel),
+//   Chan merges across a warp (shuffles) and a block (shared memory, fixed order), per-block
+//   partials merged in a fixed order by a tiny finalize kernel: deterministic, and never
+//   E[z^2] - E[z]^2;
+// - one fused normalize + ReLU pass (vectorized, in place or not);
+// - the BN + ReLU backward: both sums in one pass (the same reduction machinery), then grad_z.
+// z is seen as [outer, C, inner]: NHWC is [N*H*W, C, 1] (threads across channels), NCHW is
+// [N, C, H*W] (a block per channel and chunk). Half and bfloat16 accumulate in float.
+#include "common.cuh"
+
+#include <initializer_list>
+#include <limits>
+
+namespace fastgan::cuda {
+namespace {
+
+// ---------------------------------------------------------------------------
+// Reduction states. Each has add(z, g, channel params), merge(other, in order), shfl_xor(lane mask),
+// and kFields values stored per channel in the partials buffer.
+
+// Per-channel parameters of a reduction (the backward's; unused by Welford).
+template <typename acc_t>
+struct ChannelParams {
+  acc_t mean, invstd, gamma, beta;
+};
+
+template <typename acc_t>
+__device__ __forceinline__ ChannelParams<acc_t> load_params(const acc_t* mean, const acc_t* invstd,
+                                                            const acc_t* gamma, const acc_t* beta, int64_t c) {
+  if (mean == nullptr) return {0, 0, 0, 0};
+  return {mean[c], invstd[c], gamma ? gamma[c] : acc_t(1), beta ? beta[c] : acc_t(0)};
+}
+
+// count, mean, M2 (sum of squared deviations from the mean) of z - shift, the shift being a value
+// of the channel (p.mean: its first element): the running means stay small, so their rounding
+// does not spoil the merges when |mean| >> std.
+template <typename acc_t>
+struct WelfordState {
+  static constexpr int kFields = 3;
+  static constexpr bool kShifted = true;
+  acc_t n, mean, m2;  // no initializers: __shared__ arrays of states need a trivial type
+
+  __device__ __forceinline__ void add(acc_t z, acc_t, const ChannelParams<acc_t>& p) {
+    const acc_t v = z - p.mean;
+    n += 1;
+    const acc_t d = v - mean;
+    mean += d / n;
+    m2 += d * (v - mean);
+  }
+  // Chan et al.: exact in the counts, no cancellation between the two M2.
+  __device__ __forceinline__ void merge(const WelfordState& o) {
+    const acc_t total = n + o.n;
+    if (o.n == 0) return;
+    const acc_t d = o.mean - mean;
+    const acc_t w = o.n / total;
+    mean += d * w;
+    m2 += o.m2 + d * d * n * w;
+    n = total;
+  }
+  __device__ __forceinline__ WelfordState shfl_xor(int m) const {
+    WelfordState o{};
+    o.n = __shfl_xor_sync(0xffffffffu, n, m);
+    o.mean = __shfl_xor_sync(0xffffffffu, mean, m);
+    o.m2 = __shfl_xor_sync(0xffffffffu, m2, m);
+    return o;
+  }
+  __device__ __forceinline__ void store(acc_t* p, int64_t C) const {
+    p[0] = n;
+    p[C] = mean;
+    p[2 * C] = m2;
+  }
+  __device__ __forceinline__ void load(const acc_t* p, int64_t C) {
+    n = p[0];
+    mean = p[C];
+    m2 = p[2 * C];
+  }
+};
+
+// The BN + ReLU backward sums: s1 = sum(gm), s2 = sum(gm * xhat), gm = grad_y * (y > 0).
+template <typename acc_t>
+struct BackwardSums {
+  static constexpr int kFields = 2;
+  static constexpr bool kShifted = false;
+  acc_t s1, s2;
+
+  __device__ __forceinline__ void add(acc_t z, acc_t g, const ChannelParams<acc_t>& p) {
+    const acc_t xhat = (z - p.mean) * p.invstd;
+    const acc_t gm = xhat * p.gamma + p.beta > acc_t(0) ? g : acc_t(0);
+    s1 += gm;
+    s2 += gm * xhat;
+  }
+  __device__ __forceinline__ void merge(const BackwardSums& o) {
+    s1 += o.s1;
+    s2 += o.s2;
+  }
+  __device__ __forceinline__ BackwardSums shfl_xor(int m) const {
+    return {__shfl_xor_sync(0xffffffffu, s1, m), __shfl_xor_sync(0xffffffffu, s2, m)};
+  }
+  __device__ __forceinline__ void store(acc_t* p, int64_t C) const {
+    p[0] = s1;
+    p[C] = s2;
+  }
+  __device__ __forceinline__ void load(const acc_t* p, int64_t C) {
+    s1 = p[0];
+    s2 = p[C];
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Pass 1 of a reduction: block (blockIdx.y = chunk g) writes its partial state of each of its
+// channels to partials[g][field][c].
+
+constexpr int kLanes = 32;   // NHWC: channels a block covers (threadIdx.x)
+constexpr int kRowsNHWC = 8; // NHWC: rows a block walks at once (threadIdx.y)
+
+// NHWC: z is [R, C]; thread (x, y) owns channel blockIdx.x * 32 + x and rows y, y + 8, ... of its chunk.
+template <typename State, typename scalar_t>
+__global__ void __launch_bounds__(kLanes* kRowsNHWC)
+    reduce_nhwc_kernel(const scalar_t* __restrict__ z, const scalar_t* __restrict__ g,
+                       at::opmath_type<scalar_t>* __restrict__ partials, int64_t R, int64_t C,
+                       const at::opmath_type<scalar_t>* mean, const at::opmath_type<scalar_t>* invstd,
+                       const at::opmath_type<scalar_t>* gamma, const at::opmath_type<scalar_t>* beta) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ State states[kRowsNHWC][kLanes];
+  const int64_t c = int64_t{blockIdx.x} * kLanes + threadIdx.x;
+  State s{};
+  if (c < C) {
+    ChannelParams<acc_t> p = load_params(mean, invstd, gamma, beta, c);
+    if constexpr (State::kShifted) p.mean = static_cast<acc_t>(z[c]);  // row 0
+    const int64_t step = int64_t{gridDim.y} * kRowsNHWC;
+    for (int64_t r = int64_t{blockIdx.y} * kRowsNHWC + threadIdx.y; r < R; r += step) {
+      const int64_t i = r * C + c;
+      s.add(static_cast<acc_t>(z[i]), g ? static_cast<acc_t>(g[i]) : acc_t(0), p);
+    }
+  }
+  states[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    for (int y = 1; y < kRowsNHWC; ++y) s.merge(states[y][threadIdx.x]);
+    s.store(partials + int64_t{blockIdx.y} * State::kFields * C + c, C);
+  }
+}
+
+constexpr int kThreadsNCHW = 256;
+
+// NCHW: z is [N, C, S]; block (c, g) walks the N * S values of channel c, a chunk's threads
+// adjacent along S (coalesced); warp shuffles then shared memory merge them.
+template <typename State, typename scalar_t>
+__global__ void __launch_bounds__(kThreadsNCHW)
+    reduce_nchw_kernel(const scalar_t* __restrict__ z, const scalar_t* __restrict__ g,
+                       at::opmath_type<scalar_t>* __restrict__ partials, int64_t N, int64_t C, int64_t S,
+                       const at::opmath_type<scalar_t>* mean, const at::opmath_type<scalar_t>* invstd,
+                       const at::opmath_type<scalar_t>* gamma, const at::opmath_type<scalar_t>* beta) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kWarps = kThreadsNCHW / 32;
+  __shared__ State states[kWarps];
+  const int64_t c = blockIdx.x;
+  ChannelParams<acc_t> p = load_params(mean, invstd, gamma, beta, c);
+  if constexpr (State::kShifted) p.mean = static_cast<acc_t>(z[c * S]);  // sample 0, pixel 0
+  State s{};
+  const int64_t total = N * S, step = int64_t{gridDim.y} * kThreadsNCHW;
+  for (int64_t e = int64_t{blockIdx.y} * kThreadsNCHW + threadIdx.x; e < total; e += step) {
+    const int64_t n = e / S;
+    const int64_t i = (n * C + c) * S + (e - n * S);
+    s.add(static_cast<acc_t>(z[i]), g ? static_cast<acc_t>(g[i]) : acc_t(0), p);
+  }
+#pragma unroll
+  for (int m = 16; m > 0; m /= 2) s.merge(s.shfl_xor(m));
+  const int warp = threadIdx.x / 32;
+  if (threadIdx.x % 32 == 0) states[warp] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kWarps; ++w) s.merge(states[w]);
+    s.store(partials + int64_t{blockIdx.y} * State::kFields * C + c, C);
+  }
+}
+
+// Runs pass 1 over z (and g, if given) in its layout; returns the partials [G, kFields, C].
+template <typename State, typename scalar_t>
+at::Tensor reduce_channels(const at::Tensor& z, const at::Tensor& g, bool nhwc, const at::Tensor& mean,
+                           const at::Tensor& invstd, const at::Tensor& gamma, const at::Tensor& beta) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = z.size(0), C = z.size(1), S = z.numel() / (N * C);
+  const int64_t target_blocks = int64_t{at::cuda::getCurrentDeviceProperties()->multiProcessorCount} * 4;
+  // Enough blocks to fill the GPU, but several values per thread.
+  int64_t blocks_c, max_chunks;
+  if (nhwc) {
+    blocks_c = ceil_div(C, kLanes);
+    max_chunks = ceil_div(N * S, kRowsNHWC * 4);
+  } else {
+    blocks_c = C;
+    max_chunks = ceil_div(N * S, kThreadsNCHW * 4);
+  }
+  const int64_t chunks = std::clamp<int64_t>(ceil_div(target_blocks, blocks_c), 1, std::min<int64_t>(max_chunks, 65535));
+  TORCH_CHECK(blocks_c <= INT_MAX, "fastgan_cuda: too many channels (", C, ")");
+  at::Tensor partials = at::empty({chunks, State::kFields, C}, z.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<acc_t>() : nullptr; };
+  const scalar_t* gp = g.defined() ? g.const_data_ptr<scalar_t>() : nullptr;
+  const dim3 grid(static_cast<unsigned>(blocks_c), static_cast<unsigned>(chunks));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  if (nhwc) {
+    reduce_nhwc_kernel<State, scalar_t><<<grid, dim3(kLanes, kRowsNHWC), 0, stream>>>(
+        z.const_data_ptr<scalar_t>(), gp, partials.mutable_data_ptr<acc_t>(), N * S, C, ptr(mean), ptr(invstd),
+        ptr(gamma), ptr(beta));
+  } else {
+    reduce_nchw_kernel<State, scalar_t><<<grid, kThreadsNCHW, 0, stream>>>(
+        z.const_data_ptr<scalar_t>(), gp, partials.mutable_data_ptr<acc_t>(), N, C, S, ptr(mean), ptr(invstd),
+        ptr(gamma), ptr(beta));
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return partials;
+}
+
+// The partials [chunks][kFields][C] of channel c, merged in chunk order.
+template <typename State, typename acc_t>
+__device__ __forceinline__ State merge_partials(const acc_t* partials, int64_t chunks, int64_t C, int64_t c) {
+  State s{}, o{};
+  for (int64_t k = 0; k < chunks; ++k) {
+    o.load(partials + k * State::kFields * C + c, C);
+    s.merge(o);
+  }
+  return s;
+}
+
+// Pass 2 of the statistics: per channel, the partials merged in chunk order -> mean, biased var.
+// The shift of channel c is z[c * shift_stride] (its first element).
+template <typename scalar_t, typename acc_t>
+__global__ void finalize_stats_kernel(const acc_t* __restrict__ partials, const scalar_t* __restrict__ z,
+                                      int64_t shift_stride, acc_t* __restrict__ mean, acc_t* __restrict__ var,
+                                      int64_t chunks, int64_t C) {
+  const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const auto s = merge_partials<WelfordState<acc_t>>(partials, chunks, C, c);
+  mean[c] = static_cast<acc_t>(z[c * shift_stride]) + s.mean;
+  var[c] = s.m2 / s.n;
+}
+
+// The backward sums merged in chunk order -> grad_gamma = s2, grad_beta = s1, and the
+// coefficients of grad_z = k * (gm - a - xhat * b): k = gamma * invstd, a = s1 / n, b = s2 / n.
+template <typename acc_t>
+__global__ void finalize_backward_kernel(const acc_t* __restrict__ partials, const acc_t* __restrict__ invstd,
+                                         const acc_t* __restrict__ gamma, acc_t* __restrict__ grad_gamma,
+                                         acc_t* __restrict__ grad_beta, acc_t* __restrict__ coef, int64_t chunks,
+                                         int64_t C, acc_t n) {
+  const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const auto s = merge_partials<BackwardSums<acc_t>>(partials, chunks, C, c);
+  grad_gamma[c] = s.s2;
+  grad_beta[c] = s.s1;
+  coef[c] = (gamma ? gamma[c] : acc_t(1)) * invstd[c];
+  coef[C + c] = s.s1 / n;
+  coef[2 * C + c] = s.s2 / n;
+}
+
+// ---------------------------------------------------------------------------
+// Elementwise passes, kVec values a thread at a time (16-byte accesses when the sizes allow).
+
+template <typename scalar_t, int kVec>
+struct alignas(sizeof(scalar_t) * kVec) Pack {
+  scalar_t v[kVec];
+};
+
+template <typename index_t, bool kNHWC>
+__device__ __forceinline__ index_t channel_of(index_t i, index_t C, index_t S) {
+  if constexpr (kNHWC) {
+    return i % C;
+  } else {
+    return (i / S) % C;
+  }
+}
+
+// y = relu((z - mean) * scale + shift); z and y may alias (bn_relu_).
+template <typename scalar_t, int kVec, typename index_t, bool kNHWC>
+__global__ void __launch_bounds__(kThreads)
+    bn_relu_kernel(const scalar_t* z, scalar_t* y, const at::opmath_type<scalar_t>* __restrict__ mean,
+                   const at::opmath_type<scalar_t>* __restrict__ scale,
+                   const at::opmath_type<scalar_t>* __restrict__ shift, index_t packs, index_t C, index_t S) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using P = Pack<scalar_t, kVec>;
+  const index_t stride = index_t(gridDim.x) * index_t(blockDim.x);
+  for (index_t k = index_t(blockIdx.x) * index_t(blockDim.x) + index_t(threadIdx.x); k < packs; k += stride) {
+    P p = reinterpret_cast<const P*>(z)[k];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const index_t c = channel_of<index_t, kNHWC>(k * kVec + j, C, S);
+      const acc_t v = (static_cast<acc_t>(p.v[j]) - mean[c]) * scale[c] + shift[c];
+      p.v[j] = static_cast<scalar_t>(v > acc_t(0) ? v : acc_t(0));
+    }
+    reinterpret_cast<P*>(y)[k] = p;
+  }
+}
+
+// grad_z = k * (gm - a - xhat * b), coef = [k | a | b] per channel (finalize_backward_kernel).
+template <typename scalar_t, int kVec, typename index_t, bool kNHWC>
+__global__ void __launch_bounds__(kThreads)
+    bn_relu_grad_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ z,
+                        scalar_t* __restrict__ grad_z, const at::opmath_type<scalar_t>* __restrict__ mean,
+                        const at::opmath_type<scalar_t>* __restrict__ invstd,
+                        const at::opmath_type<scalar_t>* __restrict__ gamma,
+                        const at::opmath_type<scalar_t>* __restrict__ beta,
+                        const at::opmath_type<scalar_t>* __restrict__ coef, index_t packs, index_t C, index_t S) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using P = Pack<scalar_t, kVec>;
+  const index_t stride = index_t(gridDim.x) * index_t(blockDim.x);
+  for (index_t k = index_t(blockIdx.x) * index_t(blockDim.x) + index_t(threadIdx.x); k < packs; k += stride) {
+    const P zp = reinterpret_cast<const P*>(z)[k];
+    const P gp = reinterpret_cast<const P*>(grad_y)[k];
+    P out;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const index_t c = channel_of<index_t, kNHWC>(k * kVec + j, C, S);
+      const ChannelParams<acc_t> p = load_params(mean, invstd, gamma, beta, c);
+      const acc_t xhat = (static_cast<acc_t>(zp.v[j]) - p.mean) * p.invstd;
+      const acc_t gm = xhat * p.gamma + p.beta > acc_t(0) ? static_cast<acc_t>(gp.v[j]) : acc_t(0);
+      out.v[j] = static_cast<scalar_t>(coef[c] * (gm - coef[C + c] - xhat * coef[2 * C + c]));
+    }
+    reinterpret_cast<P*>(grad_z)[k] = out;
+  }
+}
+
+// Calls f(std::integral_constant<int, kVec>{}) with the widest pack (up to 16 bytes) that divides
+// numel and to which every pointer is aligned.
+template <typename scalar_t, typename F>
+void dispatch_vec(int64_t numel, std::initializer_list<const void*> ptrs, F&& f) {
+  constexpr int kWide = std::max<int>(1, 16 / sizeof(scalar_t));
+  bool ok = numel % kWide == 0;
+  for (const void* p : ptrs) ok = ok && reinterpret_cast<uintptr_t>(p) % (kWide * sizeof(scalar_t)) == 0;
+  if (ok) {
+    f(std::integral_constant<int, kWide>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Host side.
+
+at::ScalarType acc_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_vector(const at::Tensor& v, const char* op, const char* name, const at::Tensor& z) {
+  check_cuda(v, op, name);
+  TORCH_CHECK(v.device() == z.device(), "fastgan_cuda::", op, ": ", name, " is on ", v.device(), " but z is on ",
+              z.device());
+  TORCH_CHECK(v.dim() == 1 && v.size(0) == z.size(1) && v.is_contiguous(), "fastgan_cuda::", op, ": ", name,
+              " must be a contiguous vector of ", z.size(1), " values, got shape ", v.sizes());
+  TORCH_CHECK(v.scalar_type() == acc_type(z), "fastgan_cuda::", op, ": ", name, " must be ", acc_type(z),
+              " for ", z.scalar_type(), " z, got ", v.scalar_type());
+}
+
+void check_z(const at::Tensor& z, const char* op, const char* name) {
+  check_cuda(z, op, name);
+  TORCH_CHECK(z.dim() == 4, "fastgan_cuda::", op, ": ", name, " must be 4-D, got shape ", z.sizes());
+}
+
+// The convolution of ATen (cuDNN), channels-last in and out.
+at::Tensor conv_transpose_nhwc(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
+                               const char* op) {
+  check_cuda(x, op, "x");
+  check_cuda(weight, op, "weight");
+  check_same(weight, "weight", x, "x", op);
+  TORCH_CHECK(x.dim() == 4, "fastgan_cuda::", op, ": x must be 4-D, got shape ", x.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == x.size(1), "fastgan_cuda::", op,
+              ": weight must be [C_in, C_out, kH, kW] with C_in = ", x.size(1), ", got shape ", weight.sizes());
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  at::Tensor z = at::conv_transpose2d(x.contiguous(cl), weight.contiguous(cl), bias, stride, padding,
+                                      output_padding, 1, {1, 1});
+  return z.contiguous(cl);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_stats_cuda(const at::Tensor& x,
+                                                                         const at::Tensor& weight,
+                                                                         at::IntArrayRef stride,
+                                                                         at::IntArrayRef padding,
+                                                                         at::IntArrayRef output_padding) {
+  const char* op = "conv_transpose_stats";
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor z = conv_transpose_nhwc(x, weight, at::Tensor(), stride, padding, output_padding, op);
+  const int64_t C = z.size(1);
+  at::Tensor mean = at::empty({C}, z.options().dtype(acc_type(z)));
+  at::Tensor var = at::empty({C}, z.options().dtype(acc_type(z)));
+  if (z.numel() == 0) {
+    mean.fill_(std::numeric_limits<double>::quiet_NaN());
+    var.fill_(std::numeric_limits<double>::quiet_NaN());
+    return {z, mean, var};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::conv_transpose_stats", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    at::Tensor partials = reduce_channels<WelfordState<acc_t>, scalar_t>(z, at::Tensor(), /*nhwc=*/true, {}, {}, {}, {});
+    const int64_t chunks = partials.size(0);
+    finalize_stats_kernel<scalar_t, acc_t><<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0,
+                                             at::cuda::getCurrentCUDAStream()>>>(
+        partials.const_data_ptr<acc_t>(), z.const_data_ptr<scalar_t>(), /*shift_stride=*/1,
+        mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>(), chunks, C);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {z, mean, var};
+}
+
+void bn_relu_into(const at::Tensor& z, const at::Tensor& y, const at::Tensor& mean, const at::Tensor& scale,
+                  const at::Tensor& shift, bool nhwc) {
+  if (z.numel() == 0) return;
+  const int64_t numel = z.numel(), C = z.size(1), S = z.size(2) * z.size(3);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::bn_relu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_vec<scalar_t>(numel, {z.const_data_ptr(), y.const_data_ptr()}, [&](auto vec) {
+      constexpr int kVec = decltype(vec)::value;
+      const int64_t packs = numel / kVec;
+      const unsigned grid = grid_size(packs, kThreads);
+      dispatch_index_layout(fits_int32(numel, grid, kThreads), nhwc, [&](auto index, auto layout) {
+        using index_t = decltype(index);
+        bn_relu_kernel<scalar_t, kVec, index_t, decltype(layout)::value>
+            <<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                z.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(),
+                scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(), static_cast<index_t>(packs),
+                static_cast<index_t>(C), static_cast<index_t>(S));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  });
+}
+
+bool check_bn_relu(const char* op, const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale,
+                   const at::Tensor& shift) {
+  check_z(z, op, "z");
+  check_vector(mean, op, "mean", z);
+  check_vector(scale, op, "scale", z);
+  check_vector(shift, op, "shift", z);
+  return shared_layout(op, {z}) == at::MemoryFormat::ChannelsLast;
+}
+
+at::Tensor bn_relu_cuda(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale, const at::Tensor& shift) {
+  const bool nhwc = check_bn_relu("bn_relu", z, mean, scale, shift);
+  c10::cuda::CUDAGuard guard(z.device());
+  at::Tensor y = at::empty_like(z);  // preserves the (dense) layout
+  bn_relu_into(z, y, mean, scale, shift, nhwc);
+  return y;
+}
+
+void bn_relu_inplace_cuda(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale,
+                          const at::Tensor& shift) {
+  const bool nhwc = check_bn_relu("bn_relu_", z, mean, scale, shift);
+  c10::cuda::CUDAGuard guard(z.device());
+  bn_relu_into(z, z, mean, scale, shift, nhwc);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cuda(const at::Tensor& grad_y, const at::Tensor& z,
+                                                                     const at::Tensor& mean,
+                                                                     const at::Tensor& invstd,
+                                                                     const std::optional<at::Tensor>& gamma_opt,
+                                                                     const std::optional<at::Tensor>& beta_opt) {
+  const char* op = "bn_relu_backward";
+  check_z(z, op, "z");
+  check_cuda(grad_y, op, "grad_y");
+  check_same(grad_y, "grad_y", z, "z", op);
+  TORCH_CHECK(grad_y.sizes() == z.sizes(), "fastgan_cuda::", op, ": grad_y has shape ", grad_y.sizes(),
+              " but z has shape ", z.sizes());
+  check_vector(mean, op, "mean", z);
+  check_vector(invstd, op, "invstd", z);
+  const at::Tensor gamma = gamma_opt.value_or(at::Tensor());
+  const at::Tensor beta = beta_opt.value_or(at::Tensor());
+  if (gamma.defined()) check_vector(gamma, op, "gamma", z);
+  if (beta.defined()) check_vector(beta, op, "beta", z);
+  const bool nhwc = shared_layout(op, {grad_y, z}) == at::MemoryFormat::ChannelsLast;
+
+  c10::cuda::CUDAGuard guard(z.device());
+  const int64_t C = z.size(1), numel = z.numel(), S = z.size(2) * z.size(3);
+  at::Tensor grad_z = at::empty_like(z);
+  at::Tensor grad_gamma = at::zeros({C}, mean.options());
+  at::Tensor grad_beta = at::zeros({C}, mean.options());
+  if (numel == 0) return {grad_z, grad_gamma, grad_beta};
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::bn_relu_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto stream = at::cuda::getCurrentCUDAStream();
+    at::Tensor partials = reduce_channels<BackwardSums<acc_t>, scalar_t>(z, grad_y, nhwc, mean, invstd, gamma, beta);
+    at::Tensor coef = at::empty({3, C}, mean.options());
+    const acc_t* gamma_p = gamma.defined() ? gamma.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* beta_p = beta.defined() ? beta.const_data_ptr<acc_t>() : nullptr;
+    finalize_backward_kernel<acc_t><<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0, stream>>>(
+        partials.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(), gamma_p,
+        grad_gamma.mutable_data_ptr<acc_t>(), grad_beta.mutable_data_ptr<acc_t>(), coef.mutable_data_ptr<acc_t>(),
+        partials.size(0), C, static_cast<acc_t>(numel / C));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    dispatch_vec<scalar_t>(numel, {grad_y.const_data_ptr(), z.const_data_ptr(), grad_z.const_data_ptr()},
+                           [&](auto vec) {
+      constexpr int kVec = decltype(vec)::value;
+      const int64_t packs = numel / kVec;
+      const unsigned grid = grid_size(packs, kThreads);
+      dispatch_index_layout(fits_int32(numel, grid, kThreads), nhwc, [&](auto index, auto layout) {
+        using index_t = decltype(index);
+        bn_relu_grad_kernel<scalar_t, kVec, index_t, decltype(layout)::value><<<grid, kThreads, 0, stream>>>(
+            grad_y.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), grad_z.mutable_data_ptr<scalar_t>(),
+            mean.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(), gamma_p, beta_p,
+            coef.const_data_ptr<acc_t>(), static_cast<index_t>(packs), static_cast<index_t>(C),
+            static_cast<index_t>(S));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  });
+  return {grad_z, grad_gamma, grad_beta};
+}
+
+// Eval: relu(conv_transpose2d(x, weight, bias)), the statistics folded into weight and bias.
+at::Tensor conv_transpose_bias_relu_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                         at::IntArrayRef stride, at::IntArrayRef padding,
+                                         at::IntArrayRef output_padding) {
+  const char* op = "conv_transpose_bias_relu";
+  c10::cuda::CUDAGuard guard(x.device());
+  check_cuda(bias, op, "bias");
+  check_same(bias, "bias", x, "x", op);
+  TORCH_CHECK(bias.dim() == 1 && weight.dim() == 4 && bias.size(0) == weight.size(1), "fastgan_cuda::", op,
+              ": bias must be a vector of C_out = ", weight.dim() == 4 ? weight.size(1) : -1, " values, got shape ",
+              bias.sizes());
+  at::Tensor y = conv_transpose_nhwc(x, weight, bias, stride, padding, output_padding, op);
+  y.relu_();
+  return y;
+}
+
+}  // namespace
+}  // namespace fastgan::cuda
+
+TORCH_LIBRARY_IMPL(fastgan_cuda, CUDA, m) {
+  m.impl("conv_transpose_stats", &fastgan::cuda::conv_transpose_stats_cuda);
+  m.impl("bn_relu", &fastgan::cuda::bn_relu_cuda);
+  m.impl("bn_relu_", &fastgan::cuda::bn_relu_inplace_cuda);
+  m.impl("bn_relu_backward", &fastgan::cuda::bn_relu_backward_cuda);
+  m.impl("conv_transpose_bias_relu", &fastgan::cuda::conv_transpose_bias_relu_cuda);
+}

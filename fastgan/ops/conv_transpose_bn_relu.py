@@ -1,0 +1,382 @@
+"""Fused ConvTranspose2d + BatchNorm2d + ReLU, the DCGAN generator block (SPEC 1).
+
+Training (batch statistics): z, mean, var = conv_transpose_stats(x, W) leaves the conv bias out
+(it cancels in the normalization and only moves the running mean), then y = relu((z - mean) *
+gamma * invstd + beta) in one pass, in place over z when no gradient is needed. The running
+statistics are updated by the small op `bn_running_stats_update`, exactly as nn.BatchNorm2d does.
+Eval (running statistics): they are folded into the weight and bias, W' = W * gamma * invstd
+over dim 1, b' = beta + (bias - running_mean) * gamma * invstd, and the backend runs
+relu(conv_transpose2d(x, W', b')): no normalization pass at all.
+
+Backward: training runs the fused BN + ReLU backward (both per-channel sums in one pass) and
+hands grad_z to the convolution's backward (ATen: see _conv_backward for the form that is fastest
+on CPU); eval backpropagates through the folded formula. Eval without gradients skips the fold
+where the weight is larger than the output (_eval_unfolded). Double backward is not supported:
+it raises (once_differentiable).
+
+The kernels get x channels-last (except 1x1 inputs, see _layout_for), so z and y come out
+channels-last (per-channel work vectorizes across the contiguous channels, and the next block
+takes y without a copy).
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from .._backend import resolve
+from .._checks import as_layout, check_eps, check_same, check_tensor, empty
+from ._dispatch import _traced, fused_op, kernels
+
+LAYOUT = torch.channels_last
+
+
+def _layout_for(x):
+    """The layout of x, z and y: channels-last, except for 1x1 inputs (the first DCGAN block,
+    from the latent), whose transposed convolution oneDNN runs 3x faster in NCHW here."""
+    return torch.contiguous_format if x.shape[2] * x.shape[3] == 1 else LAYOUT
+
+
+def _dense(weight):
+    """The weight as the kernels take it: dense, in its own layout (oneDNN picks the output's
+    layout from x's; converting the weight cost more than it saved)."""
+    return weight if weight.is_contiguous() else weight.contiguous()
+
+
+def conv_transpose_bn_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training,
+                                     momentum=0.1, eps=1e-5, stride=1, padding=0, output_padding=0,
+                                     num_batches_tracked=None):
+    """Eager PyTorch: what nn.Sequential(ConvTranspose2d, BatchNorm2d, ReLU) computes."""
+    z = F.conv_transpose2d(x, weight, bias, stride, padding, output_padding)
+    factor = _momentum(training, running_mean, momentum, num_batches_tracked)
+    use_batch = training or running_mean is None
+    return F.relu(F.batch_norm(z, running_mean, running_var, bn_weight, bn_bias, use_batch, factor, eps))
+
+
+def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training,
+                           momentum=0.1, eps=1e-5, stride=1, padding=0, output_padding=0,
+                           num_batches_tracked=None, impl=None):
+    """relu(batch_norm(conv_transpose2d(x, weight, bias, stride, padding, output_padding))).
+
+    x [N, C_in, H, W], weight [C_in, C_out, kH, kW], bias / bn_weight / bn_bias / running_mean /
+    running_var [C_out] or None (no conv bias, affine=False, track_running_stats=False). In
+    training the running statistics (when given) and num_batches_tracked (when given) are updated
+    in place as nn.BatchNorm2d does; momentum=None is the cumulative average over
+    num_batches_tracked. Without running statistics batch statistics are used, also in eval.
+    """
+    sizes = _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
+                   num_batches_tracked, stride, padding, output_padding)
+    eps = check_eps(eps)
+    use_batch = training or running_mean is None
+    if use_batch:
+        _check_batch(x, weight, sizes)
+    impl = resolve(impl, x.device)
+    if impl == "reference":
+        return conv_transpose_bn_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+                                                training, momentum, eps, sizes[0], sizes[1], sizes[2],
+                                                num_batches_tracked)
+    if not use_batch:
+        z_numel = torch.Size(_out_shape(x, weight, sizes)).numel()
+        if weight.numel() > z_numel and not _needs_grad(x, weight, bias, bn_weight, bn_bias):
+            vectors = [None if t is None else t.to(_stats_dtype(x))
+                       for t in (bias, bn_weight, bn_bias, running_mean, running_var)]
+            return _call(_eval_unfolded, x, weight, *vectors, eps, *sizes, impl)
+        return _eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, sizes, impl)
+    gamma, beta = (None if t is None else t.to(_stats_dtype(x)) for t in (bn_weight, bn_bias))
+    if _needs_grad(x, weight, bias, bn_weight, bn_bias):
+        y, _, mean, var = _train(x, weight, bias, gamma, beta, eps, *sizes, impl)
+    else:
+        y, mean, var = _call(_train_inplace, x, weight, gamma, beta, eps, *sizes, impl)
+    if training and running_mean is not None:
+        n = y.numel() // y.shape[1]
+        _call(_update_running_stats, running_mean, running_var, num_batches_tracked, mean.detach(),
+              var.detach(), None if bias is None else bias.detach(), n, momentum)
+    return y
+
+
+# ---- checks ----
+
+def _pair(v, name, minimum):
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2 or not all(isinstance(i, int) and i >= minimum for i in pair):
+        raise ValueError(f"fastgan: {name} must be an int or a pair of ints >= {minimum}, got {v!r}")
+    return list(pair)
+
+
+def _channel_vector(t, name, c, x):
+    if t is None:
+        return
+    check_tensor(t, name, ndim=1)
+    if t.shape[0] != c:
+        raise ValueError(f"fastgan: {name} must have shape [{c}] (the output channels), got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"fastgan: {name} is on {t.device} but x is on {x.device}")
+
+
+def _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
+           num_batches_tracked, stride, padding, output_padding):
+    """Validates the arguments; returns [stride, padding, output_padding] as pairs."""
+    check_tensor(x, "x", ndim=4)
+    check_tensor(weight, "weight", ndim=4)
+    check_same(weight, "weight", x, "x")
+    if weight.shape[0] != x.shape[1]:
+        raise ValueError(f"fastgan: weight must be [C_in, C_out, kH, kW] with C_in = {x.shape[1]} (x's channels), "
+                         f"got {tuple(weight.shape)}")
+    c = weight.shape[1]
+    if bias is not None:
+        check_tensor(bias, "bias", ndim=1)
+        check_same(bias, "bias", x, "x")
+    for t, name in ((bias, "bias"), (bn_weight, "bn_weight"), (bn_bias, "bn_bias"),
+                    (running_mean, "running_mean"), (running_var, "running_var")):
+        _channel_vector(t, name, c, x)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("fastgan: running_mean and running_var must be given together (or both None)")
+    if num_batches_tracked is not None and not isinstance(num_batches_tracked, torch.Tensor):
+        raise TypeError(f"fastgan: num_batches_tracked must be a tensor or None, got {type(num_batches_tracked).__name__}")
+    if training and momentum is None and num_batches_tracked is None and running_mean is not None:
+        raise ValueError("fastgan: momentum=None (cumulative average) needs num_batches_tracked")
+    sizes = [_pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(output_padding, "output_padding", 0)]
+    if any(o >= s for o, s in zip(sizes[2], sizes[0])):
+        raise ValueError(f"fastgan: output_padding must be smaller than stride, got {output_padding!r} and {stride!r}")
+    return sizes
+
+
+def _out_shape(x, weight, sizes):
+    (sh, sw), (ph, pw), (oh, ow) = sizes
+    h = (x.shape[2] - 1) * sh - 2 * ph + weight.shape[2] + oh
+    w = (x.shape[3] - 1) * sw - 2 * pw + weight.shape[3] + ow
+    return (x.shape[0], weight.shape[1], h, w)
+
+
+def _check_batch(x, weight, sizes):
+    shape = _out_shape(x, weight, sizes)
+    if min(shape) <= 0:
+        raise ValueError(f"fastgan: the output of the transposed convolution would be empty: {shape}")
+    if shape[0] * shape[2] * shape[3] == 1:  # F.batch_norm's check, with its words
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {torch.Size(shape)}")
+
+
+def _momentum(training, running_mean, momentum, num_batches_tracked):
+    """nn.BatchNorm2d's exponential_average_factor; counts the batch in num_batches_tracked."""
+    if not training or running_mean is None:
+        return 0.0 if momentum is None else momentum
+    if num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+        if momentum is None:
+            return 1.0 / float(num_batches_tracked)
+    return 0.0 if momentum is None else momentum
+
+
+def _stats_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _needs_grad(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _call(op, *args):
+    """A custom op without autograd: its Python body in eager code (no dispatch), the op when traced."""
+    return op(*args) if _traced() else op._init_fn(*args)
+
+
+def _layout_of(t):
+    return torch.contiguous_format if t.is_contiguous() else LAYOUT
+
+
+# ---- training ----
+
+def _train_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
+                  beta: Optional[torch.Tensor], eps: float, stride: list[int], padding: list[int],
+                  output_padding: list[int], impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    k = kernels(impl)
+    fmt = _layout_for(x)
+    z, mean, var = k.conv_transpose_stats(as_layout(x, fmt), _dense(weight), stride, padding, output_padding)
+    z = as_layout(z, fmt)
+    scale, shift = _scale_shift(var, gamma, beta, eps)
+    return as_layout(k.bn_relu(z, mean, scale, shift), fmt), z, mean, var
+
+
+def _scale_shift(var, gamma, beta, eps):
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd if gamma is None else gamma * invstd
+    shift = torch.zeros_like(var) if beta is None else beta
+    return scale, shift
+
+
+def _train_fake(x, weight, bias, gamma, beta, eps, stride, padding, output_padding, impl):
+    shape = _out_shape(x, weight, [stride, padding, output_padding])
+    stats = x.new_empty((shape[1],), dtype=_stats_dtype(x))
+    fmt = _layout_for(x)
+    return empty(shape, x, fmt), empty(shape, x, fmt), stats, torch.empty_like(stats)
+
+
+def _train_setup(ctx, inputs, output):
+    x, weight, bias, gamma, beta, ctx.eps, ctx.stride, ctx.padding, ctx.output_padding, ctx.impl = inputs
+    _, z, mean, var = output
+    ctx.mark_non_differentiable(z, mean, var)
+    ctx.has_bias, ctx.has_gamma, ctx.has_beta = bias is not None, gamma is not None, beta is not None
+    ctx.save_for_backward(x, weight, gamma, beta, z, mean, var)
+
+
+@once_differentiable
+def _train_bwd(ctx, grad_y, *_):
+    x, weight, gamma, beta, z, mean, var = ctx.saved_tensors
+    invstd = torch.rsqrt(var + ctx.eps)
+    grad_z, grad_gamma, grad_beta = _call(_bn_relu_backward, grad_y, z, mean, invstd, gamma, beta, ctx.impl)
+    need = ctx.needs_input_grad
+    grad_x, grad_w, grad_b = _conv_backward(grad_z, x, weight, ctx, need[0], need[1], ctx.has_bias and need[2])
+    return (grad_x, grad_w, grad_b, grad_gamma if ctx.has_gamma else None, grad_beta if ctx.has_beta else None,
+            None, None, None, None, None)
+
+
+@torch.library.custom_op("fastgan::bn_relu_backward", mutates_args=())
+def _bn_relu_backward(grad_y: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
+                      gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
+                      impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused BN + ReLU backward (csrc/schemas.h) as a traceable op: grad_z, grad_gamma, grad_beta."""
+    grad_z, grad_gamma, grad_beta = kernels(impl).bn_relu_backward(as_layout(grad_y, _layout_of(z)), z, mean,
+                                                                   invstd, gamma, beta)
+    return as_layout(grad_z, _layout_of(z)), grad_gamma, grad_beta
+
+
+@_bn_relu_backward.register_fake
+def _(grad_y, z, mean, invstd, gamma, beta, impl):
+    return empty(z.shape, z, _layout_of(z)), torch.empty_like(mean), torch.empty_like(mean)
+
+
+def _conv_backward(grad, x, weight, ctx, need_x, need_w, need_b):
+    """Gradients of conv_transpose2d(x, weight, bias) from `grad`, the gradient of its output.
+
+    On CPU, for inputs of 8x8 pixels or more, as a direct convolution: grad_x = conv2d(grad,
+    weight) (same stride and padding) and grad_weight the weight gradient of that conv2d (input
+    grad, output gradient x), channels-last: oneDNN runs these much faster than the transposed
+    convolution's own backward (single-threaded, 64x128x16x16 -> 64x64x32x32: 28 + 35 ms against
+    31 + 75 channels-last, or 76 NCHW after a 7 ms conversion of grad). On smaller inputs (the
+    4x4 and 1x1 DCGAN blocks) the NCHW transposed-convolution backward was fastest (101 against
+    133 ms for 64x512x4x4 -> 64x256x8x8), so grad is converted to NCHW for it."""
+    bias_sizes = [weight.shape[1]] if need_b else None
+    if grad.device.type != "cpu" or x.shape[2] * x.shape[3] < 64:
+        fmt = LAYOUT if grad.device.type != "cpu" else torch.contiguous_format
+        return torch.ops.aten.convolution_backward(
+            as_layout(grad, fmt), as_layout(x, fmt), as_layout(weight, fmt), bias_sizes, ctx.stride, ctx.padding,
+            [1, 1], True, ctx.output_padding, 1, [need_x, need_w, need_b])
+    x, weight = as_layout(x, LAYOUT), as_layout(weight, LAYOUT)
+    grad_x = grad_w = grad_b = None
+    if need_x:
+        grad_x = F.conv2d(grad, weight, None, ctx.stride, ctx.padding)
+    if need_w:
+        grad_w = torch.ops.aten.convolution_backward(x, grad, weight, None, ctx.stride, ctx.padding, [1, 1], False,
+                                                     [0, 0], 1, [False, True, False])[1]
+    if need_b:
+        grad_b = grad.sum((0, 2, 3))
+    return grad_x, grad_w, grad_b
+
+
+_train = fused_op("conv_transpose_bn_relu_train", _train_kernel, _train_fake, _train_bwd, _train_setup)
+
+
+@torch.library.custom_op("fastgan::conv_transpose_bn_relu_train_inplace", mutates_args=())
+def _train_inplace(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
+                   eps: float, stride: list[int], padding: list[int], output_padding: list[int],
+                   impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training forward when no gradient is needed: normalizes z in place (one tensor fewer)."""
+    k = kernels(impl)
+    fmt = _layout_for(x)
+    z, mean, var = k.conv_transpose_stats(as_layout(x, fmt), _dense(weight), stride, padding, output_padding)
+    z = as_layout(z, fmt)
+    k.bn_relu_(z, mean, *_scale_shift(var, gamma, beta, eps))
+    return z, mean, var
+
+
+@_train_inplace.register_fake
+def _(x, weight, gamma, beta, eps, stride, padding, output_padding, impl):
+    y, _, mean, var = _train_fake(x, weight, None, gamma, beta, eps, stride, padding, output_padding, impl)
+    return y, mean, var
+
+
+@torch.library.custom_op("fastgan::bn_running_stats_update",
+                         mutates_args=("running_mean", "running_var", "num_batches_tracked"))
+def _update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,
+                          num_batches_tracked: Optional[torch.Tensor], mean: torch.Tensor, var: torch.Tensor,
+                          bias: Optional[torch.Tensor], n: int, momentum: Optional[float]) -> None:
+    """nn.BatchNorm2d's update from the batch mean (of z without the conv bias) and biased variance:
+    running = (1 - m) * running + m * batch value, the variance unbiased, in float64."""
+    m = _momentum(True, running_mean, momentum, num_batches_tracked)
+    batch_mean = mean.double() if bias is None else mean.double() + bias.double()
+    unbiased = var.double() * (n / (n - 1))
+    for running, batch in ((running_mean, batch_mean), (running_var, unbiased)):
+        running.copy_(m * batch + (1.0 - m) * running.double())
+
+
+@_update_running_stats.register_fake
+def _(running_mean, running_var, num_batches_tracked, mean, var, bias, n, momentum):
+    return None
+
+
+# ---- eval ----
+
+def _eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, sizes, impl):
+    """relu(conv_transpose2d(x, W * s, beta + (bias - running_mean) * s)), s = gamma * invstd:
+    differentiable torch code folds, the fused op convolves."""
+    stats = _stats_dtype(x)
+    scale = torch.rsqrt(running_var.to(stats) + eps)
+    if bn_weight is not None:
+        scale = scale * bn_weight.to(stats)
+    shift = -running_mean.to(stats) * scale if bias is None else (bias.to(stats) - running_mean.to(stats)) * scale
+    if bn_bias is not None:
+        shift = shift + bn_bias.to(stats)
+    w = (weight.to(stats) * scale[None, :, None, None]).to(x.dtype)
+    return _bias_relu(x, w, shift.to(x.dtype), *sizes, impl)
+
+
+@torch.library.custom_op("fastgan::conv_transpose_bn_relu_eval_unfolded", mutates_args=())
+def _eval_unfolded(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
+                   beta: Optional[torch.Tensor], running_mean: torch.Tensor, running_var: torch.Tensor, eps: float,
+                   stride: list[int], padding: list[int], output_padding: list[int], impl: str) -> torch.Tensor:
+    """Eval forward without gradients where the weight is larger than the output (the first DCGAN
+    blocks at small batches): folding would cost more than normalizing z in place, which this does
+    (the statistics conv_transpose_stats also computes go unused)."""
+    k = kernels(impl)
+    fmt = _layout_for(x)
+    z, _, _ = k.conv_transpose_stats(as_layout(x, fmt), _dense(weight), stride, padding, output_padding)
+    z = as_layout(z, fmt)
+    mean = running_mean if bias is None else running_mean - bias
+    k.bn_relu_(z, mean, *_scale_shift(running_var, gamma, beta, eps))
+    return z
+
+
+@_eval_unfolded.register_fake
+def _(x, weight, bias, gamma, beta, running_mean, running_var, eps, stride, padding, output_padding, impl):
+    return _bias_relu_fake(x, weight, None, stride, padding, output_padding, impl)
+
+
+def _bias_relu_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: list[int],
+                      padding: list[int], output_padding: list[int], impl: str) -> torch.Tensor:
+    fmt = _layout_for(x)
+    y = kernels(impl).conv_transpose_bias_relu(as_layout(x, fmt), _dense(weight), bias, stride, padding,
+                                               output_padding)
+    return as_layout(y, fmt)
+
+
+def _bias_relu_fake(x, weight, bias, stride, padding, output_padding, impl):
+    return empty(_out_shape(x, weight, [stride, padding, output_padding]), x, _layout_for(x))
+
+
+def _bias_relu_setup(ctx, inputs, output):
+    x, weight, _, ctx.stride, ctx.padding, ctx.output_padding, ctx.impl = inputs
+    ctx.save_for_backward(x, weight, output)
+
+
+@once_differentiable
+def _bias_relu_bwd(ctx, grad):
+    x, weight, y = ctx.saved_tensors
+    grad_z = torch.ops.aten.threshold_backward(grad, y, 0)
+    need = ctx.needs_input_grad
+    grad_x, grad_w, grad_b = _conv_backward(grad_z, x, weight, ctx, need[0], need[1], need[2])
+    return grad_x, grad_w, grad_b, None, None, None, None
+
+
+_bias_relu = fused_op("conv_transpose_bias_relu", _bias_relu_kernel, _bias_relu_fake, _bias_relu_bwd,
+                      _bias_relu_setup)

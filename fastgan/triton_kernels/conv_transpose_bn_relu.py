@@ -1,0 +1,586 @@
+"""The DCGAN generator block (SPEC 1): ConvTranspose2d + BatchNorm2d + ReLU, as the kernel-level
+ops of csrc/schemas.h.
+
+conv_transpose_stats: an implicit-GEMM transposed convolution with tl.dot. Rows are output pixels
+(n, oh, ow), columns output channels, the reduction runs over (kh, kw, ci). Output pixels are
+split by phase (oh % s_h, ow % s_w): the taps landing on one phase are kh = ph + s_h * j (and the
+same along w), so each program only walks the taps that contribute. x is read channels-last and the
+weight as [kH, kW, C_in, C_out] (both copied so on the host: the GEMM operands are then row-major
+tiles). z is stored channels-last. The epilogue writes per-tile, per-channel partial statistics
+(count, tile mean, M2 = sum of squared deviations from the tile mean, from the registers: never a
+sum of squares; the tile mean is kept as a rounded shift plus a small offset), and a tiny finalize
+kernel merges them (Chan) into mean and biased variance.
+The statistics are those of z as stored (rounded to its dtype), as the reference computes them.
+
+conv_transpose_bias_relu: the same GEMM with a bias + ReLU epilogue (eval, BN folded by the caller).
+
+bn_relu / bn_relu_: y = relu((z - mean) * scale + shift), a separate pass: a later fused chain can
+apply the same per-channel scale, shift and ReLU while loading the next block's input tile.
+
+bn_relu_backward: pass 1 writes per-chunk partial sums s1 = sum(gm), s2 = sum(gm * xhat) per channel
+(gm = grad_y * (y > 0)), a tiny kernel adds them in a fixed order (deterministic, no atomics) and
+forms the coefficients, pass 2 writes grad_z = gamma * invstd * (gm - s1 / n - xhat * s2 / n).
+
+z, y, grad tensors are seen as [R, K] rows: channels-last R = N*H*W pixels and K = C channels;
+NCHW R = N*C (sample, channel) rows and K = H*W.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import INTERPRET, KernelSpec, autotune, check_like, compute_dtype, device_guard, layout
+
+# ---------------------------------------------------------------------------
+# Configurations. Every GEMM tile must fit each dtype (float64 too) in registers and shared memory.
+# Tensor-core tiles (tl.dot) for float16, bfloat16, float64 (IEEE products) and TF32; exact float32
+# (TF32 off) runs tl.dot's IEEE float32 path on the CUDA cores, whose register use wants smaller tiles.
+
+MMA_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=3),
+]
+FMA_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=4, num_stages=3),
+]
+_CONV_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 8, "BLOCK_K": 4})
+# The most tiles a conv launch can have per phase: partial statistics are allocated for it.
+_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in ([_CONV_INTERPRETER_CONFIG] if INTERPRET else MMA_CONFIGS + FMA_CONFIGS))
+
+# [BLOCK_R, BLOCK_K] tiles of the elementwise and reduction passes, long along the contiguous K;
+# 8 warps: with 4, ptxas spills a few bytes in float64 without 16-byte alignment.
+ROW_CONFIGS = {
+    "nchw": [
+        triton.Config({"BLOCK_R": 4, "BLOCK_K": 256}, num_warps=8),
+        triton.Config({"BLOCK_R": 16, "BLOCK_K": 64}, num_warps=8),
+        triton.Config({"BLOCK_R": 64, "BLOCK_K": 16}, num_warps=8),
+    ],
+    "channels_last": [
+        triton.Config({"BLOCK_R": 32, "BLOCK_K": 32}, num_warps=8),
+        triton.Config({"BLOCK_R": 16, "BLOCK_K": 64}, num_warps=8),
+        triton.Config({"BLOCK_R": 8, "BLOCK_K": 128}, num_warps=8),
+    ],
+}
+_ROW_INTERPRETER_CONFIG = triton.Config({"BLOCK_R": 4, "BLOCK_K": 8})
+_LAYOUT_FLAG = {"nchw": False, "channels_last": True}
+
+# Rows of one channels-last chunk of the backward's pass 1 (one partial sum per chunk and channel).
+_CHUNK_ROWS = 8 if INTERPRET else 256
+
+# Finalize kernels: [BLOCK_T, BLOCK_C] tiles of the partials (smaller under the interpreter, so that
+# tiny tests span several).
+FINALIZE_CONFIG = triton.Config({"BLOCK_T": 64, "BLOCK_C": 16}, num_warps=4)
+_FINALIZE_LAUNCH = triton.Config({"BLOCK_T": 8, "BLOCK_C": 4}, num_warps=4) if INTERPRET else FINALIZE_CONFIG
+
+
+# ---------------------------------------------------------------------------
+# The implicit GEMM.
+
+
+@triton.jit
+def _chan_combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Chan et al.'s merge of (count, mean, M2) pairs; a zero count leaves the other side as is."""
+    n = n_a + n_b
+    w = n_b / tl.maximum(n, 1.0)
+    d = mean_b - mean_a
+    return n, mean_a + d * w, m2_a + m2_b + d * d * n_a * w
+
+
+@triton.jit
+def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
+                           N, C_in, H_in, W_in, C_out, H_out, W_out, Hq, Wq,
+                           stride_h, stride_w, pad_h, pad_w, kH, kW,
+                           STATS: tl.constexpr, FP32_MMA: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """x [N, H_in, W_in, C_in] (channels-last), w [kH, kW, C_in, C_out], z [N, H_out, W_out, C_out].
+    Program (t, j): output channels j * BLOCK_N + ..., and the t-th tile of BLOCK_M pixels in phase
+    order: phase (rh, rw) holds the pixels (rh + s_h * qh, rw + s_w * qw), qh < Hq, qw < Wq.
+    STATS: store z and the tile's partial statistics to part [tiles, 4, C_out];
+    else store relu(z + bias)."""
+    acc_t: tl.constexpr = compute_dtype(z_ptr.dtype.element_ty)
+    t = tl.program_id(0)
+    m_tiles = tl.cdiv(N * Hq * Wq, BLOCK_M)
+    phase = t // m_tiles
+    rh = phase // stride_w
+    rw = phase % stride_w
+    # Taps of this phase: kh = ph + s_h * jh lands on input row ih = qh + dh - jh.
+    ph = (rh + pad_h) % stride_h
+    dh = (rh + pad_h) // stride_h
+    pw = (rw + pad_w) % stride_w
+    dw = (rw + pad_w) // stride_w
+
+    # Pixels in (qh, qw, n) order: with N >= BLOCK_M a tile shares one position, so a tap lands
+    # on all of its rows or on none (skipped: 15 of the 16 taps of a 4x4 kernel on a 1x1 input).
+    m = (t % m_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n_img = m % N
+    qw = (m // N) % Wq
+    qh = m // (N * Wq)
+    oh = rh + stride_h * qh
+    ow = rw + stride_w * qw
+    row_ok = (qh < Hq) & (oh < H_out) & (ow < W_out)
+    co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    co_ok = co < C_out
+    ck = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=acc_t)
+    for jh in range(0, tl.cdiv(kH - ph, stride_h)):
+        ih = qh + dh - jh
+        kh = ph + stride_h * jh
+        for jw in range(0, tl.cdiv(kW - pw, stride_w)):
+            iw = qw + dw - jw
+            kw = pw + stride_w * jw
+            ok = row_ok & (ih >= 0) & (ih < H_in) & (iw >= 0) & (iw < W_in)
+            # Rows whose tap falls outside x read nothing (offset 0, masked). int32 offsets: the
+            # host checks that x and the weight have fewer than 2**31 elements.
+            x_row = tl.where(ok, ((n_img * H_in + ih) * W_in + iw) * C_in, 0)
+            w_tap = w_ptr + (kh * kW + kw) * C_in * C_out
+            tap_lands = tl.max(ok.to(tl.int32), axis=0) > 0
+            for c0 in range(0, tl.where(tap_lands, C_in, 0), BLOCK_K):
+                ci = c0 + ck
+                ci_ok = ci < C_in
+                a = tl.load(x_ptr + x_row[:, None] + ci[None, :], mask=ok[:, None] & ci_ok[None, :], other=0.0)
+                b = tl.load(w_tap + ci[:, None] * C_out + co[None, :], mask=ci_ok[:, None] & co_ok[None, :],
+                            other=0.0)
+                if FP32_MMA:
+                    acc = tl.dot(a, b, acc, input_precision="tf32", out_dtype=acc_t)
+                else:  # exact float32 products (on the CUDA cores); other dtypes are unaffected
+                    acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc_t)
+
+    out_row = ((n_img.to(tl.int64) * H_out + oh) * W_out + ow) * C_out
+    out_offs = out_row[:, None] + co[None, :]
+    out_mask = row_ok[:, None] & co_ok[None, :]
+    if STATS:
+        z = acc.to(z_ptr.dtype.element_ty)
+        tl.store(z_ptr + out_offs, z, mask=out_mask)
+        # The statistics of z as stored; rows past the image count for nothing. The tile mean is
+        # kept as shift + offset: the rounded mean (an exact reference value) and the mean of the
+        # deviations from it, so that its rounding (|mean| >> std) does not reach the merges.
+        zs = tl.where(row_ok[:, None], z.to(acc_t), 0.0)
+        count = tl.sum(row_ok.to(acc_t), axis=0)
+        shift = tl.sum(zs, axis=0) / tl.maximum(count, 1.0)
+        dev = tl.where(row_ok[:, None], zs - shift[None, :], 0.0)
+        offset = tl.sum(dev, axis=0) / tl.maximum(count, 1.0)
+        dev = tl.where(row_ok[:, None], dev - offset[None, :], 0.0)
+        part = part_ptr + t.to(tl.int64) * 4 * C_out + co
+        tl.store(part, tl.zeros([BLOCK_N], dtype=acc_t) + count, mask=co_ok)
+        tl.store(part + C_out, shift, mask=co_ok)
+        tl.store(part + 2 * C_out, offset, mask=co_ok)
+        tl.store(part + 3 * C_out, tl.sum(dev * dev, axis=0), mask=co_ok)
+    else:
+        bias = tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(acc_t)
+        y = tl.maximum(acc + bias[None, :], 0.0)
+        tl.store(z_ptr + out_offs, y.to(z_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _finalize_stats_kernel(part_ptr, mean_ptr, var_ptr, T, C, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Merges the partials [T, 4, C] (count, shift, offset, M2) of each channel, BLOCK_T tiles at a
+    time in a fixed order. Tile means are taken relative to tile 0's shift (never empty: it holds
+    pixel (0, 0)); shift - shift_0 is exact when |mean| >> std, so the merges see accurate means."""
+    acc_t: tl.constexpr = mean_ptr.dtype.element_ty
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    shift0 = tl.load(part_ptr + C + c, mask=c_ok, other=0.0)
+    n = tl.zeros([BLOCK_C], dtype=acc_t)
+    mean = tl.zeros([BLOCK_C], dtype=acc_t)  # relative to shift0
+    m2 = tl.zeros([BLOCK_C], dtype=acc_t)
+    for t0 in range(0, T, BLOCK_T):
+        tt = t0 + tl.arange(0, BLOCK_T)
+        mask = (tt < T)[:, None] & c_ok[None, :]
+        offs = tt[:, None].to(tl.int64) * 4 * C + c[None, :]
+        n_b = tl.load(part_ptr + offs, mask=mask, other=0.0)
+        shift_b = tl.load(part_ptr + offs + C, mask=mask, other=0.0)
+        mean_b = (shift_b - shift0[None, :]) + tl.load(part_ptr + offs + 2 * C, mask=mask, other=0.0)
+        m2_b = tl.load(part_ptr + offs + 3 * C, mask=mask, other=0.0)
+        n_b, mean_b, m2_b = tl.reduce((n_b, mean_b, m2_b), 0, _chan_combine)
+        n, mean, m2 = _chan_combine(n, mean, m2, n_b, mean_b, m2_b)
+    tl.store(mean_ptr + c, shift0 + mean, mask=c_ok)
+    tl.store(var_ptr + c, m2 / tl.maximum(n, 1.0), mask=c_ok)  # n >= 1 in every real channel
+
+
+_CONV_KEY = ["N", "C_in", "H_in", "W_in", "C_out", "H_out", "W_out", "stride_h", "stride_w", "kH", "kW"]
+# {FP32_MMA: the kernel autotuned over its tiles}
+_conv_transpose = {mma: autotune(configs, _CONV_INTERPRETER_CONFIG, key=_CONV_KEY)(_conv_transpose_kernel)
+                   for mma, configs in ((True, MMA_CONFIGS), (False, FMA_CONFIGS))}
+
+
+def _check_conv(x, weight, stride, padding, output_padding):
+    if x.dim() != 4:
+        raise ValueError(f"fastgan triton: x must be 4-D, got shape {tuple(x.shape)}")
+    if weight.dim() != 4 or weight.shape[0] != x.shape[1]:
+        raise ValueError(f"fastgan triton: weight must be [C_in, C_out, kH, kW] with C_in = {x.shape[1]}, "
+                         f"got shape {tuple(weight.shape)}")
+    if weight.dtype != x.dtype or weight.device != x.device:
+        raise ValueError(f"fastgan triton: weight is {weight.dtype} on {weight.device}, "
+                         f"expected {x.dtype} on {x.device}")
+    if (any(s < 1 for s in stride) or any(p < 0 for p in padding)
+            or any(not 0 <= op < s for op, s in zip(output_padding, stride))):
+        raise ValueError(f"fastgan triton: bad stride {list(stride)}, padding {list(padding)} or "
+                         f"output_padding {list(output_padding)} (which must be smaller than the stride)")
+    h_out, w_out = ((i - 1) * s - 2 * p + k + op for i, s, p, k, op in
+                    zip(x.shape[2:], stride, padding, weight.shape[2:], output_padding))
+    if h_out < 1 or w_out < 1:
+        raise ValueError(f"fastgan triton: the output size {h_out}x{w_out} is too small")
+    return h_out, w_out
+
+
+def _launch_conv(x, weight, bias, stride, padding, output_padding, stats):
+    """z (or relu(z + bias)), channels-last, and for `stats` the partials and their tile count."""
+    h_out, w_out = _check_conv(x, weight, stride, padding, output_padding)
+    n, c_in, h_in, w_in = x.shape
+    c_out, kh, kw = weight.shape[1:]
+    (sh, sw), (ph, pw) = stride, padding
+    hq, wq = triton.cdiv(h_out, sh), triton.cdiv(w_out, sw)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = weight.permute(2, 3, 0, 1).contiguous()  # [kH, kW, C_in, C_out]
+    z = torch.empty((n, c_out, h_out, w_out), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    phases = sh * sw
+    max_tiles = phases * triton.cdiv(n * hq * wq, _MIN_BLOCK_M)
+    part = torch.empty((max_tiles, 4, c_out) if stats else (0,), dtype=_acc_dtype(x), device=x.device)
+    if z.numel() == 0:
+        return z, part, 0
+    if x.numel() >= 2**31 or weight.numel() >= 2**31:
+        raise ValueError(f"fastgan triton: x and weight must have fewer than 2**31 elements, got {x.numel()} "
+                         f"and {weight.numel()}")
+    # TF32 where PyTorch's own convolutions may use it (cuDNN's flag, on by default). The
+    # interpreter computes tl.dot in exact float32 either way.
+    fp32_mma = torch.backends.cudnn.allow_tf32
+
+    def grid(meta):
+        return (phases * triton.cdiv(n * hq * wq, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]))
+
+    with device_guard(x):
+        _conv_transpose[fp32_mma][grid](x, w, z, bias if bias is not None else z, part,
+                              n, c_in, h_in, w_in, c_out, h_out, w_out, hq, wq, sh, sw, ph, pw, kh, kw,
+                              STATS=stats, FP32_MMA=fp32_mma)
+    tiles = phases * triton.cdiv(n * hq * wq, _conv_transpose[fp32_mma].best_config.kwargs["BLOCK_M"])
+    return z, part, tiles
+
+
+def _acc_dtype(t):
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def conv_transpose_stats(x, weight, stride, padding, output_padding):
+    """(z, mean, var): z = conv_transpose2d(x, weight) channels-last, with the per-channel mean and
+    biased variance of z over (N, H, W)."""
+    z, part, tiles = _launch_conv(x, weight, None, stride, padding, output_padding, stats=True)
+    c = z.shape[1]
+    mean = torch.empty(c, dtype=part.dtype, device=z.device)
+    var = torch.empty(c, dtype=part.dtype, device=z.device)
+    if z.numel() == 0:
+        return z, mean.fill_(float("nan")), var.fill_(float("nan"))
+    with device_guard(z):
+        _finalize_stats_kernel[(triton.cdiv(c, _FINALIZE_LAUNCH.kwargs["BLOCK_C"]),)](
+            part, mean, var, tiles, c, **_FINALIZE_LAUNCH.kwargs, num_warps=_FINALIZE_LAUNCH.num_warps)
+    return z, mean, var
+
+
+def conv_transpose_bias_relu(x, weight, bias, stride, padding, output_padding):
+    """relu(conv_transpose2d(x, weight, bias)), channels-last."""
+    if bias.dim() != 1 or bias.shape[0] != weight.shape[1] or bias.dtype != x.dtype or bias.device != x.device:
+        raise ValueError(f"fastgan triton: bias must be a {x.dtype} vector of C_out = {weight.shape[1]} values "
+                         f"on {x.device}, got {bias.dtype} of shape {tuple(bias.shape)} on {bias.device}")
+    y, _, _ = _launch_conv(x, weight, bias.contiguous(), stride, padding, output_padding, stats=False)
+    return y
+
+
+# ---------------------------------------------------------------------------
+# Normalize + ReLU and its backward, over [R, K] rows.
+
+
+@triton.jit
+def _row_tile(R, K, C, CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Offsets, mask and channels of this program's [BLOCK_R, BLOCK_K] tile (channels broadcastable
+    to the tile: along K for channels-last, along R for NCHW)."""
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs = r[:, None] * K + k[None, :]
+    mask = (r < R)[:, None] & (k < K)[None, :]
+    if CHANNELS_LAST:
+        c = k[None, :]
+    else:
+        c = (r % C).to(tl.int32)[:, None]
+    return offs, mask, c
+
+
+@triton.jit
+def _bn_relu_kernel(z_ptr, y_ptr, mean_ptr, scale_ptr, shift_ptr, R, K, C,
+                    CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """y = relu((z - mean) * scale + shift); y may be z."""
+    acc_t: tl.constexpr = mean_ptr.dtype.element_ty
+    offs, mask, c = _row_tile(R, K, C, CHANNELS_LAST, BLOCK_R, BLOCK_K)
+    c_ok = c < C
+    mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
+    scale = tl.load(scale_ptr + c, mask=c_ok, other=0.0)
+    shift = tl.load(shift_ptr + c, mask=c_ok, other=0.0)
+    z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(acc_t)
+    y = tl.maximum((z - mean) * scale + shift, 0.0)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _masked_grad(g_ptr, z_ptr, offs, mask, mean, invstd, gamma, beta):
+    """(gm, xhat): grad_y where y = relu(xhat * gamma + beta) > 0, else 0."""
+    acc_t: tl.constexpr = mean.dtype
+    z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(acc_t)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc_t)
+    xhat = (z - mean) * invstd
+    gm = tl.where((xhat * gamma + beta > 0.0) & mask, g, 0.0)
+    return gm, xhat
+
+
+@triton.jit
+def _channel_params(mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, c, c_ok, AFFINE: tl.constexpr):
+    mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
+    invstd = tl.load(invstd_ptr + c, mask=c_ok, other=0.0)
+    if AFFINE:
+        gamma = tl.load(gamma_ptr + c, mask=c_ok, other=0.0)
+        beta = tl.load(beta_ptr + c, mask=c_ok, other=0.0)
+    else:
+        gamma = tl.full(mean.shape, 1.0, mean.dtype)
+        beta = tl.zeros(mean.shape, mean.dtype)
+    return mean, invstd, gamma, beta
+
+
+@triton.jit
+def _bn_relu_sums_kernel(g_ptr, z_ptr, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, part_ptr, R, K, C, chunk_rows,
+                         AFFINE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Pass 1 of the backward: partial sums s1 = sum(gm), s2 = sum(gm * xhat) into part [T, 2, C].
+    Channels-last: program (t, j) sums rows t * chunk_rows ... of channels j * BLOCK_K + ...
+    NCHW: program i sums whole rows i * BLOCK_R + ... (row n * C + c goes to part[n, :, c])."""
+    acc_t: tl.constexpr = mean_ptr.dtype.element_ty
+    if CHANNELS_LAST:
+        k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        mean, invstd, gamma, beta = _channel_params(mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, k[None, :],
+                                                    k_ok[None, :], AFFINE)
+        s1 = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc_t)
+        s2 = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc_t)
+        start = tl.program_id(0).to(tl.int64) * chunk_rows
+        for r0 in range(0, chunk_rows, BLOCK_R):
+            r = start + r0 + tl.arange(0, BLOCK_R)
+            mask = ((r < R) & (r0 + tl.arange(0, BLOCK_R) < chunk_rows))[:, None] & k_ok[None, :]
+            gm, xhat = _masked_grad(g_ptr, z_ptr, r[:, None] * K + k[None, :], mask, mean, invstd, gamma, beta)
+            s1 += gm
+            s2 += gm * xhat
+        part = part_ptr + tl.program_id(0).to(tl.int64) * 2 * C + k
+        tl.store(part, tl.sum(s1, axis=0), mask=k_ok)
+        tl.store(part + C, tl.sum(s2, axis=0), mask=k_ok)
+    else:
+        r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+        r_ok = r < R
+        c = (r % C).to(tl.int32)
+        mean, invstd, gamma, beta = _channel_params(mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, c[:, None],
+                                                    r_ok[:, None], AFFINE)
+        s1 = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc_t)
+        s2 = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc_t)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            mask = r_ok[:, None] & (k < K)[None, :]
+            gm, xhat = _masked_grad(g_ptr, z_ptr, r[:, None] * K + k[None, :], mask, mean, invstd, gamma, beta)
+            s1 += gm
+            s2 += gm * xhat
+        part = part_ptr + (r // C) * 2 * C + c
+        tl.store(part, tl.sum(s1, axis=1), mask=r_ok)
+        tl.store(part + C, tl.sum(s2, axis=1), mask=r_ok)
+
+
+@triton.jit
+def _finalize_backward_kernel(part_ptr, invstd_ptr, gamma_ptr, grad_gamma_ptr, grad_beta_ptr, coef_ptr, T, C, n,
+                              AFFINE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Adds the partials [T, 2, C] in a fixed order: grad_gamma = s2, grad_beta = s1, and coef [3, C] =
+    (gamma * invstd, s1 / n, s2 / n), the coefficients of grad_z."""
+    acc_t: tl.constexpr = invstd_ptr.dtype.element_ty
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    s1 = tl.zeros([BLOCK_C], dtype=acc_t)
+    s2 = tl.zeros([BLOCK_C], dtype=acc_t)
+    for t0 in range(0, T, BLOCK_T):
+        tt = t0 + tl.arange(0, BLOCK_T)
+        mask = (tt < T)[:, None] & c_ok[None, :]
+        offs = tt[:, None].to(tl.int64) * 2 * C + c[None, :]
+        s1 += tl.sum(tl.load(part_ptr + offs, mask=mask, other=0.0), axis=0)
+        s2 += tl.sum(tl.load(part_ptr + offs + C, mask=mask, other=0.0), axis=0)
+    tl.store(grad_gamma_ptr + c, s2, mask=c_ok)
+    tl.store(grad_beta_ptr + c, s1, mask=c_ok)
+    k = tl.load(invstd_ptr + c, mask=c_ok, other=0.0)
+    if AFFINE:
+        k *= tl.load(gamma_ptr + c, mask=c_ok, other=0.0)
+    count = tl.cast(n, acc_t)
+    tl.store(coef_ptr + c, k, mask=c_ok)
+    tl.store(coef_ptr + C + c, s1 / count, mask=c_ok)
+    tl.store(coef_ptr + 2 * C + c, s2 / count, mask=c_ok)
+
+
+@triton.jit
+def _bn_relu_grad_kernel(g_ptr, z_ptr, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, coef_ptr, out_ptr, R, K, C,
+                         AFFINE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Pass 2 of the backward: grad_z = coef[0] * (gm - coef[1] - xhat * coef[2])."""
+    offs, mask, c = _row_tile(R, K, C, CHANNELS_LAST, BLOCK_R, BLOCK_K)
+    c_ok = c < C
+    mean, invstd, gamma, beta = _channel_params(mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, c, c_ok, AFFINE)
+    gm, xhat = _masked_grad(g_ptr, z_ptr, offs, mask, mean, invstd, gamma, beta)
+    k = tl.load(coef_ptr + c, mask=c_ok, other=0.0)
+    a = tl.load(coef_ptr + C + c, mask=c_ok, other=0.0)
+    b = tl.load(coef_ptr + 2 * C + c, mask=c_ok, other=0.0)
+    tl.store(out_ptr + offs, (k * (gm - a - xhat * b)).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _rows_autotuned(kernel):
+    """{layout: `kernel` autotuned over that layout's row tiles}."""
+    return {name: autotune(configs, _ROW_INTERPRETER_CONFIG, key=["R", "K", "C"])(kernel)
+            for name, configs in ROW_CONFIGS.items()}
+
+
+_bn_relu = _rows_autotuned(_bn_relu_kernel)
+_bn_relu_sums = _rows_autotuned(_bn_relu_sums_kernel)
+_bn_relu_grad = _rows_autotuned(_bn_relu_grad_kernel)
+
+
+def _rows(z, name="z"):
+    """(layout, R, K, C) of a 4-D z seen as [R, K] rows."""
+    if z.dim() != 4:
+        raise ValueError(f"fastgan triton: {name} must be 4-D, got shape {tuple(z.shape)}")
+    n, c, h, w = z.shape
+    zl = layout(z, name)
+    return (zl, n * h * w, c, c) if zl == "channels_last" else (zl, n * c, h * w, c)
+
+
+def _check_vectors(z, **vectors):
+    want = _acc_dtype(z)
+    for name, v in vectors.items():
+        if v.dim() != 1 or v.shape[0] != z.shape[1] or v.dtype != want or v.device != z.device or v.stride(0) != 1:
+            raise ValueError(f"fastgan triton: {name} must be a contiguous {want} vector of {z.shape[1]} values on "
+                             f"{z.device}, got {v.dtype} of shape {tuple(v.shape)} on {v.device}")
+
+
+def _row_grid(r, k):
+    return lambda meta: (triton.cdiv(r, meta["BLOCK_R"]), triton.cdiv(k, meta["BLOCK_K"]))
+
+
+def _bn_relu_into(z, y, mean, scale, shift):
+    zl, r, k, c = _rows(z)
+    _check_vectors(z, mean=mean, scale=scale, shift=shift)
+    if z.numel() > 0:
+        with device_guard(z):
+            _bn_relu[zl][_row_grid(r, k)](z, y, mean, scale, shift, r, k, c, CHANNELS_LAST=_LAYOUT_FLAG[zl])
+    return y
+
+
+def bn_relu(z, mean, scale, shift):
+    """relu((z - mean) * scale + shift) per channel, in z's layout."""
+    return _bn_relu_into(z, torch.empty_like(z), mean, scale, shift)
+
+
+def bn_relu_(z, mean, scale, shift):
+    """bn_relu in place: z <- relu((z - mean) * scale + shift)."""
+    _bn_relu_into(z, z, mean, scale, shift)
+
+
+def bn_relu_backward(grad_y, z, mean, invstd, gamma, beta):
+    """(grad_z, grad_gamma, grad_beta) of y = relu((z - mean) * invstd * gamma + beta), batch statistics."""
+    zl, r, k, c = _rows(z)
+    if grad_y.shape != z.shape:
+        raise ValueError(f"fastgan triton: grad_y has shape {tuple(grad_y.shape)}, z {tuple(z.shape)}")
+    check_like(grad_y, "grad_y", z, zl)
+    _check_vectors(z, mean=mean, invstd=invstd)
+    affine = gamma is not None
+    if affine != (beta is not None):
+        raise ValueError("fastgan triton: gamma and beta must be both given or both None")
+    if affine:
+        _check_vectors(z, gamma=gamma, beta=beta)
+    else:
+        gamma = beta = mean  # not read
+    grad_z = torch.empty_like(z)
+    grad_gamma = torch.zeros(c, dtype=mean.dtype, device=z.device)
+    grad_beta = torch.zeros(c, dtype=mean.dtype, device=z.device)
+    if z.numel() == 0:
+        return grad_z, grad_gamma, grad_beta
+    if zl == "channels_last":
+        t = triton.cdiv(r, _CHUNK_ROWS)
+        sums_grid = (t, lambda meta: triton.cdiv(k, meta["BLOCK_K"]))
+    else:
+        t = z.shape[0]
+        sums_grid = (lambda meta: triton.cdiv(r, meta["BLOCK_R"]), 1)
+    part = torch.empty((t, 2, c), dtype=mean.dtype, device=z.device)
+    coef = torch.empty((3, c), dtype=mean.dtype, device=z.device)
+    flag = _LAYOUT_FLAG[zl]
+    with device_guard(z):
+        _bn_relu_sums[zl][lambda meta: tuple(d(meta) if callable(d) else d for d in sums_grid)](
+            grad_y, z, mean, invstd, gamma, beta, part, r, k, c, _CHUNK_ROWS, AFFINE=affine, CHANNELS_LAST=flag)
+        _finalize_backward_kernel[(triton.cdiv(c, _FINALIZE_LAUNCH.kwargs["BLOCK_C"]),)](
+            part, invstd, gamma, grad_gamma, grad_beta, coef, t, c, r * k // c, AFFINE=affine,
+            **_FINALIZE_LAUNCH.kwargs, num_warps=_FINALIZE_LAUNCH.num_warps)
+        _bn_relu_grad[zl][_row_grid(r, k)](grad_y, z, mean, invstd, gamma, beta, coef, grad_z, r, k, c,
+                                          AFFINE=affine, CHANNELS_LAST=flag)
+    return grad_z, grad_gamma, grad_beta
+
+
+# ---------------------------------------------------------------------------
+# Ahead-of-time compile specs.
+
+
+class _AccPointer(str):
+    """The signature type of a per-channel vector: the AOT test formats each type with the tensor
+    dtype, and these are float32 for every input dtype but float64."""
+
+    def format(self, dtype):
+        return "*fp64" if dtype == "fp64" else "*fp32"
+
+
+def _signature(pointers, ints, vector_pointers=(), constexprs=()):
+    """Tensor pointers in the input dtype, per-channel vectors in its accumulation dtype."""
+    sig = {p: "*{dtype}" for p in pointers}
+    sig.update({p: _AccPointer("*{acc}") for p in vector_pointers})
+    sig.update({i: "i32" for i in ints})
+    sig.update({c: "constexpr" for c in constexprs})
+    return sig
+
+
+_CONV_INTS = ("N", "C_in", "H_in", "W_in", "C_out", "H_out", "W_out", "Hq", "Wq",
+              "stride_h", "stride_w", "pad_h", "pad_w", "kH", "kW")
+_ROW_BLOCKS = ("BLOCK_R", "BLOCK_K")
+
+
+def _row_variants(extra=({},)):
+    return tuple((f"{name}{'-' + '-'.join(f'{k}={v}' for k, v in e.items()) if e else ''}",
+                  {"CHANNELS_LAST": flag, **e}, ROW_CONFIGS[name])
+                 for name, flag in _LAYOUT_FLAG.items() for e in extra)
+
+
+_AFFINE = ({"AFFINE": True}, {"AFFINE": False})
+
+KERNEL_SPECS = [
+    KernelSpec("conv_transpose", _conv_transpose_kernel,
+               _signature(("x_ptr", "w_ptr", "z_ptr", "bias_ptr"), _CONV_INTS, vector_pointers=("part_ptr",),
+                          constexprs=("STATS", "FP32_MMA", "BLOCK_M", "BLOCK_N", "BLOCK_K")),
+               tuple((f"{'stats' if stats else 'bias_relu'}-{'tf32' if mma else 'fp32'}",
+                      {"STATS": stats, "FP32_MMA": mma}, MMA_CONFIGS if mma else FMA_CONFIGS)
+                     for stats in (True, False) for mma in (True, False))),
+    KernelSpec("conv_transpose_finalize_stats", _finalize_stats_kernel,
+               _signature((), ("T", "C"), vector_pointers=("part_ptr", "mean_ptr", "var_ptr"),
+                          constexprs=("BLOCK_T", "BLOCK_C")),
+               (("default", {}, [FINALIZE_CONFIG]),)),
+    KernelSpec("bn_relu", _bn_relu_kernel,
+               _signature(("z_ptr", "y_ptr"), ("R", "K", "C"), vector_pointers=("mean_ptr", "scale_ptr", "shift_ptr"),
+                          constexprs=("CHANNELS_LAST",) + _ROW_BLOCKS),
+               _row_variants()),
+    KernelSpec("bn_relu_backward_sums", _bn_relu_sums_kernel,
+               _signature(("g_ptr", "z_ptr"), ("R", "K", "C", "chunk_rows"),
+                          vector_pointers=("mean_ptr", "invstd_ptr", "gamma_ptr", "beta_ptr", "part_ptr"),
+                          constexprs=("AFFINE", "CHANNELS_LAST") + _ROW_BLOCKS),
+               _row_variants(_AFFINE)),
+    KernelSpec("bn_relu_backward_finalize", _finalize_backward_kernel,
+               _signature((), ("T", "C", "n"), vector_pointers=("part_ptr", "invstd_ptr", "gamma_ptr", "grad_gamma_ptr",
+                                                               "grad_beta_ptr", "coef_ptr"),
+                          constexprs=("AFFINE", "BLOCK_T", "BLOCK_C")),
+               tuple((f"AFFINE={a['AFFINE']}", a, [FINALIZE_CONFIG]) for a in _AFFINE)),
+    KernelSpec("bn_relu_backward_grad", _bn_relu_grad_kernel,
+               _signature(("g_ptr", "z_ptr", "out_ptr"), ("R", "K", "C"),
+                          vector_pointers=("mean_ptr", "invstd_ptr", "gamma_ptr", "beta_ptr", "coef_ptr"),
+                          constexprs=("AFFINE", "CHANNELS_LAST") + _ROW_BLOCKS),
+               _row_variants(_AFFINE)),
+]

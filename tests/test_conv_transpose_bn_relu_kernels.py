@@ -1,0 +1,317 @@
+"""The kernel-level ops of the DCGAN generator block (SPEC 1, csrc/schemas.h), called directly:
+conv_transpose_stats, bn_relu, bn_relu_, bn_relu_backward and conv_transpose_bias_relu against
+plain torch (F.conv_transpose2d, torch.var_mean(unbiased=False), and the BN + ReLU backward
+written out in eager and differentiated by autograd). Triton runs under the interpreter on tiny
+shapes here; the gpu-marked tests run the cuda and triton kernels on a CUDA device.
+"""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastgan import _extensions
+from fastgan.ops._dispatch import kernels
+from helpers import GPU_BACKENDS, GPU_DTYPES, TOLERANCES, assert_close, expected_in, randn
+
+# (N, C_in, H, W, C_out, kernel, stride, padding, output_padding): DCGAN-like (kernel 4, stride 2,
+# padding 1; the 1x1 latent), kernels 3 and 5, stride 1 and 2 (and 3), output padding, odd sizes.
+CONV_CASES = [
+    (2, 5, 3, 4, 6, 4, 2, 1, 0),
+    (2, 7, 1, 1, 9, 4, 1, 0, 0),
+    (2, 6, 5, 3, 5, 3, 2, 1, 1),
+    (1, 4, 3, 5, 3, 5, 1, 2, 0),
+    (3, 3, 3, 2, 4, 5, 2, 2, 1),
+    (1, 3, 4, 2, 4, 3, 3, 0, 2),
+]
+LAYOUTS = ["contiguous", "channels_last"]
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def conv_inputs(case, layout="contiguous", dtype=torch.float32, device="cpu"):
+    n, c_in, h, w, c_out, k, s, p, op = case
+    x = randn((n, c_in, h, w), layout, dtype, device)
+    weight = randn((c_in, c_out, k, k), "contiguous", dtype, device)
+    return x, weight, (s, s), (p, p), (op, op)
+
+
+def reference_conv(x, weight, stride, padding, output_padding, bias=None):
+    """The convolution in float64 (float32 inputs) or float32 (half ones) and its batch statistics."""
+    dt = torch.float64 if x.dtype in (torch.float32, torch.float64) else torch.float32
+    z = F.conv_transpose2d(x.to(dt), weight.to(dt), None if bias is None else bias.to(dt), stride, padding,
+                           output_padding)
+    var, mean = torch.var_mean(z, dim=(0, 2, 3), unbiased=False)
+    return z, mean, var
+
+
+def check_stats(ops, x, weight, stride, padding, output_padding):
+    z, mean, var = ops.conv_transpose_stats(x, weight, stride, padding, output_padding)
+    z_ref, mean_ref, var_ref = reference_conv(x, weight, stride, padding, output_padding)
+    assert z.dtype == x.dtype and (z.is_contiguous(memory_format=torch.channels_last) or z.is_contiguous())
+    assert_close(z, z_ref.to(expected_in(x.dtype)), x.dtype)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    assert mean.dtype == acc and var.dtype == acc
+    # The statistics describe z as stored (the reference computes them from its rounded z too).
+    var_z, mean_z = torch.var_mean(z.to(torch.float64), dim=(0, 2, 3), unbiased=False)
+    tol = TOLERANCES[acc]
+    torch.testing.assert_close(mean.to(torch.float64), mean_z, **tol)
+    torch.testing.assert_close(var.to(torch.float64), var_z, **tol)
+    return z, mean, var
+
+
+@pytest.fixture
+def exact_fp32():
+    """TF32 convolutions (cuDNN's flag, on by default) off: float32 compares at float32 precision.
+    The triton kernels follow the same flag."""
+    allowed = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = allowed
+
+
+# ---------------------------------------------------------------------------
+# Triton under the interpreter.
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_transpose_stats(case, layout, dtype):
+    check_stats(kernels("triton"), *conv_inputs(case, layout, dtype))
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:3])
+def test_conv_transpose_stats_exact_fp32(case, exact_fp32):
+    """With TF32 off, float32 runs the rank-1-update path of the GEMM instead of tl.dot."""
+    check_stats(kernels("triton"), *conv_inputs(case, "channels_last"))
+    check_bias_relu(kernels("triton"), *conv_inputs(case))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", CONV_CASES[:4])
+def test_conv_transpose_bias_relu(case, layout, dtype):
+    check_bias_relu(kernels("triton"), *conv_inputs(case, layout, dtype))
+
+
+def check_bias_relu(ops, x, weight, stride, padding, output_padding):
+    bias = randn((weight.shape[1],), dtype=x.dtype, device=x.device)
+    y = ops.conv_transpose_bias_relu(x, weight, bias, stride, padding, output_padding)
+    z_ref, _, _ = reference_conv(x, weight, stride, padding, output_padding, bias)
+    assert_close(y, z_ref.relu().to(expected_in(x.dtype)), x.dtype)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_stats_accurate_with_large_offset(stride):
+    """z offset by 1e4 with a spread of ~1 (every output pixel gets exactly one tap per input
+    channel, and input channel 0 is a constant 1 whose weights are 1e4): the variance is as close
+    to the float64 one of z as eager float32's is; E[z^2] - E[z]^2 in float32 would be off by ~1."""
+    x = randn((3, 4, 5, 3))
+    x[:, 0] = 1.0
+    weight = randn((4, 6, stride, stride))
+    weight[0] = 1e4
+    z, mean, var = kernels("triton").conv_transpose_stats(x, weight, (stride, stride), (0, 0), (0, 0))
+    var64, mean64 = torch.var_mean(z.double(), dim=(0, 2, 3), unbiased=False)
+    var_eager, _ = torch.var_mean(z, dim=(0, 2, 3), unbiased=False)
+    eager_error = (var_eager.double() - var64).abs()
+    assert ((var.double() - var64).abs() <= 4 * eager_error + 1e-5 * var64).all(), (var, var64)
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-6, atol=0)
+    assert (mean64 - 1e4).abs().max() < 20 and var64.min() > 0.01  # the case is what it claims
+
+
+def bn_inputs(shape, layout, dtype, affine, device="cpu"):
+    z = randn(shape, layout, dtype, device)
+    c = shape[1]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    var, mean = torch.var_mean(z.to(acc), dim=(0, 2, 3), unbiased=False)
+    invstd = torch.rsqrt(var + 1e-5)
+    gamma = randn((c,), dtype=acc, device=device) if affine else None
+    beta = randn((c,), dtype=acc, device=device) if affine else None
+    return z, mean, invstd, gamma, beta
+
+
+def eager_bn_relu(z, gamma, beta, eps=1e-5):
+    """relu(batch_norm(z)) with the batch statistics of z, differentiable in z, gamma and beta."""
+    var, mean = torch.var_mean(z, dim=(0, 2, 3), unbiased=False, keepdim=True)
+    xhat = (z - mean) * torch.rsqrt(var + eps)
+    if gamma is not None:
+        xhat = xhat * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1)
+    return xhat.relu()
+
+
+BN_SHAPES = [(2, 5, 3, 7), (3, 9, 4, 4), (1, 3, 1, 1 + 8)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_bn_relu(shape, layout, dtype):
+    check_bn_relu(kernels("triton"), shape, layout, dtype)
+
+
+def check_bn_relu(ops, shape, layout, dtype, device="cpu"):
+    z, mean, invstd, gamma, beta = bn_inputs(shape, layout, dtype, True, device)
+    scale, shift = invstd * gamma, beta
+    want = ((z.to(mean.dtype) - mean.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).relu()
+    y = ops.bn_relu(z, mean, scale, shift)
+    assert y.is_contiguous(memory_format=MEMORY_FORMATS[layout])
+    assert_close(y, want.to(expected_in(dtype)), dtype)
+    z_before = z.clone()
+    assert ops.bn_relu_(z, mean, scale, shift) is None
+    torch.testing.assert_close(z, y, rtol=0, atol=0)
+    assert not torch.equal(z, z_before)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", BN_SHAPES + [(5, 4, 3, 5)])
+def test_bn_relu_backward(shape, layout, dtype, affine):
+    check_bn_relu_backward(kernels("triton"), shape, layout, dtype, affine)
+
+
+def check_bn_relu_backward(ops, shape, layout, dtype, affine, device="cpu"):
+    z, mean, invstd, gamma, beta = bn_inputs(shape, layout, dtype, affine, device)
+    grad_y = randn(shape, layout, dtype, device)
+    grad_z, grad_gamma, grad_beta = ops.bn_relu_backward(grad_y, z, mean, invstd, gamma, beta)
+    assert grad_z.is_contiguous(memory_format=MEMORY_FORMATS[layout])
+
+    acc = mean.dtype
+    leaves = [z.detach().to(acc).requires_grad_()]
+    if affine:
+        leaves += [gamma.detach().requires_grad_(), beta.detach().requires_grad_()]
+    y = eager_bn_relu(leaves[0], *(leaves[1:] if affine else (None, None)))
+    want = torch.autograd.grad(y, leaves, grad_y.to(acc))
+    assert_close(grad_z, want[0].to(expected_in(dtype)), dtype)
+    if affine:
+        torch.testing.assert_close(grad_gamma, want[1], **TOLERANCES[acc])
+        torch.testing.assert_close(grad_beta, want[2], **TOLERANCES[acc])
+    else:  # the sums are still returned: grad_gamma = sum(gm * xhat), grad_beta = sum(gm)
+        xhat = (z.to(acc) - mean.view(1, -1, 1, 1)) * invstd.view(1, -1, 1, 1)
+        gm = grad_y.to(acc) * (xhat > 0)
+        torch.testing.assert_close(grad_beta, gm.sum((0, 2, 3)), **TOLERANCES[acc])
+        torch.testing.assert_close(grad_gamma, (gm * xhat).sum((0, 2, 3)), **TOLERANCES[acc])
+
+
+def test_backward_sums_span_several_chunks():
+    """Channels-last pass 1 sums chunks of rows: enough rows for several chunks and a partial one."""
+    check_bn_relu_backward(kernels("triton"), (3, 3, 5, 7), "channels_last", torch.float64, True)
+
+
+def test_bad_inputs():
+    ops = kernels("triton")
+    x, weight, stride, padding, output_padding = conv_inputs(CONV_CASES[0])
+    with pytest.raises(ValueError, match="weight"):
+        ops.conv_transpose_stats(x, weight[:, :, :, :2].transpose(0, 1), stride, padding, output_padding)
+    with pytest.raises(ValueError, match="weight"):
+        ops.conv_transpose_stats(x, weight.double(), stride, padding, output_padding)
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        ops.conv_transpose_stats(x[0], weight, stride, padding, output_padding)
+    with pytest.raises(ValueError, match="output_padding"):
+        ops.conv_transpose_stats(x, weight, stride, padding, (2, 2))
+    with pytest.raises(ValueError, match="bias"):
+        ops.conv_transpose_bias_relu(x, weight, torch.zeros(3), stride, padding, output_padding)
+    z, mean, invstd, gamma, beta = bn_inputs((2, 5, 3, 4), "contiguous", torch.float32, True)
+    with pytest.raises(ValueError, match="mean"):
+        ops.bn_relu(z, mean.double(), invstd, beta)
+    with pytest.raises(ValueError, match="z must be contiguous"):
+        ops.bn_relu(z[..., ::2], mean, invstd, beta)
+    with pytest.raises(ValueError, match="grad_y"):
+        ops.bn_relu_backward(z.contiguous(memory_format=torch.channels_last), z, mean, invstd, gamma, beta)
+    with pytest.raises(ValueError, match="gamma"):
+        ops.bn_relu_backward(z, z, mean, invstd, gamma[:3], beta)
+
+
+KERNEL_OPS = ["conv_transpose_stats", "bn_relu", "bn_relu_", "bn_relu_backward", "conv_transpose_bias_relu"]
+
+
+def test_cuda_extension_registers_the_kernels():
+    """Built and linked (no GPU needed): every op has its CUDA kernel."""
+    if _extensions.load("_C_cuda") is None:
+        if os.environ.get("FASTGAN_REQUIRE_CUDA_EXT") != "1":
+            pytest.skip(f"CUDA extension not built: {_extensions.load_error('_C_cuda')}")
+        pytest.fail(_extensions.load_error("_C_cuda"))
+    for op in KERNEL_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan_cuda::{op}", "CUDA"), op
+
+
+# ---------------------------------------------------------------------------
+# On a CUDA device: the cuda and triton kernels, in the GPU dtypes.
+
+GPU_CONV_CASES = CONV_CASES + [
+    (16, 100, 1, 1, 512, 4, 1, 0, 0),   # DCGAN first block
+    (16, 512, 4, 4, 256, 4, 2, 1, 0),   # DCGAN blocks
+    (8, 128, 16, 16, 64, 4, 2, 1, 0),
+    (4, 37, 9, 7, 19, 3, 2, 1, 1),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_conv_transpose_stats_gpu(impl, layout, dtype, exact_fp32):
+    for case in GPU_CONV_CASES:
+        check_stats(kernels(impl), *conv_inputs(case, layout, dtype, "cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_conv_transpose_bias_relu_gpu(impl, dtype, exact_fp32):
+    for case in GPU_CONV_CASES:
+        for layout in LAYOUTS:
+            check_bias_relu(kernels(impl), *conv_inputs(case, layout, dtype, "cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_stats_accurate_with_large_offset_gpu(impl, exact_fp32):
+    x = randn((64, 8, 8, 8), device="cuda")
+    x[:, 0] = 1.0
+    weight = randn((8, 64, 2, 2), device="cuda")
+    weight[0] = 1e4
+    z, mean, var = kernels(impl).conv_transpose_stats(x, weight, (2, 2), (0, 0), (0, 0))
+    var64, _ = torch.var_mean(z.double(), dim=(0, 2, 3), unbiased=False)
+    var_eager, _ = torch.var_mean(z, dim=(0, 2, 3), unbiased=False)
+    assert ((var.double() - var64).abs() <= 4 * (var_eager.double() - var64).abs() + 1e-5 * var64).all()
+
+
+GPU_BN_SHAPES = BN_SHAPES + [(64, 256, 8, 8), (33, 64, 32, 32), (7, 3, 13, 11)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES + [torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_bn_relu_gpu(impl, layout, dtype):
+    for shape in GPU_BN_SHAPES:
+        check_bn_relu(kernels(impl), shape, layout, dtype, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", GPU_DTYPES + [torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_bn_relu_backward_gpu(impl, layout, dtype, affine):
+    for shape in GPU_BN_SHAPES:
+        check_bn_relu_backward(kernels(impl), shape, layout, dtype, affine, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_deterministic_gpu(impl):
+    """Fixed-order reductions: the same inputs give bitwise the same statistics and gradients."""
+    ops = kernels(impl)
+    x, weight, stride, padding, output_padding = conv_inputs(GPU_CONV_CASES[-2], "channels_last", device="cuda")
+    first = ops.conv_transpose_stats(x, weight, stride, padding, output_padding)
+    second = ops.conv_transpose_stats(x, weight, stride, padding, output_padding)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    z, mean, invstd, gamma, beta = bn_inputs((33, 64, 32, 32), "channels_last", torch.float32, True, "cuda")
+    g = randn(z.shape, "channels_last", device="cuda")
+    for a, b in zip(ops.bn_relu_backward(g, z, mean, invstd, gamma, beta),
+                    ops.bn_relu_backward(g, z, mean, invstd, gamma, beta)):
+        assert torch.equal(a, b)
