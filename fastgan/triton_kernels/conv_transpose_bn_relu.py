@@ -35,9 +35,12 @@ from ._common import INTERPRET, KernelSpec, autotune, check_like, compute_dtype,
 # Configurations. Every GEMM tile must fit each dtype (float64 too) in registers and shared memory.
 # Tensor-core tiles (tl.dot) for float16, bfloat16, float64 (IEEE products) and TF32; exact float32
 # (TF32 off) runs tl.dot's IEEE float32 path on the CUDA cores, whose register use wants smaller tiles.
+# Larger tiles (128 x 64, 64 x 128) spill in float64 without 16-byte alignment (tests/test_triton_aot.py).
 
 MMA_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=2),
 ]
 FMA_CONFIGS = [
     triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=2),
