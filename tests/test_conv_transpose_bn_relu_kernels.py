@@ -257,6 +257,22 @@ def test_conv_transpose_stats_gpu(impl, layout, dtype, exact_fp32):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_conv_transpose_stats_tf32_gpu(impl):
+    """PyTorch's default (TF32 convolutions allowed): z within TF32's error, and the statistics
+    exactly those of the stored z."""
+    assert torch.backends.cudnn.allow_tf32
+    for case in GPU_CONV_CASES:
+        x, weight, *sizes = conv_inputs(case, "channels_last", device="cuda")
+        z, mean, var = kernels(impl).conv_transpose_stats(x, weight, *sizes)
+        z_ref, _, _ = reference_conv(x, weight, *sizes)
+        torch.testing.assert_close(z.double(), z_ref, **TOLERANCES[torch.bfloat16])
+        var_z, mean_z = torch.var_mean(z.double(), dim=(0, 2, 3), unbiased=False)
+        torch.testing.assert_close(mean.double(), mean_z, **TOLERANCES[torch.float32])
+        torch.testing.assert_close(var.double(), var_z, **TOLERANCES[torch.float32])
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize("impl", GPU_BACKENDS)
 def test_conv_transpose_bias_relu_gpu(impl, dtype, exact_fp32):

@@ -35,13 +35,15 @@ from ._common import INTERPRET, KernelSpec, autotune, check_like, compute_dtype,
 # Configurations. Every GEMM tile must fit each dtype (float64 too) in registers and shared memory.
 # Tensor-core tiles (tl.dot) for float16, bfloat16, float64 (IEEE products) and TF32; exact float32
 # (TF32 off) runs tl.dot's IEEE float32 path on the CUDA cores, whose register use wants smaller tiles.
+# Larger tiles (128 x 64, 64 x 128) spill in float64 without 16-byte alignment (tests/test_triton_aot.py).
 
 MMA_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=2),
 ]
 FMA_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=2),
 ]
 _CONV_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 8, "BLOCK_K": 4})
 # The most tiles a conv launch can have per phase: partial statistics are allocated for it.
@@ -109,8 +111,7 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
     pw = (rw + pad_w) % stride_w
     dw = (rw + pad_w) // stride_w
 
-    # Pixels in (qh, qw, n) order: with N >= BLOCK_M a tile shares one position, so a tap lands
-    # on all of its rows or on none (skipped: 15 of the 16 taps of a 4x4 kernel on a 1x1 input).
+    # Pixels in (qh, qw, n) order: a tile spans few positions, so x rows are gathered from few taps.
     m = (t % m_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
     n_img = m % N
     qw = (m // N) % Wq
@@ -123,28 +124,28 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
     ck = tl.arange(0, BLOCK_K)
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=acc_t)
-    for jh in range(0, tl.cdiv(kH - ph, stride_h)):
+    # One flat loop over (tap, channel block), which Triton pipelines as a whole.
+    taps_w = tl.maximum(tl.cdiv(kW - pw, stride_w), 0)
+    c_blocks = tl.cdiv(C_in, BLOCK_K)
+    for it in range(0, tl.maximum(tl.cdiv(kH - ph, stride_h), 0) * taps_w * c_blocks):
+        tap = it // c_blocks
+        jh = tap // taps_w
+        jw = tap % taps_w
         ih = qh + dh - jh
-        kh = ph + stride_h * jh
-        for jw in range(0, tl.cdiv(kW - pw, stride_w)):
-            iw = qw + dw - jw
-            kw = pw + stride_w * jw
-            ok = row_ok & (ih >= 0) & (ih < H_in) & (iw >= 0) & (iw < W_in)
-            # Rows whose tap falls outside x read nothing (offset 0, masked). int32 offsets: the
-            # host checks that x and the weight have fewer than 2**31 elements.
-            x_row = tl.where(ok, ((n_img * H_in + ih) * W_in + iw) * C_in, 0)
-            w_tap = w_ptr + (kh * kW + kw) * C_in * C_out
-            tap_lands = tl.max(ok.to(tl.int32), axis=0) > 0
-            for c0 in range(0, tl.where(tap_lands, C_in, 0), BLOCK_K):
-                ci = c0 + ck
-                ci_ok = ci < C_in
-                a = tl.load(x_ptr + x_row[:, None] + ci[None, :], mask=ok[:, None] & ci_ok[None, :], other=0.0)
-                b = tl.load(w_tap + ci[:, None] * C_out + co[None, :], mask=ci_ok[:, None] & co_ok[None, :],
-                            other=0.0)
-                if FP32_MMA:
-                    acc = tl.dot(a, b, acc, input_precision="tf32", out_dtype=acc_t)
-                else:  # exact float32 products (on the CUDA cores); other dtypes are unaffected
-                    acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc_t)
+        iw = qw + dw - jw
+        ok = row_ok & (ih >= 0) & (ih < H_in) & (iw >= 0) & (iw < W_in)
+        # Rows whose tap falls outside x read nothing (offset 0, masked). int32 offsets: the
+        # host checks that x and the weight have fewer than 2**31 elements.
+        x_row = tl.where(ok, ((n_img * H_in + ih) * W_in + iw) * C_in, 0)
+        ci = (it % c_blocks) * BLOCK_K + ck
+        ci_ok = ci < C_in
+        w_row = ((ph + stride_h * jh) * kW + pw + stride_w * jw) * C_in + ci
+        a = tl.load(x_ptr + x_row[:, None] + ci[None, :], mask=ok[:, None] & ci_ok[None, :], other=0.0)
+        b = tl.load(w_ptr + w_row[:, None] * C_out + co[None, :], mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
+        if FP32_MMA:
+            acc = tl.dot(a, b, acc, input_precision="tf32", out_dtype=acc_t)
+        else:  # exact float32 products (on the CUDA cores); other dtypes are unaffected
+            acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc_t)
 
     out_row = ((n_img.to(tl.int64) * H_out + oh) * W_out + ow) * C_out
     out_offs = out_row[:, None] + co[None, :]
