@@ -1,0 +1,5 @@
+"""Reference GAN models built from fastgan's fused modules (SPEC 7)."""
+
+from .dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_init, dcgan_optimizers, dcgan_step
+
+__all__ = ["DCGANGenerator", "DCGANDiscriminator", "dcgan_init", "dcgan_optimizers", "dcgan_step"]
