@@ -8,6 +8,9 @@ Every provider builds the same model from the same seed and takes the same real 
 - the fastgan backends ("cpu", "cuda", "triton"): the fused model on that backend.
 A step is what a training loop does per batch: forward and backward of D and G and both Adam
 steps (plus the gradient penalty for ProGAN). Steps are timed interleaved, as the op cases are.
+DCGAN: 64x64, full width (ngf = ndf = 64), batch 64 and 128, and batch 128 with minibatch
+discrimination (B = 100, C = 5) in D. ProGAN: 64x64 with feature maps capped at 128 (512 in the
+paper: a step would take ~10 s on two CPU cores), batch 32, the 64x64 level fading in.
 
     python benchmarks/run.py --e2e [--quick] [--backends eager,compile,cpu]
 """
