@@ -20,7 +20,9 @@ from typing import Callable
 
 import torch
 
-from fastgan.models import DCGANDiscriminator, DCGANGenerator, dcgan_optimizers, dcgan_step
+import fastgan
+from fastgan.models import (DCGANDiscriminator, DCGANGenerator, ProGANDiscriminator, ProGANGenerator,
+                            dcgan_optimizers, dcgan_step, progan_optimizers, progan_step)
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,32 @@ def _dcgan(batch, minibatch_features=0):
     return make
 
 
+def _progan(batch, resolution=64, fmap_max=128, alpha=0.5):
+    """The last level fading in (alpha 0.5), so every fade-in path runs, with the gradient penalty."""
+    def make(impl, device, compile_=False):
+        torch.manual_seed(0)
+        impl = impl or "reference"
+        kw = dict(fmap_base=fmap_max * 32, fmap_max=fmap_max, impl=impl)
+        gen = ProGANGenerator(resolution, 128, 3, **kw).to(device)
+        disc = ProGANDiscriminator(resolution, 3, **kw).to(device)
+        if compile_:
+            _compiled(gen)
+            _compiled(disc)
+        opt_g, opt_d = progan_optimizers(gen, disc)
+        level = gen.levels - 1
+        real = fastgan.ops.blend_reals(torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1,
+                                       alpha, impl=impl)
+        z = torch.randn(batch, 128, device=device)
+        mix = torch.rand(batch, 1, 1, 1, device=device)
+        return lambda: progan_step(gen, disc, opt_g, opt_d, real, level, alpha, z, mix)
+    return make
+
+
 STEPS = [
     Step("dcgan", 64, _dcgan(64)),
     Step("dcgan", 128, _dcgan(128)),
     Step("dcgan+minibatch", 128, _dcgan(128, minibatch_features=100)),
+    Step("progan+gp 64x64", 32, _progan(32)),
 ]
 QUICK_STEPS = [STEPS[0]]
 
