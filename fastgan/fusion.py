@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from . import ops
+from .nn import ConvTransposeBNReLU2d
 
 
 @dataclass(frozen=True)
@@ -21,44 +21,32 @@ class Replacement:
     modules: tuple  # the children's names, e.g. ("0", "1", "2")
 
 
-def _why_not_fusable(conv, bn, act):
-    """None if (conv, bn, act) can run as one conv_transpose_bn_relu, else the reason."""
+def _fused_block(children, impl):
+    """The fused module over children (conv, bn, act) if they form a run it can run, else None."""
+    conv, bn, act = children
     if not (type(conv) is nn.ConvTranspose2d and type(bn) is nn.BatchNorm2d and type(act) is nn.ReLU):
-        return "not ConvTranspose2d -> BatchNorm2d -> ReLU"
-    if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
-        return "groups, dilation or padding_mode other than the defaults"
-    if bn.num_features != conv.out_channels:
-        return "BatchNorm2d num_features differs from the conv's out_channels"
-    return None
-
-
-def conv_transpose_bn_relu_modules(conv, bn, x, impl=None):
-    """relu(bn(conv(x))) in one fused call, with the bookkeeping of nn.BatchNorm2d.forward:
-    num_batches_tracked, momentum=None as a cumulative average, and batch statistics in eval
-    when the module tracks no running statistics."""
-    training = bn.training or (bn.running_mean is None and bn.running_var is None)
-    tracking = bn.training and bn.track_running_stats
-    return ops.conv_transpose_bn_relu(
-        x, conv.weight, conv.bias, bn.weight, bn.bias,
-        bn.running_mean if tracking or not bn.training else None,
-        bn.running_var if tracking or not bn.training else None,
-        training, bn.momentum, bn.eps, conv.stride, conv.padding, conv.output_padding,
-        num_batches_tracked=bn.num_batches_tracked if tracking else None, impl=impl)
+        return None
+    try:
+        return ConvTransposeBNReLU2d.from_modules(conv, bn, impl=impl)
+    except ValueError:  # groups, dilation, padding_mode or channel counts it does not support
+        return None
 
 
 class FusedSequential(nn.Sequential):
     """An nn.Sequential whose ConvTranspose2d -> BatchNorm2d -> ReLU runs are fused.
 
     Made by `fuse`, by changing the class of an existing nn.Sequential: the children stay where
-    they were. `_fastgan_runs` holds the first index of each run, `_fastgan_impl` the backend.
+    they were. `_fastgan_blocks` maps the first index of each run to a ConvTransposeBNReLU2d over
+    the run's own conv and bn modules, kept in a plain dict so that it is not registered twice.
     """
 
     def forward(self, x):
         children = list(self._modules.values())
         i = 0
         while i < len(children):
-            if i in self._fastgan_runs:
-                x = conv_transpose_bn_relu_modules(children[i], children[i + 1], x, self._fastgan_impl)
+            block = self._fastgan_blocks.get(i)
+            if block is not None:
+                x = block(x)
                 i += 3
             else:
                 x = children[i](x)
@@ -66,16 +54,17 @@ class FusedSequential(nn.Sequential):
         return x
 
 
-def _runs(seq):
-    """First indices of the fusable runs of `seq`, left to right, not overlapping."""
-    children, runs, i = list(seq._modules.values()), [], 0
+def _fuse_sequential(seq, impl):
+    """{first index: fused block} of the runs of `seq`, left to right, not overlapping."""
+    children, blocks, i = list(seq._modules.values()), {}, 0
     while i + 2 < len(children):
-        if _why_not_fusable(*children[i:i + 3]) is None:
-            runs.append(i)
+        block = _fused_block(children[i:i + 3], impl)
+        if block is not None:
+            blocks[i] = block
             i += 3
         else:
             i += 1
-    return runs
+    return blocks
 
 
 def fuse(model, impl=None):
@@ -88,15 +77,14 @@ def fuse(model, impl=None):
     for path, module in model.named_modules():
         if type(module) not in (nn.Sequential, FusedSequential):
             continue
-        runs = _runs(module)
-        if not runs:
+        blocks = _fuse_sequential(module, impl)
+        if not blocks:
             continue
         module.__class__ = FusedSequential
-        module._fastgan_runs = frozenset(runs)
-        module._fastgan_impl = impl
+        module._fastgan_blocks = blocks
         names = list(module._modules)
         done += [Replacement(path, i, "ConvTranspose2d -> BatchNorm2d -> ReLU", tuple(names[i:i + 3]))
-                 for i in runs]
+                 for i in blocks]
     return done
 
 
@@ -105,7 +93,7 @@ def unfuse(model):
     for module in model.modules():
         if type(module) is FusedSequential:
             module.__class__ = nn.Sequential
-            del module._fastgan_runs, module._fastgan_impl
+            del module._fastgan_blocks
     return model
 
 
@@ -120,5 +108,4 @@ def format_report(replacements):
     return "\n".join(lines)
 
 
-__all__ = ["fuse", "unfuse", "format_report", "FusedSequential", "Replacement",
-           "conv_transpose_bn_relu_modules"]
+__all__ = ["fuse", "unfuse", "format_report", "FusedSequential", "Replacement"]
