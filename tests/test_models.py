@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from fastgan.models import DCGANDiscriminator, DCGANGenerator, dcgan_optimizers, dcgan_step
+from fastgan.models import (DCGANDiscriminator, DCGANGenerator, ProGANDiscriminator, ProGANGenerator,
+                            dcgan_optimizers, dcgan_step, gradient_penalty, progan_optimizers, progan_step)
 
 
 def small_dcgan(fused, minibatch_features=0):
@@ -60,3 +61,48 @@ def test_generator_eval_folds_and_matches():
     eager_g.eval()
     z = torch.randn(3, 8, 1, 1)
     torch.testing.assert_close(fast_g(z), eager_g(z), rtol=1e-5, atol=1e-5)
+
+
+def small_progan(impl):
+    torch.manual_seed(0)
+    kw = dict(fmap_base=64, fmap_max=8, impl=impl)
+    return ProGANGenerator(16, 8, 3, **kw), ProGANDiscriminator(16, 3, **kw)
+
+
+@pytest.mark.parametrize("level,alpha", [(0, 1.0), (1, 0.3), (2, 0.6), (2, 1.0)])
+def test_progan_shapes_and_levels(level, alpha):
+    gen, disc = small_progan("cpu")
+    img = gen(torch.randn(4, 8), level, alpha)
+    assert img.shape == (4, 3, 4 * 2 ** level, 4 * 2 ** level)
+    assert disc(img, level, alpha).shape == (4,)
+
+
+def test_progan_gradient_penalty_matches_eager():
+    gen_f, disc_f = small_progan("cpu")
+    gen_e, disc_e = small_progan("reference")
+    disc_e.load_state_dict(disc_f.state_dict())
+    real, fake = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    mix = torch.rand(4, 1, 1, 1)
+    got = gradient_penalty(disc_f, real, fake, 2, 0.4, mix)
+    want = gradient_penalty(disc_e, real, fake, 2, 0.4, mix)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    got_grads = torch.autograd.grad(got, list(disc_f.parameters()))
+    want_grads = torch.autograd.grad(want, list(disc_e.parameters()))
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_progan_training_steps_match_eager():
+    fast, eager = small_progan("cpu"), small_progan("reference")
+    for f, e in zip(fast, eager):
+        e.load_state_dict(f.state_dict())
+    opts_fast, opts_eager = progan_optimizers(*fast), progan_optimizers(*eager)
+    for step in range(3):
+        real = torch.randn(4, 3, 8, 8)
+        z, mix = torch.randn(4, 8), torch.rand(4, 1, 1, 1)
+        got = progan_step(*fast, *opts_fast, real, 1, 0.5, z, mix)
+        want = progan_step(*eager, *opts_eager, real, 1, 0.5, z, mix)
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-5)
+    for f, e in zip(fast, eager):
+        for (name, a), b in zip(f.state_dict().items(), e.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
