@@ -39,13 +39,16 @@ def _pairwise_flops(m, *_):
     return n * n * b * (3 * c + 2)
 
 
-# fastgan op name -> (kernel launches on the cuda backend, tensor-core FLOPs(args), other FLOPs(args)).
+# fastgan custom op -> (kernel launches on the cuda backend, tensor-core FLOPs(args), other FLOPs(args)).
 # Ops not listed: one launch, no FLOPs worth counting (elementwise and reductions).
 KERNELS = {
-    "conv_transpose_stats": (2, _conv_transpose_flops, None),  # GEMM + statistics
-    "conv_transpose_bias_relu": (2, _conv_transpose_flops, None),  # GEMM + bias/ReLU
+    # GEMM (cuDNN), single-pass statistics, normalize + ReLU
+    "conv_transpose_bn_relu_train": (3, _conv_transpose_flops, None),
+    "conv_transpose_bn_relu_train_inplace": (3, _conv_transpose_flops, None),
+    "conv_transpose_bias_relu": (2, _conv_transpose_flops, None),  # GEMM with bias, then ReLU
+    "bn_relu_backward": (2, None, None),  # both reductions in one pass, then grad_z
     "minibatch_discrimination": (1, None, _pairwise_flops),
-    "minibatch_discrimination_backward": (1, None, lambda g, m, *a: 2 * _pairwise_flops(m)),
+    "minibatch_discrimination_backward": (1, None, lambda grad, m, *_: 2 * _pairwise_flops(m)),
 }
 
 
