@@ -523,7 +523,8 @@ def plot_speedup(rows, path):
         ax.set_xticklabels([f"{s}\n{m}" for s, m in groups], fontsize=7)
         ax.set_ylabel("speed-up vs eager (x)")
         ax.set_title(op)
-        ax.legend(fontsize=8)
+        if providers:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -2,6 +2,8 @@
 
     python benchmarks/run.py [--quick] [--ops fade_in,pixel_norm] [--backends cpu,compile]
                              [--device cpu|cuda] [--dtype float32] [--out DIR]
+    python benchmarks/run.py --e2e [--quick] ...   # whole training steps (e2e.py)
+    python benchmarks/run.py --model [--quick] ... # GPU traffic model, no timing (traffic.py)
 
 Prints a table and writes results.json, results.md and speedup.png to --out. See README.md.
 """
@@ -17,7 +19,9 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]  # harness and cases; the checkout'
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import e2e  # noqa: E402
 import harness  # noqa: E402
+import traffic  # noqa: E402
 from cases import CASES  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -43,6 +47,9 @@ def parse_args(argv=None):
                    default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")
     p.add_argument("--out", type=Path, default=HERE / "results", help="output folder (default: %(default)s)")
+    p.add_argument("--e2e", action="store_true", help="time whole training steps instead of the ops")
+    p.add_argument("--model", action="store_true",
+                   help="print the GPU traffic model of the ops (bytes, launches, H100 floor) and exit")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
@@ -58,7 +65,16 @@ def main(argv=None):
     missing = harness.unavailable(device, wanted, forced=args.backends or ())
     providers = [p for p in wanted if p not in missing]
     cases = [c for c in CASES if not args.ops or c.name in args.ops]
-    work = [(c, s) for c in cases for s in (c.quick_shapes if args.quick else c.shapes)]
+    if args.model:
+        print(f"GPU traffic model ({args.dtype}; H100: {traffic.H100_BYTES_PER_S / 1e12:.2f} TB/s, "
+              f"{traffic.H100_TENSOR_FLOPS / 1e12:.0f} TFLOP/s; launch {traffic.LAUNCH_US} us):\n")
+        print(traffic.format_model(traffic.model_rows(cases, args.quick, dtype)))
+        return 0
+    if args.e2e:
+        steps = e2e.QUICK_STEPS if args.quick else e2e.STEPS
+        work = [(step, None) for step in steps]
+    else:
+        work = [(c, s) for c in cases for s in (c.quick_shapes if args.quick else c.shapes)]
 
     info = harness.machine_info(device, dtype, args.quick)  # before the run: the load is others'
     torch.manual_seed(0)
@@ -66,10 +82,13 @@ def main(argv=None):
     rows = []
     bar = tqdm(work, desc="benchmarks", unit="case", dynamic_ncols=True)
     for case, shape in bar:
-        label = f"{case.name} {harness.shape_label(shape)}"
+        label = f"{case.name} {harness.shape_label(shape) if shape else case.batch}"
         bar.set_postfix_str(label)
-        rows += harness.bench_case(case, shape, device, dtype, providers, settings, timer,
-                                   status=lambda s: bar.set_postfix_str(f"{label} {s}"))
+        status = lambda s: bar.set_postfix_str(f"{label} {s}")  # noqa: E731
+        if args.e2e:
+            rows += e2e.bench_step(case, device, providers, settings, timer, status=status)
+        else:
+            rows += harness.bench_case(case, shape, device, dtype, providers, settings, timer, status=status)
     bar.close()
 
     print(f"\nfastgan benchmarks on {info['device']}, {info['dtype']}, torch {info['torch']}, "

@@ -1,0 +1,124 @@
+"""Whole training steps: fastgan vs eager PyTorch vs torch.compile, time per step and peak memory.
+
+Every provider builds the same model from the same seed and takes the same real batches:
+- "eager": the plain PyTorch model (nn.Sequential of ConvTranspose2d, BatchNorm2d, ReLU...; the
+  reference implementations of fastgan's modules where the model uses them);
+- "compile": that eager model with its networks wrapped in torch.compile (the optimizer step
+  stays eager);
+- the fastgan backends ("cpu", "cuda", "triton"): the fused model on that backend.
+A step is what a training loop does per batch: forward and backward of D and G and both Adam
+steps (plus the gradient penalty for ProGAN). Steps are timed interleaved, as the op cases are.
+DCGAN: 64x64, full width (ngf = ndf = 64), batch 64 and 128, and batch 128 with minibatch
+discrimination (B = 100, C = 5) in D. ProGAN: 64x64 with feature maps capped at 128 (512 in the
+paper: a step would take ~10 s on two CPU cores), batch 32, the 64x64 level fading in.
+
+    python benchmarks/run.py --e2e [--quick] [--backends eager,compile,cpu]
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+import fastgan
+from fastgan.models import (DCGANDiscriminator, DCGANGenerator, ProGANDiscriminator, ProGANGenerator,
+                            dcgan_optimizers, dcgan_step, progan_optimizers, progan_step)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    batch: int
+    make: Callable  # (impl or None for eager, device) -> a zero-argument function running one step
+
+
+def _compiled(module):
+    """The module's forward wrapped in torch.compile, parameters shared."""
+    module.forward = torch.compile(module.forward)
+    return module
+
+
+def _dcgan(batch, minibatch_features=0):
+    def make(impl, device, compile_=False):
+        torch.manual_seed(0)
+        fused = impl not in (None, "reference")
+        gen = DCGANGenerator(fused=fused, impl=impl).to(device)
+        disc = DCGANDiscriminator(minibatch_features=minibatch_features,
+                                  impl=impl or "reference").to(device)
+        if compile_:
+            _compiled(gen)
+            _compiled(disc)
+        opt_g, opt_d = dcgan_optimizers(gen, disc)
+        real = torch.rand(batch, 3, 64, 64, device=device) * 2 - 1
+        z = torch.randn(batch, 100, 1, 1, device=device)
+        return lambda: dcgan_step(gen, disc, opt_g, opt_d, real, z)
+    return make
+
+
+def _progan(batch, resolution=64, fmap_max=128, alpha=0.5):
+    """The last level fading in (alpha 0.5), so every fade-in path runs, with the gradient penalty."""
+    def make(impl, device, compile_=False):
+        torch.manual_seed(0)
+        impl = impl or "reference"
+        kw = dict(fmap_base=fmap_max * 32, fmap_max=fmap_max, impl=impl)
+        gen = ProGANGenerator(resolution, 128, 3, **kw).to(device)
+        disc = ProGANDiscriminator(resolution, 3, **kw).to(device)
+        if compile_:
+            _compiled(gen)
+            _compiled(disc)
+        opt_g, opt_d = progan_optimizers(gen, disc)
+        level = gen.levels - 1
+        real = fastgan.ops.blend_reals(torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1,
+                                       alpha, impl=impl)
+        z = torch.randn(batch, 128, device=device)
+        mix = torch.rand(batch, 1, 1, 1, device=device)
+        return lambda: progan_step(gen, disc, opt_g, opt_d, real, level, alpha, z, mix)
+    return make
+
+
+STEPS = [
+    Step("dcgan", 64, _dcgan(64)),
+    Step("dcgan", 128, _dcgan(128)),
+    Step("dcgan+minibatch", 128, _dcgan(128, minibatch_features=100)),
+    Step("progan+gp 64x64", 32, _progan(32)),
+]
+QUICK_STEPS = [STEPS[0]]
+
+
+def step_fn(step, provider, device):
+    if provider == "eager":
+        return step.make(None, device)
+    if provider == "compile":
+        return step.make(None, device, compile_=True)
+    return step.make(provider, device)
+
+
+def bench_step(step, device, providers, settings, timer, status=lambda s: None):
+    """Rows (the harness's) of one training step for every provider, timed interleaved."""
+    import harness
+
+    case = type("StepCase", (), {"name": f"{step.name} step"})
+    shape = (step.batch,)
+    fns, rows = {}, []
+    for p in providers:
+        status(f"{p} build")
+        try:
+            fns[p] = step_fn(step, p, device)
+        except Exception as e:  # noqa: BLE001 - a row says why
+            rows.append(harness._row(case, shape, "train step", p, error=harness.reason(e)))
+    jobs = {p: (None, lambda _, fn=fn: fn()) for p, fn in fns.items()}
+    times = timer.interleaved(jobs, settings, status=status)
+    for p, t in times.items():
+        if isinstance(t, Exception):
+            rows.append(harness._row(case, shape, "train step", p, error=harness.reason(t)))
+            continue
+        row = harness._row(case, shape, "train step", p, **harness._timing(t))
+        status(f"{p} memory")
+        row["peak_mb"] = harness.peak_extra_bytes(device, *jobs[p]) / harness.MB
+        rows.append(row)
+    by = {r["provider"]: r for r in rows if not r["error"]}
+    for r in rows:
+        for base, key in (("eager", "x_eager"), ("compile", "x_compile")):
+            if not r["error"] and base in by:
+                r[key] = by[base]["median_ms"] / r["median_ms"]
+    return rows
