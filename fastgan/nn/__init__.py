@@ -1,5 +1,6 @@
 """Drop-in modules built on `fastgan.ops`."""
 
+from .conv_transpose_bn_relu import ConvTransposeBNReLU2d
 from .discriminator import FadeInFromRGB, MinibatchStdDev
 from .equalized import EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear
 from .minibatch_discrimination import MinibatchDiscrimination
@@ -8,6 +9,7 @@ from .progressive import FadeIn, PixelNorm
 __all__ = [
     "FadeIn",
     "PixelNorm",
+    "ConvTransposeBNReLU2d",
     "MinibatchDiscrimination",
     "EqualizedConv2d",
     "EqualizedConvTranspose2d",

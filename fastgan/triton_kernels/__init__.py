@@ -16,6 +16,9 @@ from .bias_act_pixel_norm import KERNEL_SPECS as _BIAS_ACT_PIXEL_NORM_SPECS
 from .bias_act_pixel_norm import bias_act_pixel_norm, bias_act_pixel_norm_backward
 from .blend_reals import KERNEL_SPECS as _BLEND_REALS_SPECS
 from .blend_reals import blend_reals
+from .conv_transpose_bn_relu import KERNEL_SPECS as _CONV_TRANSPOSE_BN_RELU_SPECS
+from .conv_transpose_bn_relu import (bn_relu, bn_relu_, bn_relu_backward, conv_transpose_bias_relu,
+                                     conv_transpose_stats)
 from .fade_in import KERNEL_SPECS as _FADE_IN_SPECS
 from .fade_in import fade_in, fade_in_backward
 from .fade_in_from_rgb import KERNEL_SPECS as _FADE_IN_FROM_RGB_SPECS
@@ -31,6 +34,7 @@ KERNEL_SPECS = [
     *_PIXEL_NORM_SPECS,
     *_FADE_IN_SPECS,
     *_BLEND_REALS_SPECS,
+    *_CONV_TRANSPOSE_BN_RELU_SPECS,
     *_MINIBATCH_DISCRIMINATION_SPECS,
     *_BIAS_ACT_SPECS,
     *_BIAS_ACT_PIXEL_NORM_SPECS,
@@ -46,6 +50,11 @@ __all__ = [
     "blend_reals",
     "KERNEL_SPECS",
     "KernelSpec",
+    "conv_transpose_stats",
+    "bn_relu",
+    "bn_relu_",
+    "bn_relu_backward",
+    "conv_transpose_bias_relu",
     "minibatch_discrimination",
     "minibatch_discrimination_backward",
     "bias_act",
