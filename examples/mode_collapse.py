@@ -7,7 +7,12 @@ generator that puts the whole batch on one mode is easy to spot). Saves both sca
 side and prints how many modes each run covers: a mode is covered when at least 1% of 2,500
 samples land within 3 standard deviations of its centre.
 
-    python examples/mode_collapse.py [--steps 3000] [--out runs/mode_collapse]
+What we measured with the defaults (2,000 steps, batch 64, lr 1e-3, 8 kernels), seeds 0 and 2:
+the plain GAN covered 0 and 0 modes, the one with minibatch discrimination 7 and 6; with batch 32,
+0 against 6. GAN training oscillates, so the counts move with the seed and the step: at 3,000
+steps both covered 4 modes in one run.
+
+    python examples/mode_collapse.py [--steps 2000] [--seed 0] [--out runs/mode_collapse]
 """
 
 import argparse
@@ -81,11 +86,11 @@ def modes_covered(samples, min_share=0.01):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=64)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--latent", type=int, default=16)
-    p.add_argument("--kernels", type=int, default=32, help="minibatch discrimination kernels B (C = 5)")
+    p.add_argument("--kernels", type=int, default=8, help="minibatch discrimination kernels B (C = 5)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--impl", default=None, help="fastgan backend (default: by device)")
     p.add_argument("--seed", type=int, default=0)
