@@ -7,7 +7,18 @@ import torch
 from . import _extensions
 from ._backend import BACKENDS, availability, triton_interpreted
 
-OPS = ("fade_in", "blend_reals", "pixel_norm", "minibatch_discrimination")
+# Public op -> the kernel op whose registration says a backend has it (csrc/schemas.h).
+OPS = {
+    "conv_transpose_bn_relu": "conv_transpose_stats",
+    "minibatch_discrimination": "minibatch_discrimination",
+    "bias_act": "bias_act",
+    "bias_act_pixel_norm": "bias_act_pixel_norm",
+    "pixel_norm": "pixel_norm",
+    "minibatch_stddev": "minibatch_stddev",
+    "fade_in": "fade_in",
+    "fade_in_from_rgb": "fade_in_from_rgb",
+    "blend_reals": "blend_reals",
+}
 
 
 def _triton_version():
@@ -25,7 +36,7 @@ def _extension_line(name, describe):
 
 
 def _op_backends(op):
-    """The backends that implement `op` (a kernel registered or a Triton host function)."""
+    """The backends that implement kernel op `op` (registered, or a Triton host function)."""
     found = ["reference"]
     if _extensions.load("_C") is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan_cpu::{op}", "CPU"):
         found.append("cpu")
@@ -64,7 +75,7 @@ def report():
         f"{d}: " + "/".join(b for b in BACKENDS if availability(b, d) is None) for d in devices))
     lines.append("ops and their backends:")
     width = max(map(len, OPS))
-    lines += [f"  {op:<{width}} {', '.join(_op_backends(op))}" for op in OPS]
+    lines += [f"  {op:<{width}} {', '.join(_op_backends(kernel))}" for op, kernel in OPS.items()]
     return "\n".join(lines)
 
 
