@@ -82,7 +82,7 @@ STEPS = [
     Step("dcgan+minibatch", 128, _dcgan(128, minibatch_features=100)),
     Step("progan+gp 64x64", 32, _progan(32)),
 ]
-QUICK_STEPS = [STEPS[0]]
+QUICK_STEPS = STEPS  # --quick: every step, fewer repeats
 
 
 def step_fn(step, provider, device):
