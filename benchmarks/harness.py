@@ -452,7 +452,8 @@ def format_summary(rows):
     """A Markdown table, one line per op, shape and mode: the median ms of every provider side by
     side, then each fastgan backend's speed-up over eager and torch.compile, and where the cases
     give them, its bandwidth efficiency against the copy, its GFLOP/s and the share of its time
-    outside the yardstick's rate; then the yardsticks' GFLOP/s."""
+    outside the yardstick's rate; then the GFLOP/s of the case's yardstick (one column for all:
+    each op and shape has its own, e.g. a matrix product of its size)."""
     providers = [p for p in PROVIDERS if any(r["provider"] == p for r in rows)]
     backends = [p for p in providers if p in BACKENDS]
     metrics = [("x_eager", "x eager", "{:.2f}"), ("x_compile", "x compile", "{:.2f}"),
@@ -463,7 +464,8 @@ def format_summary(rows):
     head = ["op", "shape", "mode"] + [f"{p} ms" for p in providers]
     head += [f"{b} {label}" for b in backends for _, label, _ in metrics]
     yards = [p for p in dict.fromkeys(r["provider"] for r in rows) if p not in PROVIDERS + (COPY,)]
-    head += [f"{y} GFLOP/s" for y in yards]
+    if yards:
+        head.append("yardstick GFLOP/s")
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(head))) + "|"]
     for key in dict.fromkeys((r["op"], r["shape"], r["mode"]) for r in rows):
         cells = list(key)
@@ -474,9 +476,9 @@ def format_summary(rows):
             r = by.get(key + (b,)) or {}
             for k, _, fmt in metrics:
                 cells.append("-" if r.get(k) is None else fmt.format(r[k]))
-        for y in yards:
-            r = by.get(key + (y,)) or {}
-            cells.append("-" if r.get("gflops") is None else f"{r['gflops']:.0f}")
+        if yards:
+            r = next((by[key + (y,)] for y in yards if key + (y,) in by), {})
+            cells.append("-" if r.get("gflops") is None else f"{r['gflops']:.0f} ({r['provider']})")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
