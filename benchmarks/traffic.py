@@ -112,10 +112,6 @@ class _Recorder(TorchDispatchMode):
         return out
 
 
-def _shapes(tree):
-    return torch.utils._pytree.tree_map(lambda t: t.shape if isinstance(t, torch.Tensor) else t, tree)
-
-
 def record(fn, make_inputs, shape, dtype, mode):
     """The kernels `fn` runs for `mode` ("forward" or "forward+backward") on fake inputs."""
     with FakeTensorMode(allow_non_fake_inputs=True):
