@@ -47,6 +47,8 @@ KERNELS = {
     "conv_transpose_bn_relu_train_inplace": (3, _conv_transpose_flops, None),
     "conv_transpose_bias_relu": (2, _conv_transpose_flops, None),  # GEMM with bias, then ReLU
     "bn_relu_backward": (2, None, None),  # both reductions in one pass, then grad_z
+    # cuDNN's data and weight gradients (each as many FLOPs as the forward), as asked for
+    "conv_transpose_backward": (2, lambda grad, x, w, *a: _conv_transpose_flops(x, w) * (a[3] + a[4]), None),
     "minibatch_discrimination": (1, None, _pairwise_flops),
     "minibatch_discrimination_backward": (1, None, lambda grad, m, *_: 2 * _pairwise_flops(m)),
 }

@@ -51,6 +51,12 @@ inline void define_kernel_schemas(torch::Library& m) {
   m.def("conv_transpose_bias_relu(Tensor x, Tensor weight, Tensor bias, int[2] stride, "
         "int[2] padding, int[2] output_padding) -> Tensor");
 
+  // The convolution's backward from grad, the gradient of z = conv_transpose2d(x, weight)
+  // (bias-free; the caller sums grad for a bias): (grad_x in x's layout, grad_weight contiguous),
+  // a gradient not asked for coming back empty ([0]).
+  m.def("conv_transpose_backward(Tensor grad, Tensor x, Tensor weight, int[2] stride, int[2] padding, "
+        "int[2] output_padding, bool need_x, bool need_weight) -> (Tensor, Tensor)");
+
   // ---- SPEC 2: minibatch discrimination. M is the projection x @ T as a contiguous [N, B, C];
   // distances, exponentials and sums are computed in float32 (float64 for float64 M), tile by
   // tile, never as an [N, N, B] tensor.

@@ -234,6 +234,9 @@ def test_opcheck(impl):
     vectors = [t.detach() for t in (b, gamma, beta)] + [torch.randn(4), torch.rand(4) + 0.5]
     torch.library.opcheck(ops.conv_transpose_bn_relu_eval_unfolded.default,
                           (x.detach(), w.detach(), *vectors, 1e-5, *sizes, impl))
+    for need in ([True, True], [True, False], [False, True]):
+        torch.library.opcheck(ops.conv_transpose_backward.default,
+                              (randn((2, 4, 7, 7), "channels_last"), x.detach(), w.detach(), *sizes, *need, impl))
     stats = (torch.randn(4), torch.rand(4) + 0.5, torch.tensor(2), torch.randn(4), torch.rand(4), torch.randn(4))
     torch.library.opcheck(ops.bn_running_stats_update.default, (*stats, 50, 0.1))
     torch.library.opcheck(ops.bn_running_stats_update.default, (*stats, 50, None))
@@ -426,6 +429,44 @@ def test_cpu_kernels_both_layouts(fmt, shape, dtype):
     assert got_grads[0].is_contiguous(memory_format=fmt)
     for got, want in zip(got_grads, want_grads):
         torch.testing.assert_close(got.to(stats), want, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
+
+
+# (batch, C_in, H = W, C_out, kernel, stride, padding, output_padding): the CPU's GEMM path (at
+# most 16 input pixels; 1x1 with and without padding, cropped taps, odd kernels) and oneDNN's.
+CONV_SHAPES = [(3, 10, 1, 8, 4, 1, 0, 0), (3, 10, 1, 8, 4, 2, 1, 0), (2, 12, 4, 9, 4, 2, 1, 0),
+               (2, 5, 3, 7, 5, 2, 2, 1), (2, 6, 4, 5, 3, 1, 1, 0), (2, 6, 5, 5, 4, 2, 1, 0), (2, 9, 8, 4, 4, 2, 1, 0)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("shape", CONV_SHAPES)
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_conv_transpose_kernels(impl, shape, fmt, dtype):
+    """The forward (through conv_transpose_stats) and conv_transpose_backward against ATen's, in
+    both layouts of x, and each gradient alone."""
+    n, cin, h, cout, k, s, p, op = shape
+    x = randn((n, cin, h, h), dtype=dtype).contiguous(memory_format=fmt)
+    w = randn((cin, cout, k, k), dtype=dtype)
+    kern = kernels(impl)
+    sizes = ([s, s], [p, p], [op, op])
+    z, _, _ = kern.conv_transpose_stats(x, w, *sizes)
+    want_z = F.conv_transpose2d(x, w, None, s, p, op)
+    torch.testing.assert_close(z, want_z, **TOLERANCES[dtype])
+    g = randn(want_z.shape, dtype=dtype).contiguous(memory_format=fmt)
+    want = torch.ops.aten.convolution_backward(g, x, w, None, [s, s], [p, p], [1, 1], True, [op, op], 1,
+                                               [True, True, False])
+    for need in ([True, True], [True, False], [False, True]):
+        got = kern.conv_transpose_backward(g, x, w, *sizes, *need)
+        for wanted, got_one, want_one, name in zip(need, got, want, ("grad_x", "grad_weight")):
+            if not wanted:
+                assert got_one.numel() == 0, name
+                continue
+            assert got_one.shape == want_one.shape and not got_one.isnan().any(), name
+            atol = TOLERANCES[dtype]["atol"] * max(1.0, want_one.abs().max().item())
+            torch.testing.assert_close(got_one, want_one, rtol=TOLERANCES[dtype]["rtol"], atol=atol,
+                                       msg=lambda m: f"{name}: {m}")
+        if need[0] and fmt == torch.channels_last and h > 1:
+            assert got[0].is_contiguous(memory_format=fmt)
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])

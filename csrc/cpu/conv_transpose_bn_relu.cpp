@@ -1,7 +1,7 @@
 // SPEC 1 on CPU: ConvTranspose2d + BatchNorm2d + ReLU, the DCGAN generator block.
 //
-// The GEMM stays oneDNN's (at::conv_transpose2d, near this machine's peak); the win is
-// around it. z comes out channels-last whenever x is channels-last (the Python op hands
+// The convolution is conv_transpose_gemm.cpp's: oneDNN, or MKL GEMMs on small inputs; the win
+// is around it. z comes out channels-last whenever x is channels-last (the Python op hands
 // it so, except for 1x1 inputs), so a pixel's channels are contiguous and the per-channel
 // work vectorizes across channels. Then:
 // - statistics in one pass over z: blocks of ~kBlockElems values, each reduced in two
@@ -11,7 +11,7 @@
 // - backward: both per-channel sums of the BN + ReLU backward in one pass over
 //   (grad_y, z), then one pass writing grad_z; the convolutions' backward (Python) does the rest;
 // - eval: the caller folds the statistics into W and the bias, and oneDNN applies the
-//   ReLU as a post-op on channels-last outputs (no pass of our own at all).
+//   ReLU as a post-op on channels-last outputs (the GEMM path: in its col2im), no pass of its own.
 // NCHW z works too (each plane is one channel). float16/bfloat16 compute in float.
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common.h"
+#include "conv_transpose_gemm.h"
 
 namespace fastgan::cpu {
 namespace {
@@ -329,21 +330,13 @@ at::MemoryFormat check_z(const at::Tensor& z, const char* op) {
   return layout_of(z, "z");
 }
 
-// oneDNN's transposed convolution: z comes out channels-last when x is (unambiguously) so, else
-// NCHW. The weight is taken in whatever dense layout it has: converting it cost more than it saved.
-at::Tensor conv_transpose(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding) {
-  auto z = at::conv_transpose2d(x, weight, bias, stride, padding, output_padding, 1, {1, 1});
-  return z.is_contiguous() || z.is_contiguous(at::MemoryFormat::ChannelsLast) ? z : z.contiguous();
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_stats(const at::Tensor& x, const at::Tensor& weight,
                                                                     at::IntArrayRef stride, at::IntArrayRef padding,
                                                                     at::IntArrayRef output_padding) {
   TORCH_CHECK(weight.dim() == 4 && x.dim() == 4 && weight.size(0) == x.size(1),
               "fastgan_cpu::conv_transpose_stats: weight must be [C_in, C_out, kH, kW] with C_in = x.size(1), got x ",
               x.sizes(), " and weight ", weight.sizes());
-  auto z = conv_transpose(x, weight, c10::nullopt, stride, padding, output_padding);
+  auto z = conv_transpose_forward(x, weight, c10::nullopt, stride, padding, output_padding, false);
   const auto fmt = layout_of(z, "z");
   const int64_t c = z.size(1);
   auto mean = at::empty({c}, z.options().dtype(stats_type(z)));
@@ -442,11 +435,12 @@ at::Tensor conv_transpose_bias_relu(const at::Tensor& x, const at::Tensor& weigh
               bias.sizes(), " ", bias.scalar_type());
   // oneDNN's ReLU post-op only where z is channels-last: in NCHW (1x1 inputs) it ran slower
   // than the plain convolution and a separate in-place ReLU.
-  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+      !conv_transpose_uses_gemm(x, weight, stride, padding, output_padding)) {
     if (auto y = conv_transpose_pointwise_relu(x, weight, bias, stride, padding, output_padding))
       return y->is_contiguous(at::MemoryFormat::ChannelsLast) ? *y : y->contiguous(at::MemoryFormat::ChannelsLast);
   }
-  return conv_transpose(x, weight, bias, stride, padding, output_padding).relu_();
+  return conv_transpose_forward(x, weight, bias, stride, padding, output_padding, true);
 }
 
 }  // namespace

@@ -85,7 +85,7 @@ def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, ru
         return _eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, sizes, impl)
     gamma, beta = (None if t is None else t.to(_stats_dtype(x)) for t in (bn_weight, bn_bias))
     if _needs_grad(x, weight, bias, bn_weight, bn_bias):
-        y, _, mean, var = _train(x, weight, bias, gamma, beta, eps, *sizes, impl)
+        y, _, mean, var, _ = _train(x, weight, bias, gamma, beta, eps, *sizes, impl)
     else:
         y, mean, var = _call(_train_inplace, x, weight, gamma, beta, eps, *sizes, impl)
     if training and running_mean is not None:
@@ -189,13 +189,18 @@ def _layout_of(t):
 
 def _train_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
                   beta: Optional[torch.Tensor], eps: float, stride: list[int], padding: list[int],
-                  output_padding: list[int], impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  output_padding: list[int], impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                 torch.Tensor]:
     k = kernels(impl)
     fmt = _layout_for(x)
-    z, mean, var = k.conv_transpose_stats(as_layout(x, fmt), _dense(weight), stride, padding, output_padding)
+    x_fmt = as_layout(x, fmt)
+    z, mean, var = k.conv_transpose_stats(x_fmt, _dense(weight), stride, padding, output_padding)
     z = as_layout(z, fmt)
     scale, shift = _scale_shift(var, gamma, beta, eps)
-    return as_layout(k.bn_relu(z, mean, scale, shift), fmt), z, mean, var
+    # x as the kernels took it, for the backward: saved instead of x when the layout differs
+    # (no second conversion), empty when it does not (an output may not alias an input).
+    x_saved = x_fmt if x_fmt is not x else x.new_empty((0,))
+    return as_layout(k.bn_relu(z, mean, scale, shift), fmt), z, mean, var, x_saved
 
 
 def _scale_shift(var, gamma, beta, eps):
@@ -209,19 +214,23 @@ def _train_fake(x, weight, bias, gamma, beta, eps, stride, padding, output_paddi
     shape = _out_shape(x, weight, [stride, padding, output_padding])
     stats = x.new_empty((shape[1],), dtype=_stats_dtype(x))
     fmt = _layout_for(x)
-    return empty(shape, x, fmt), empty(shape, x, fmt), stats, torch.empty_like(stats)
+    x_saved = x.new_empty((0,)) if x.is_contiguous(memory_format=fmt) else empty(x.shape, x, fmt)
+    return empty(shape, x, fmt), empty(shape, x, fmt), stats, torch.empty_like(stats), x_saved
 
 
 def _train_setup(ctx, inputs, output):
     x, weight, bias, gamma, beta, ctx.eps, ctx.stride, ctx.padding, ctx.output_padding, ctx.impl = inputs
-    _, z, mean, var = output
-    ctx.mark_non_differentiable(z, mean, var)
+    _, z, mean, var, x_saved = output
+    ctx.mark_non_differentiable(z, mean, var, x_saved)
+    ctx.set_materialize_grads(False)  # else autograd fills a zero gradient for z (a pass over it) and x_saved
     ctx.has_bias, ctx.has_gamma, ctx.has_beta = bias is not None, gamma is not None, beta is not None
-    ctx.save_for_backward(x, weight, gamma, beta, z, mean, var)
+    ctx.save_for_backward(x_saved if x_saved.numel() else x, weight, gamma, beta, z, mean, var)
 
 
 @once_differentiable
 def _train_bwd(ctx, grad_y, *_):
+    if grad_y is None:  # y took no part in what is differentiated
+        return (None,) * 10
     x, weight, gamma, beta, z, mean, var = ctx.saved_tensors
     invstd = torch.rsqrt(var + ctx.eps)
     grad_z, grad_gamma, grad_beta = _call(_bn_relu_backward, grad_y, z, mean, invstd, gamma, beta, ctx.impl)
@@ -247,31 +256,31 @@ def _(grad_y, z, mean, invstd, gamma, beta, impl):
 
 
 def _conv_backward(grad, x, weight, ctx, need_x, need_w, need_b):
-    """Gradients of conv_transpose2d(x, weight, bias) from `grad`, the gradient of its output.
+    """Gradients of conv_transpose2d(x, weight, bias) from `grad`, the gradient of its output:
+    the backend's conv_transpose_backward (cpu: GEMMs on small inputs, else oneDNN's direct
+    convolution; cuda and triton: cuDNN) and the bias gradient, a sum."""
+    grad_x = grad_w = None
+    if need_x or need_w:
+        grad_x, grad_w = _call(_conv_transpose_backward, grad, as_layout(x, _layout_for(x)), weight, ctx.stride,
+                               ctx.padding, ctx.output_padding, need_x, need_w, ctx.impl)
+    return grad_x if need_x else None, grad_w if need_w else None, grad.sum((0, 2, 3)) if need_b else None
 
-    On CPU, for inputs of 8x8 pixels or more, as a direct convolution: grad_x = conv2d(grad,
-    weight) (same stride and padding) and grad_weight the weight gradient of that conv2d (input
-    grad, output gradient x), channels-last: oneDNN runs these much faster than the transposed
-    convolution's own backward (single-threaded, 64x128x16x16 -> 64x64x32x32: 28 + 35 ms against
-    31 + 75 channels-last, or 76 NCHW after a 7 ms conversion of grad). On smaller inputs (the
-    4x4 and 1x1 DCGAN blocks) the NCHW transposed-convolution backward was fastest (101 against
-    133 ms for 64x512x4x4 -> 64x256x8x8), so grad is converted to NCHW for it."""
-    bias_sizes = [weight.shape[1]] if need_b else None
-    if grad.device.type != "cpu" or x.shape[2] * x.shape[3] < 64:
-        fmt = LAYOUT if grad.device.type != "cpu" else torch.contiguous_format
-        return torch.ops.aten.convolution_backward(
-            as_layout(grad, fmt), as_layout(x, fmt), as_layout(weight, fmt), bias_sizes, ctx.stride, ctx.padding,
-            [1, 1], True, ctx.output_padding, 1, [need_x, need_w, need_b])
-    x, weight = as_layout(x, LAYOUT), as_layout(weight, LAYOUT)
-    grad_x = grad_w = grad_b = None
-    if need_x:
-        grad_x = F.conv2d(grad, weight, None, ctx.stride, ctx.padding)
-    if need_w:
-        grad_w = torch.ops.aten.convolution_backward(x, grad, weight, None, ctx.stride, ctx.padding, [1, 1], False,
-                                                     [0, 0], 1, [False, True, False])[1]
-    if need_b:
-        grad_b = grad.sum((0, 2, 3))
-    return grad_x, grad_w, grad_b
+
+@torch.library.custom_op("fastgan::conv_transpose_backward", mutates_args=())
+def _conv_transpose_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: list[int],
+                             padding: list[int], output_padding: list[int], need_x: bool, need_weight: bool,
+                             impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel op (csrc/schemas.h) as a traceable op: (grad_x, grad_weight), [0] where not asked for."""
+    grad_x, grad_w = kernels(impl).conv_transpose_backward(grad, x, _dense(weight), stride, padding, output_padding,
+                                                           need_x, need_weight)
+    return as_layout(grad_x, _layout_of(x)) if need_x else grad_x, grad_w
+
+
+@_conv_transpose_backward.register_fake
+def _(grad, x, weight, stride, padding, output_padding, need_x, need_weight, impl):
+    none = x.new_empty((0,))
+    return (empty(x.shape, x, _layout_of(x)) if need_x else none,
+            weight.new_empty(weight.shape) if need_weight else none)
 
 
 _train = fused_op("conv_transpose_bn_relu_train", _train_kernel, _train_fake, _train_bwd, _train_setup)
@@ -292,7 +301,7 @@ def _train_inplace(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.
 
 @_train_inplace.register_fake
 def _(x, weight, gamma, beta, eps, stride, padding, output_padding, impl):
-    y, _, mean, var = _train_fake(x, weight, None, gamma, beta, eps, stride, padding, output_padding, impl)
+    y, _, mean, var, _ = _train_fake(x, weight, None, gamma, beta, eps, stride, padding, output_padding, impl)
     return y, mean, var
 
 

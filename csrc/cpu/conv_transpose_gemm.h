@@ -1,0 +1,21 @@
+// The transposed convolution of the DCGAN blocks on CPU: oneDNN, or for small inputs one GEMM
+// and a col2im (see conv_transpose_gemm.cpp). Used by conv_transpose_bn_relu.cpp.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace fastgan::cpu {
+
+// Whether conv_transpose_forward runs GEMMs (small inputs) rather than oneDNN.
+bool conv_transpose_uses_gemm(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef output_padding);
+
+// z = conv_transpose2d(x, weight, bias) (relu applied when `relu`); z channels-last when x is
+// channels-last, except the 1x1 input without padding, whose z is NCHW (see the .cpp).
+at::Tensor conv_transpose_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
+                                  bool relu);
+
+}  // namespace fastgan::cpu
