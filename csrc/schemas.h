@@ -35,17 +35,23 @@ inline void define_kernel_schemas(torch::Library& m) {
   // accurately (Welford / Chan merge or two passes; never E[z^2] - E[z]^2 in float32).
   m.def("conv_transpose_stats(Tensor x, Tensor weight, int[2] stride, int[2] padding, "
         "int[2] output_padding) -> (Tensor z, Tensor mean, Tensor var)");
-  // Pass 2: y = relu((z - mean) * scale + shift) per channel, into a new tensor in z's layout.
-  m.def("bn_relu(Tensor z, Tensor mean, Tensor scale, Tensor shift) -> Tensor");
+  // Pass 2: y = act((z - mean) * scale + shift) per channel, into a new tensor in z's layout;
+  // act(u) = u > 0 ? u : negative_slope * u: ReLU for slope 0 (the generator's blocks), LeakyReLU
+  // otherwise (the discriminator's, SPEC 7). NaN propagates.
+  m.def("bn_relu(Tensor z, Tensor mean, Tensor scale, Tensor shift, float negative_slope) -> Tensor");
   // The same in place, z <- y (when nothing needs z for the backward).
-  m.def("bn_relu_(Tensor(a!) z, Tensor mean, Tensor scale, Tensor shift) -> ()");
-  // Backward of y = relu(xhat * gamma + beta), xhat = (z - mean) * invstd, with the batch
-  // statistics: gm = grad_y * (y > 0) (the mask recomputed from z), and in one pass over
-  // (grad_y, z) both sums s1 = sum(gm), s2 = sum(gm * xhat) per channel, then
+  m.def("bn_relu_(Tensor(a!) z, Tensor mean, Tensor scale, Tensor shift, float negative_slope) -> ()");
+  // Backward of y = act(u), u = xhat * gamma + beta, xhat = (z - mean) * invstd, with the batch
+  // statistics: gm = grad_y * (u > 0 ? 1 : negative_slope) (u recomputed from z), and in one pass
+  // over (grad_y, z) both sums s1 = sum(gm), s2 = sum(gm * xhat) per channel, then
   // grad_z = gamma * invstd * (gm - s1 / n - xhat * s2 / n), grad_gamma = s2, grad_beta = s1.
   // gamma/beta undefined = affine=False (gamma 1, beta 0).
   m.def("bn_relu_backward(Tensor grad_y, Tensor z, Tensor mean, Tensor invstd, Tensor? gamma, "
-        "Tensor? beta) -> (Tensor grad_z, Tensor grad_gamma, Tensor grad_beta)");
+        "Tensor? beta, float negative_slope) -> (Tensor grad_z, Tensor grad_gamma, Tensor grad_beta)");
+  // Per-channel mean and biased variance of a 4-D z over (N, H, W), as conv_transpose_stats
+  // computes them (accurately, never E[z^2] - E[z]^2 in float32): the statistics of a
+  // convolution the backend did not run itself (the discriminator's Conv2d, SPEC 7).
+  m.def("batch_stats(Tensor z) -> (Tensor mean, Tensor var)");
   // Eval forward with the statistics folded into the weight and bias by the caller:
   // y = relu(conv_transpose2d(x, weight, bias)).
   m.def("conv_transpose_bias_relu(Tensor x, Tensor weight, Tensor bias, int[2] stride, "
