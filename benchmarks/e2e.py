@@ -43,7 +43,7 @@ def _dcgan(batch, minibatch_features=0):
         torch.manual_seed(0)
         fused = impl not in (None, "reference")
         gen = DCGANGenerator(fused=fused, impl=impl).to(device)
-        disc = DCGANDiscriminator(minibatch_features=minibatch_features,
+        disc = DCGANDiscriminator(minibatch_features=minibatch_features, fused=fused,
                                   impl=impl or "reference").to(device)
         if compile_:
             _compiled(gen)

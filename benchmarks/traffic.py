@@ -33,6 +33,13 @@ def _conv_transpose_flops(x, weight, *_):
     return 2 * x.shape[0] * math.prod(x.shape[1:]) * math.prod(weight.shape[1:])
 
 
+def _conv2d_flops(x, weight, stride, padding):
+    """2 * N * C_out * oH * oW * C_in * kH * kW: every output pixel meets every tap."""
+    oh = (x.shape[2] + 2 * padding[0] - weight.shape[2]) // stride[0] + 1
+    ow = (x.shape[3] + 2 * padding[1] - weight.shape[3]) // stride[1] + 1
+    return 2 * x.shape[0] * oh * ow * math.prod(weight.shape)
+
+
 def _pairwise_flops(m, *_):
     """Per pair (i, j) and kernel b: C subtractions, abs and adds, one exp and one add."""
     n, b, c = m.shape[:3]
@@ -49,6 +56,10 @@ KERNELS = {
     "bn_relu_backward": (2, None, None),  # both reductions in one pass, then grad_z
     # cuDNN's data and weight gradients (each as many FLOPs as the forward), as asked for
     "conv_transpose_backward": (2, lambda grad, x, w, *a: _conv_transpose_flops(x, w) * (a[3] + a[4]), None),
+    "conv2d_bn_leaky_relu_train": (3, lambda x, w, b, g, be, eps, stride, padding, *_:
+                                   _conv2d_flops(x, w, stride, padding), None),
+    # cuDNN's data and weight gradients, each 2 * N * C_out * oH * oW * C_in * kH * kW, as asked for
+    "conv2d_backward": (2, lambda grad, x, w, *a: _conv_transpose_flops(grad, w) * (a[2] + a[3]), None),
     "minibatch_discrimination": (1, None, _pairwise_flops),
     "minibatch_discrimination_backward": (1, None, lambda grad, m, *_: 2 * _pairwise_flops(m)),
 }

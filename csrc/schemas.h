@@ -63,6 +63,12 @@ inline void define_kernel_schemas(torch::Library& m) {
   m.def("conv_transpose_backward(Tensor grad, Tensor x, Tensor weight, int[2] stride, int[2] padding, "
         "int[2] output_padding, bool need_x, bool need_weight) -> (Tensor, Tensor)");
 
+  // The discriminator's direct convolution z = conv2d(x, weight) (weight [C_out, C_in, kH, kW], no
+  // bias, groups 1, dilation 1), z in x's layout, and its backward as conv_transpose_backward's.
+  m.def("conv2d(Tensor x, Tensor weight, int[2] stride, int[2] padding) -> Tensor");
+  m.def("conv2d_backward(Tensor grad, Tensor x, Tensor weight, int[2] stride, int[2] padding, bool need_x, "
+        "bool need_weight) -> (Tensor, Tensor)");
+
   // ---- SPEC 2: minibatch discrimination. M is the projection x @ T as a contiguous [N, B, C];
   // distances, exponentials and sums are computed in float32 (float64 for float64 M), tile by
   // tile, never as an [N, N, B] tensor.

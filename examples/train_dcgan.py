@@ -48,7 +48,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     data = datasets.shapes(args.dataset_size, 64, seed=args.seed)
     gen = DCGANGenerator(nz=100, ngf=args.width, nc=3, fused=not args.eager, impl=args.impl)
-    disc = DCGANDiscriminator(ndf=args.width, nc=3)
+    disc = DCGANDiscriminator(ndf=args.width, nc=3, fused=not args.eager, impl=args.impl)
     opt_g, opt_d = dcgan_optimizers(gen, disc)
     fixed_z = torch.randn(64, 100, 1, 1, generator=torch.Generator().manual_seed(1234))
     step, history = 0, {"D": [], "G": []}

@@ -1,4 +1,5 @@
-"""`fastgan.fuse(model)`: run an existing model's ConvTranspose2d -> BatchNorm2d -> ReLU blocks fused.
+"""`fastgan.fuse(model)`: run an existing model's convolution blocks fused: the generator's
+ConvTranspose2d -> BatchNorm2d -> ReLU and the discriminator's Conv2d -> BatchNorm2d -> LeakyReLU.
 
 The model keeps its modules, parameters and buffers: every `nn.Sequential` that holds such a run
 becomes a `FusedSequential` in place (a subclass whose forward runs each run as one fused call
@@ -8,9 +9,16 @@ and load both ways. `unfuse(model)` turns it back.
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-from .nn import ConvTransposeBNReLU2d
+from .nn import Conv2dBNLeakyReLU, ConvTransposeBNReLU2d
+
+# (conv type, activation type) -> (fused module, the pattern's name)
+PATTERNS = {
+    (nn.ConvTranspose2d, nn.ReLU): (ConvTransposeBNReLU2d, "ConvTranspose2d -> BatchNorm2d -> ReLU"),
+    (nn.Conv2d, nn.LeakyReLU): (Conv2dBNLeakyReLU, "Conv2d -> BatchNorm2d -> LeakyReLU"),
+}
 
 
 @dataclass(frozen=True)
@@ -22,31 +30,40 @@ class Replacement:
 
 
 def _fused_block(children, impl):
-    """The fused module over children (conv, bn, act) if they form a run it can run, else None."""
+    """(the fused module over children (conv, bn, act), the pattern's name) if they form a run it
+    can run, else None."""
     conv, bn, act = children
-    if not (type(conv) is nn.ConvTranspose2d and type(bn) is nn.BatchNorm2d and type(act) is nn.ReLU):
+    pattern = PATTERNS.get((type(conv), type(act)))
+    if pattern is None or type(bn) is not nn.BatchNorm2d:
         return None
+    module, name = pattern
     try:
-        return ConvTransposeBNReLU2d.from_modules(conv, bn, impl=impl)
+        if module is ConvTransposeBNReLU2d:
+            return ConvTransposeBNReLU2d.from_modules(conv, bn, impl=impl), name
+        return Conv2dBNLeakyReLU.from_modules(conv, bn, act, impl=impl), name
     except ValueError:  # groups, dilation, padding_mode or channel counts it does not support
         return None
 
 
 class FusedSequential(nn.Sequential):
-    """An nn.Sequential whose ConvTranspose2d -> BatchNorm2d -> ReLU runs are fused.
+    """An nn.Sequential whose convolution + BatchNorm2d + activation runs are fused.
 
     Made by `fuse`, by changing the class of an existing nn.Sequential: the children stay where
-    they were. `_fastgan_blocks` maps the first index of each run to a ConvTransposeBNReLU2d over
-    the run's own conv and bn modules, kept in a plain dict so that it is not registered twice.
+    they were. `_fastgan_blocks` maps the first index of each run to (fused module over the run's
+    own conv and bn modules, pattern name), kept in a plain dict so that it is not registered twice.
+    A 4-D input is made channels-last first: the fused blocks run channels-last, and so the layers
+    between them (a first Conv2d, activations) run in it too instead of converting at each block.
     """
 
     def forward(self, x):
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         children = list(self._modules.values())
         i = 0
         while i < len(children):
             block = self._fastgan_blocks.get(i)
             if block is not None:
-                x = block(x)
+                x = block[0](x)
                 i += 3
             else:
                 x = children[i](x)
@@ -68,7 +85,8 @@ def _fuse_sequential(seq, impl):
 
 
 def fuse(model, impl=None):
-    """Fuse every ConvTranspose2d -> BatchNorm2d -> ReLU run of every nn.Sequential in `model`,
+    """Fuse every ConvTranspose2d -> BatchNorm2d -> ReLU and Conv2d -> BatchNorm2d -> LeakyReLU run
+    of every nn.Sequential in `model`,
     in place; returns the list of `Replacement`s made. `impl` picks the backend (default: by
     device, see fastgan.backend). Only plain nn.Sequential containers are rewritten: their order
     of execution is known; a run inside a custom forward is left alone.
@@ -83,8 +101,7 @@ def fuse(model, impl=None):
         module.__class__ = FusedSequential
         module._fastgan_blocks = blocks
         names = list(module._modules)
-        done += [Replacement(path, i, "ConvTranspose2d -> BatchNorm2d -> ReLU", tuple(names[i:i + 3]))
-                 for i in blocks]
+        done += [Replacement(path, i, blocks[i][1], tuple(names[i:i + 3])) for i in blocks]
     return done
 
 

@@ -109,3 +109,41 @@ def test_fused_model_moves_and_keeps_sharing():
     out = model(torch.randn(3, 6, 1, 1, dtype=torch.float64))
     assert out.dtype == torch.float64
     assert model.main[1].num_batches_tracked.item() == 1
+
+
+def handwritten_discriminator(bias, nc=3, ndf=4):
+    """The PyTorch examples' DCGAN discriminator, small, one LeakyReLU with another slope."""
+    torch.manual_seed(2)
+    d = nn.Sequential(
+        nn.Conv2d(nc, ndf, 4, 2, 1, bias=bias), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=bias), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=bias), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.1, inplace=True),
+        nn.Conv2d(ndf * 4, 1, 4, 1, 0, bias=bias), nn.Sigmoid())
+    for m in d.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.2)
+            nn.init.normal_(m.bias, 0.0, 0.2)
+    return d
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_fuse_discriminator_matches_plain_model(bias, training):
+    plain = handwritten_discriminator(bias)
+    fused = copy.deepcopy(plain)
+    report = fastgan.fuse(fused, impl="cpu")
+    assert [(r.start, r.pattern) for r in report] == [(2, "Conv2d -> BatchNorm2d -> LeakyReLU"),
+                                                      (5, "Conv2d -> BatchNorm2d -> LeakyReLU")]
+    assert fused._fastgan_blocks[5][0].negative_slope == 0.1
+    plain.train(training)
+    fused.train(training)
+    for step in range(3):
+        x = torch.randn(5, 3, 32, 32)  # NCHW: the fused Sequential goes channels-last itself
+        want, want_dx, want_grads = run(plain, x)
+        got, got_dx, got_grads = run(fused, x)
+        assert_close(got, want)
+        assert_close(got_dx, want_dx)
+        for g, w in zip(got_grads, want_grads):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+        for (name, b), (_, bw) in zip(fused.named_buffers(), plain.named_buffers()):
+            torch.testing.assert_close(b, bw, rtol=1e-5, atol=1e-6, msg=name)

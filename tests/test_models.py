@@ -12,7 +12,7 @@ from fastgan.models import (DCGANDiscriminator, DCGANGenerator, ProGANDiscrimina
 def small_dcgan(fused, minibatch_features=0):
     torch.manual_seed(0)
     gen = DCGANGenerator(nz=8, ngf=4, nc=3, fused=fused, impl="cpu" if fused else None)
-    disc = DCGANDiscriminator(ndf=4, nc=3, minibatch_features=minibatch_features,
+    disc = DCGANDiscriminator(ndf=4, nc=3, minibatch_features=minibatch_features, fused=fused,
                               impl="cpu" if fused else "reference")
     return gen, disc
 
@@ -21,6 +21,7 @@ def test_dcgan_shapes_and_keys():
     gen, disc = small_dcgan(fused=True, minibatch_features=6)
     plain, _ = small_dcgan(fused=False)
     assert len(gen.fusions) == 4  # the four ConvT -> BN -> ReLU blocks
+    assert len(disc.fusions) == 3  # the three Conv -> BN -> LeakyReLU blocks
     assert list(gen.state_dict()) == list(plain.state_dict())
     assert list(gen.state_dict())[:3] == ["main.0.weight", "main.1.weight", "main.1.bias"]
     img = gen(torch.randn(5, 8))

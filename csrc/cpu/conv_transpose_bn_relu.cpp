@@ -1,6 +1,6 @@
 // SPEC 1 on CPU: ConvTranspose2d + BatchNorm2d + ReLU, the DCGAN generator block.
 //
-// The convolution is conv_transpose_gemm.cpp's: oneDNN, or MKL GEMMs on small inputs; the win
+// The convolution is convolution.cpp's: oneDNN, or MKL GEMMs on small inputs; the win
 // is around it. z comes out channels-last whenever x is channels-last (the Python op hands
 // it so, except for 1x1 inputs), so a pixel's channels are contiguous and the per-channel
 // work vectorizes across channels. Then:
@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "common.h"
-#include "conv_transpose_gemm.h"
+#include "convolution.h"
 
 namespace fastgan::cpu {
 namespace {
@@ -215,11 +215,12 @@ std::vector<acc_t<T>> block_sums(const Blocks& b, const Vec& vec, const One& one
   return sums;
 }
 
-// y = relu((z - mean) * scale + shift); y may be z.
+// y = act((z - mean) * scale + shift), act(u) = u > 0 ? u : slope * u; y may be z.
 template <typename T>
 void bn_relu_pass(const T* z, T* y, const View& v, const acc_t<T>* mean, const acc_t<T>* scale,
-                  const acc_t<T>* shift) {
+                  const acc_t<T>* shift, acc_t<T> slope) {
   using A = acc_t<T>;
+  using V = AccVec<T>;
   elementwise<T>(
       v,
       [&](int64_t k, int64_t ch, auto bcast) {
@@ -227,21 +228,25 @@ void bn_relu_pass(const T* z, T* y, const View& v, const acc_t<T>* mean, const a
         auto x = load_chunk(z + k);
         const auto m = param_chunk<T, B>(mean, ch), a = param_chunk<T, B>(scale, ch), s = param_chunk<T, B>(shift, ch);
         for (int p = 0; p < kParts<T>; ++p) {
-          x[p] = at::vec::clamp_min(at::vec::fmadd(x[p] - m[p], a[p], s[p]), AccVec<T>(A(0)));
+          const V u = at::vec::fmadd(x[p] - m[p], a[p], s[p]);
+          // ReLU keeps clamp_min's NaN propagation; LeakyReLU scales where u <= 0 (NaN stays NaN).
+          x[p] = slope == A(0) ? at::vec::clamp_min(u, V(A(0))) : V::blendv(u * V(slope), u, u > V(A(0)));
         }
         store_chunk(y + k, x);
       },
       [&](int64_t k, int64_t ch) {
         const A out = (static_cast<A>(z[k]) - mean[ch]) * scale[ch] + shift[ch];
-        y[k] = static_cast<T>(out > A(0) || std::isnan(out) ? out : A(0));
+        y[k] = static_cast<T>(out > A(0) || std::isnan(out) ? out : out * slope);
       });
 }
 
-// The per-channel values of the BN + ReLU backward (schemas.h): xhat = (z - mean) * invstd,
-// gm = grad_y where xhat * gamma + beta > 0 (else 0), then grad_z = k * (gm - c1 - xhat * c2).
+// The per-channel values of the BN + activation backward (schemas.h): xhat = (z - mean) * invstd,
+// gm = grad_y where xhat * gamma + beta > 0 (else grad_y * slope), then
+// grad_z = k * (gm - c1 - xhat * c2).
 template <typename T>
 struct BackwardParams {
   std::vector<acc_t<T>> mean, invstd, gamma, beta, k, c1, c2;
+  acc_t<T> slope;
 };
 
 template <typename T>
@@ -259,13 +264,16 @@ void bn_relu_backward_passes(const T* g, const T* z, T* gz, const View& v, Backw
     const auto ga = param_chunk<T, B>(P.gamma.data(), ch), be = param_chunk<T, B>(P.beta.data(), ch);
     for (int p = 0; p < kParts<T>; ++p) {
       xh[p] = (xh[p] - m[p]) * is[p];
-      gm[p] = V::blendv(V(A(0)), gm[p], at::vec::fmadd(xh[p], ga[p], be[p]) > V(A(0)));
+      // slope 0: a true zero where u <= 0 (as ReLU's backward, even for an infinite grad_y).
+      const V low = P.slope == A(0) ? V(A(0)) : gm[p] * V(P.slope);
+      gm[p] = V::blendv(low, gm[p], at::vec::fmadd(xh[p], ga[p], be[p]) > V(A(0)));
     }
     return std::make_pair(xh, gm);
   };
   const auto one_terms = [&](int64_t k, int64_t ch) {
     const A xh = (static_cast<A>(z[k]) - P.mean[ch]) * P.invstd[ch];
-    const A gm = xh * P.gamma[ch] + P.beta[ch] > A(0) ? static_cast<A>(g[k]) : A(0);
+    const A gk = static_cast<A>(g[k]);
+    const A gm = xh * P.gamma[ch] + P.beta[ch] > A(0) ? gk : P.slope == A(0) ? A(0) : gk * P.slope;
     return std::make_pair(xh, gm);
   };
   // Pass 1: s1 = sum(gm), s2 = sum(gm * xhat) per channel.
@@ -349,8 +357,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_stats(const at::Te
   return {z, mean, var};
 }
 
+std::tuple<at::Tensor, at::Tensor> batch_stats(const at::Tensor& z) {
+  const auto fmt = check_z(z, "batch_stats");
+  TORCH_CHECK(z.numel() > 0, "fastgan_cpu::batch_stats: empty z ", z.sizes());
+  auto mean = at::empty({z.size(1)}, z.options().dtype(stats_type(z)));
+  auto var = at::empty({z.size(1)}, z.options().dtype(stats_type(z)));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cpu::batch_stats", [&] {
+    channel_stats(z.const_data_ptr<scalar_t>(), view_of(z, fmt), mean.mutable_data_ptr<acc_t<scalar_t>>(),
+                  var.mutable_data_ptr<acc_t<scalar_t>>());
+  });
+  return {mean, var};
+}
+
 void bn_relu_into(const at::Tensor& z, const at::Tensor& y, const at::Tensor& mean, const at::Tensor& scale,
-                  const at::Tensor& shift, const char* op) {
+                  const at::Tensor& shift, double negative_slope, const char* op) {
   const auto fmt = check_z(z, op);
   for (const auto& [t, name] : {std::pair{&mean, "mean"}, {&scale, "scale"}, {&shift, "shift"}})
     check_channel_vector(*t, name, z, op);
@@ -358,18 +378,21 @@ void bn_relu_into(const at::Tensor& z, const at::Tensor& y, const at::Tensor& me
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cpu::bn_relu", [&] {
     using A = acc_t<scalar_t>;
     bn_relu_pass(z.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), view_of(z, fmt),
-                 mean.const_data_ptr<A>(), scale.const_data_ptr<A>(), shift.const_data_ptr<A>());
+                 mean.const_data_ptr<A>(), scale.const_data_ptr<A>(), shift.const_data_ptr<A>(),
+                 static_cast<A>(negative_slope));
   });
 }
 
-at::Tensor bn_relu(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale, const at::Tensor& shift) {
+at::Tensor bn_relu(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale, const at::Tensor& shift,
+                   double negative_slope) {
   auto y = at::empty(z.sizes(), z.options().memory_format(check_z(z, "bn_relu")));
-  bn_relu_into(z, y, mean, scale, shift, "bn_relu");
+  bn_relu_into(z, y, mean, scale, shift, negative_slope, "bn_relu");
   return y;
 }
 
-void bn_relu_(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale, const at::Tensor& shift) {
-  bn_relu_into(z, z, mean, scale, shift, "bn_relu_");
+void bn_relu_(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale, const at::Tensor& shift,
+              double negative_slope) {
+  bn_relu_into(z, z, mean, scale, shift, negative_slope, "bn_relu_");
 }
 
 // A [C] vector of opmath values: t's, or `fill` when t is undefined (affine=False).
@@ -383,7 +406,8 @@ std::vector<A> channel_values(const c10::optional<at::Tensor>& t, int64_t c, A f
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(const at::Tensor& grad_y, const at::Tensor& z,
                                                                 const at::Tensor& mean, const at::Tensor& invstd,
                                                                 const c10::optional<at::Tensor>& gamma,
-                                                                const c10::optional<at::Tensor>& beta) {
+                                                                const c10::optional<at::Tensor>& beta,
+                                                                double negative_slope) {
   const char* op = "bn_relu_backward";
   const auto fmt = check_z(z, op);
   TORCH_CHECK(grad_y.sizes() == z.sizes(), "fastgan_cpu::bn_relu_backward: grad_y must have z's shape ", z.sizes(),
@@ -401,7 +425,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(const at::Tensor
     using A = acc_t<scalar_t>;
     BackwardParams<scalar_t> P{channel_values<A>(mean, c, 0), channel_values<A>(invstd, c, 0),
                                channel_values<A>(gamma, c, 1), channel_values<A>(beta, c, 0),
-                               std::vector<A>(c), std::vector<A>(c), std::vector<A>(c)};
+                               std::vector<A>(c), std::vector<A>(c), std::vector<A>(c),
+                               static_cast<A>(negative_slope)};
     bn_relu_backward_passes(grad_y.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
                             grad_z.mutable_data_ptr<scalar_t>(), view_of(z, fmt), P,
                             grad_gamma.mutable_data_ptr<A>(), grad_beta.mutable_data_ptr<A>());
@@ -447,6 +472,7 @@ at::Tensor conv_transpose_bias_relu(const at::Tensor& x, const at::Tensor& weigh
 
 TORCH_LIBRARY_IMPL(fastgan_cpu, CPU, m) {
   m.impl("conv_transpose_stats", &conv_transpose_stats);
+  m.impl("batch_stats", &batch_stats);
   m.impl("bn_relu", &bn_relu);
   m.impl("bn_relu_", &bn_relu_);
   m.impl("bn_relu_backward", &bn_relu_backward);

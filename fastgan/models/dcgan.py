@@ -2,7 +2,8 @@
 
 Both networks are plain `nn.Sequential`s under `main`, with the PyTorch DCGAN example's module
 order, so their state_dicts have its keys. The generator's ConvTranspose2d -> BatchNorm2d -> ReLU
-blocks run fused (`fastgan.fuse`) unless `fused=False`. The discriminator can end in minibatch
+blocks and the discriminator's Conv2d -> BatchNorm2d -> LeakyReLU blocks run fused
+(`fastgan.fuse`, channels-last) unless `fused=False`. The discriminator can end in minibatch
 discrimination (Salimans et al. 2016): the 512x4x4 features, flattened, get B = 100 distance
 features (kernel dimension 5) and a linear layer reads both.
 """
@@ -48,7 +49,7 @@ class DCGANDiscriminator(nn.Module):
     """images [N, nc, 64, 64] -> logits [N] (use BCEWithLogits). `minibatch_features` > 0 adds
     minibatch discrimination with that many kernels before the output layer."""
 
-    def __init__(self, ndf=64, nc=3, minibatch_features=0, kernel_dim=5, impl=None):
+    def __init__(self, ndf=64, nc=3, minibatch_features=0, kernel_dim=5, fused=True, impl=None):
         super().__init__()
         layers = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         for mult in (1, 2, 4):
@@ -65,6 +66,7 @@ class DCGANDiscriminator(nn.Module):
             self.main = nn.Sequential(*layers, nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False))
             self.minibatch = self.head = None
         dcgan_init(self)
+        self.fusions = fuse(self, impl=impl) if fused else []
 
     def forward(self, x):
         h = self.main(x)

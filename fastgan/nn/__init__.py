@@ -1,5 +1,6 @@
 """Drop-in modules built on `fastgan.ops`."""
 
+from .conv2d_bn_leaky_relu import Conv2dBNLeakyReLU
 from .conv_transpose_bn_relu import ConvTransposeBNReLU2d
 from .discriminator import FadeInFromRGB, MinibatchStdDev
 from .equalized import EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear
@@ -10,6 +11,7 @@ __all__ = [
     "FadeIn",
     "PixelNorm",
     "ConvTransposeBNReLU2d",
+    "Conv2dBNLeakyReLU",
     "MinibatchDiscrimination",
     "EqualizedConv2d",
     "EqualizedConvTranspose2d",

@@ -3,6 +3,7 @@
 from .bias_act import bias_act, bias_act_reference
 from .bias_act_pixel_norm import bias_act_pixel_norm, bias_act_pixel_norm_reference
 from .blend_reals import blend_reals, blend_reals_reference
+from .conv2d_bn_leaky_relu import conv2d_bn_leaky_relu, conv2d_bn_leaky_relu_reference
 from .conv_transpose_bn_relu import conv_transpose_bn_relu, conv_transpose_bn_relu_reference
 from .fade_in import fade_in, fade_in_reference
 from .fade_in_from_rgb import fade_in_from_rgb, fade_in_from_rgb_reference
@@ -22,6 +23,8 @@ __all__ = [
     "fade_alpha",
     "conv_transpose_bn_relu",
     "conv_transpose_bn_relu_reference",
+    "conv2d_bn_leaky_relu",
+    "conv2d_bn_leaky_relu_reference",
     "minibatch_discrimination",
     "minibatch_discrimination_reference",
     "minibatch_features",

@@ -27,9 +27,9 @@ from torch.autograd.function import once_differentiable
 
 from .._backend import resolve
 from .._checks import as_layout, check_eps, check_same, check_tensor, empty
-from ._dispatch import _traced, fused_op, kernels
-
-LAYOUT = torch.channels_last
+from ._batch_norm import (LAYOUT, bn_relu_backward, call, check_batch, check_bn_arguments, folded, layout_of,
+                          momentum_factor, needs_grad, pair, scale_shift, stats_dtype, update_running_stats)
+from ._dispatch import fused_op, kernels
 
 
 def _layout_for(x):
@@ -49,7 +49,7 @@ def conv_transpose_bn_relu_reference(x, weight, bias, bn_weight, bn_bias, runnin
                                      num_batches_tracked=None):
     """Eager PyTorch: what nn.Sequential(ConvTranspose2d, BatchNorm2d, ReLU) computes."""
     z = F.conv_transpose2d(x, weight, bias, stride, padding, output_padding)
-    factor = _momentum(training, running_mean, momentum, num_batches_tracked)
+    factor = momentum_factor(training, running_mean, momentum, num_batches_tracked)
     use_batch = training or running_mean is None
     return F.relu(F.batch_norm(z, running_mean, running_var, bn_weight, bn_bias, use_batch, factor, eps))
 
@@ -70,7 +70,7 @@ def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, ru
     eps = check_eps(eps)
     use_batch = training or running_mean is None
     if use_batch:
-        _check_batch(x, weight, sizes)
+        check_batch(_out_shape(x, weight, sizes))
     impl = resolve(impl, x.device)
     if impl == "reference":
         return conv_transpose_bn_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
@@ -78,41 +78,23 @@ def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, ru
                                                 num_batches_tracked)
     if not use_batch:
         z_numel = torch.Size(_out_shape(x, weight, sizes)).numel()
-        if weight.numel() > z_numel and not _needs_grad(x, weight, bias, bn_weight, bn_bias):
-            vectors = [None if t is None else t.to(_stats_dtype(x))
+        if weight.numel() > z_numel and not needs_grad(x, weight, bias, bn_weight, bn_bias):
+            vectors = [None if t is None else t.to(stats_dtype(x))
                        for t in (bias, bn_weight, bn_bias, running_mean, running_var)]
-            return _call(_eval_unfolded, x, weight, *vectors, eps, *sizes, impl)
+            return call(_eval_unfolded, x, weight, *vectors, eps, *sizes, impl)
         return _eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, sizes, impl)
-    gamma, beta = (None if t is None else t.to(_stats_dtype(x)) for t in (bn_weight, bn_bias))
-    if _needs_grad(x, weight, bias, bn_weight, bn_bias):
+    gamma, beta = (None if t is None else t.to(stats_dtype(x)) for t in (bn_weight, bn_bias))
+    if needs_grad(x, weight, bias, bn_weight, bn_bias):
         y, _, mean, var, _ = _train(x, weight, bias, gamma, beta, eps, *sizes, impl)
     else:
-        y, mean, var = _call(_train_inplace, x, weight, gamma, beta, eps, *sizes, impl)
+        y, mean, var = call(_train_inplace, x, weight, gamma, beta, eps, *sizes, impl)
     if training and running_mean is not None:
-        n = y.numel() // y.shape[1]
-        _call(_update_running_stats, running_mean, running_var, num_batches_tracked, mean.detach(),
-              var.detach(), None if bias is None else bias.detach(), n, momentum)
+        update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, bias,
+                             y.numel() // y.shape[1], momentum)
     return y
 
 
 # ---- checks ----
-
-def _pair(v, name, minimum):
-    pair = (v, v) if isinstance(v, int) else tuple(v)
-    if len(pair) != 2 or not all(isinstance(i, int) and i >= minimum for i in pair):
-        raise ValueError(f"fastgan: {name} must be an int or a pair of ints >= {minimum}, got {v!r}")
-    return list(pair)
-
-
-def _channel_vector(t, name, c, x):
-    if t is None:
-        return
-    check_tensor(t, name, ndim=1)
-    if t.shape[0] != c:
-        raise ValueError(f"fastgan: {name} must have shape [{c}] (the output channels), got {tuple(t.shape)}")
-    if t.device != x.device:
-        raise ValueError(f"fastgan: {name} is on {t.device} but x is on {x.device}")
-
 
 def _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
            num_batches_tracked, stride, padding, output_padding):
@@ -123,20 +105,12 @@ def _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, train
     if weight.shape[0] != x.shape[1]:
         raise ValueError(f"fastgan: weight must be [C_in, C_out, kH, kW] with C_in = {x.shape[1]} (x's channels), "
                          f"got {tuple(weight.shape)}")
-    c = weight.shape[1]
     if bias is not None:
         check_tensor(bias, "bias", ndim=1)
         check_same(bias, "bias", x, "x")
-    for t, name in ((bias, "bias"), (bn_weight, "bn_weight"), (bn_bias, "bn_bias"),
-                    (running_mean, "running_mean"), (running_var, "running_var")):
-        _channel_vector(t, name, c, x)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("fastgan: running_mean and running_var must be given together (or both None)")
-    if num_batches_tracked is not None and not isinstance(num_batches_tracked, torch.Tensor):
-        raise TypeError(f"fastgan: num_batches_tracked must be a tensor or None, got {type(num_batches_tracked).__name__}")
-    if training and momentum is None and num_batches_tracked is None and running_mean is not None:
-        raise ValueError("fastgan: momentum=None (cumulative average) needs num_batches_tracked")
-    sizes = [_pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(output_padding, "output_padding", 0)]
+    check_bn_arguments(x, weight.shape[1], bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
+                       num_batches_tracked)
+    sizes = [pair(stride, "stride", 1), pair(padding, "padding", 0), pair(output_padding, "output_padding", 0)]
     if any(o >= s for o, s in zip(sizes[2], sizes[0])):
         raise ValueError(f"fastgan: output_padding must be smaller than stride, got {output_padding!r} and {stride!r}")
     return sizes
@@ -147,42 +121,6 @@ def _out_shape(x, weight, sizes):
     h = (x.shape[2] - 1) * sh - 2 * ph + weight.shape[2] + oh
     w = (x.shape[3] - 1) * sw - 2 * pw + weight.shape[3] + ow
     return (x.shape[0], weight.shape[1], h, w)
-
-
-def _check_batch(x, weight, sizes):
-    shape = _out_shape(x, weight, sizes)
-    if min(shape) <= 0:
-        raise ValueError(f"fastgan: the output of the transposed convolution would be empty: {shape}")
-    if shape[0] * shape[2] * shape[3] == 1:  # F.batch_norm's check, with its words
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {torch.Size(shape)}")
-
-
-def _momentum(training, running_mean, momentum, num_batches_tracked):
-    """nn.BatchNorm2d's exponential_average_factor; counts the batch in num_batches_tracked."""
-    if not training or running_mean is None:
-        return 0.0 if momentum is None else momentum
-    if num_batches_tracked is not None:
-        num_batches_tracked.add_(1)
-        if momentum is None:
-            return 1.0 / float(num_batches_tracked)
-    return 0.0 if momentum is None else momentum
-
-
-def _stats_dtype(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _needs_grad(*tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _call(op, *args):
-    """A custom op without autograd: its Python body in eager code (no dispatch), the op when traced."""
-    return op(*args) if _traced() else op._init_fn(*args)
-
-
-def _layout_of(t):
-    return torch.contiguous_format if t.is_contiguous() else LAYOUT
 
 
 # ---- training ----
@@ -196,23 +134,16 @@ def _train_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     x_fmt = as_layout(x, fmt)
     z, mean, var = k.conv_transpose_stats(x_fmt, _dense(weight), stride, padding, output_padding)
     z = as_layout(z, fmt)
-    scale, shift = _scale_shift(var, gamma, beta, eps)
+    scale, shift = scale_shift(var, gamma, beta, eps)
     # x as the kernels took it, for the backward: saved instead of x when the layout differs
     # (no second conversion), empty when it does not (an output may not alias an input).
     x_saved = x_fmt if x_fmt is not x else x.new_empty((0,))
-    return as_layout(k.bn_relu(z, mean, scale, shift), fmt), z, mean, var, x_saved
-
-
-def _scale_shift(var, gamma, beta, eps):
-    invstd = torch.rsqrt(var + eps)
-    scale = invstd if gamma is None else gamma * invstd
-    shift = torch.zeros_like(var) if beta is None else beta
-    return scale, shift
+    return as_layout(k.bn_relu(z, mean, scale, shift, 0.0), fmt), z, mean, var, x_saved
 
 
 def _train_fake(x, weight, bias, gamma, beta, eps, stride, padding, output_padding, impl):
     shape = _out_shape(x, weight, [stride, padding, output_padding])
-    stats = x.new_empty((shape[1],), dtype=_stats_dtype(x))
+    stats = x.new_empty((shape[1],), dtype=stats_dtype(x))
     fmt = _layout_for(x)
     x_saved = x.new_empty((0,)) if x.is_contiguous(memory_format=fmt) else empty(x.shape, x, fmt)
     return empty(shape, x, fmt), empty(shape, x, fmt), stats, torch.empty_like(stats), x_saved
@@ -233,26 +164,11 @@ def _train_bwd(ctx, grad_y, *_):
         return (None,) * 10
     x, weight, gamma, beta, z, mean, var = ctx.saved_tensors
     invstd = torch.rsqrt(var + ctx.eps)
-    grad_z, grad_gamma, grad_beta = _call(_bn_relu_backward, grad_y, z, mean, invstd, gamma, beta, ctx.impl)
+    grad_z, grad_gamma, grad_beta = call(bn_relu_backward, grad_y, z, mean, invstd, gamma, beta, 0.0, ctx.impl)
     need = ctx.needs_input_grad
     grad_x, grad_w, grad_b = _conv_backward(grad_z, x, weight, ctx, need[0], need[1], ctx.has_bias and need[2])
     return (grad_x, grad_w, grad_b, grad_gamma if ctx.has_gamma else None, grad_beta if ctx.has_beta else None,
             None, None, None, None, None)
-
-
-@torch.library.custom_op("fastgan::bn_relu_backward", mutates_args=())
-def _bn_relu_backward(grad_y: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
-                      gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
-                      impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The fused BN + ReLU backward (csrc/schemas.h) as a traceable op: grad_z, grad_gamma, grad_beta."""
-    grad_z, grad_gamma, grad_beta = kernels(impl).bn_relu_backward(as_layout(grad_y, _layout_of(z)), z, mean,
-                                                                   invstd, gamma, beta)
-    return as_layout(grad_z, _layout_of(z)), grad_gamma, grad_beta
-
-
-@_bn_relu_backward.register_fake
-def _(grad_y, z, mean, invstd, gamma, beta, impl):
-    return empty(z.shape, z, _layout_of(z)), torch.empty_like(mean), torch.empty_like(mean)
 
 
 def _conv_backward(grad, x, weight, ctx, need_x, need_w, need_b):
@@ -261,7 +177,7 @@ def _conv_backward(grad, x, weight, ctx, need_x, need_w, need_b):
     convolution; cuda and triton: cuDNN) and the bias gradient, a sum."""
     grad_x = grad_w = None
     if need_x or need_w:
-        grad_x, grad_w = _call(_conv_transpose_backward, grad, as_layout(x, _layout_for(x)), weight, ctx.stride,
+        grad_x, grad_w = call(_conv_transpose_backward, grad, as_layout(x, _layout_for(x)), weight, ctx.stride,
                                ctx.padding, ctx.output_padding, need_x, need_w, ctx.impl)
     return grad_x if need_x else None, grad_w if need_w else None, grad.sum((0, 2, 3)) if need_b else None
 
@@ -273,13 +189,13 @@ def _conv_transpose_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.
     """The kernel op (csrc/schemas.h) as a traceable op: (grad_x, grad_weight), [0] where not asked for."""
     grad_x, grad_w = kernels(impl).conv_transpose_backward(grad, x, _dense(weight), stride, padding, output_padding,
                                                            need_x, need_weight)
-    return as_layout(grad_x, _layout_of(x)) if need_x else grad_x, grad_w
+    return as_layout(grad_x, layout_of(x)) if need_x else grad_x, grad_w
 
 
 @_conv_transpose_backward.register_fake
 def _(grad, x, weight, stride, padding, output_padding, need_x, need_weight, impl):
     none = x.new_empty((0,))
-    return (empty(x.shape, x, _layout_of(x)) if need_x else none,
+    return (empty(x.shape, x, layout_of(x)) if need_x else none,
             weight.new_empty(weight.shape) if need_weight else none)
 
 
@@ -295,7 +211,7 @@ def _train_inplace(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.
     fmt = _layout_for(x)
     z, mean, var = k.conv_transpose_stats(as_layout(x, fmt), _dense(weight), stride, padding, output_padding)
     z = as_layout(z, fmt)
-    k.bn_relu_(z, mean, *_scale_shift(var, gamma, beta, eps))
+    k.bn_relu_(z, mean, *scale_shift(var, gamma, beta, eps), 0.0)
     return z, mean, var
 
 
@@ -305,39 +221,13 @@ def _(x, weight, gamma, beta, eps, stride, padding, output_padding, impl):
     return y, mean, var
 
 
-@torch.library.custom_op("fastgan::bn_running_stats_update",
-                         mutates_args=("running_mean", "running_var", "num_batches_tracked"))
-def _update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,
-                          num_batches_tracked: Optional[torch.Tensor], mean: torch.Tensor, var: torch.Tensor,
-                          bias: Optional[torch.Tensor], n: int, momentum: Optional[float]) -> None:
-    """nn.BatchNorm2d's update from the batch mean (of z without the conv bias) and biased variance:
-    running = (1 - m) * running + m * batch value, the variance unbiased, in float64."""
-    m = _momentum(True, running_mean, momentum, num_batches_tracked)
-    batch_mean = mean.double() if bias is None else mean.double() + bias.double()
-    unbiased = var.double() * (n / (n - 1))
-    for running, batch in ((running_mean, batch_mean), (running_var, unbiased)):
-        running.copy_(m * batch + (1.0 - m) * running.double())
-
-
-@_update_running_stats.register_fake
-def _(running_mean, running_var, num_batches_tracked, mean, var, bias, n, momentum):
-    return None
-
-
 # ---- eval ----
 
 def _eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, sizes, impl):
     """relu(conv_transpose2d(x, W * s, beta + (bias - running_mean) * s)), s = gamma * invstd:
     differentiable torch code folds, the fused op convolves."""
-    stats = _stats_dtype(x)
-    scale = torch.rsqrt(running_var.to(stats) + eps)
-    if bn_weight is not None:
-        scale = scale * bn_weight.to(stats)
-    shift = -running_mean.to(stats) * scale if bias is None else (bias.to(stats) - running_mean.to(stats)) * scale
-    if bn_bias is not None:
-        shift = shift + bn_bias.to(stats)
-    w = (weight.to(stats) * scale[None, :, None, None]).to(x.dtype)
-    return _bias_relu(x, w, shift.to(x.dtype), *sizes, impl)
+    w, b = folded(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, x.dtype, out_dim=1)
+    return _bias_relu(x, w, b, *sizes, impl)
 
 
 @torch.library.custom_op("fastgan::conv_transpose_bn_relu_eval_unfolded", mutates_args=())
@@ -352,7 +242,7 @@ def _eval_unfolded(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     z, _, _ = k.conv_transpose_stats(as_layout(x, fmt), _dense(weight), stride, padding, output_padding)
     z = as_layout(z, fmt)
     mean = running_mean if bias is None else running_mean - bias
-    k.bn_relu_(z, mean, *_scale_shift(running_var, gamma, beta, eps))
+    k.bn_relu_(z, mean, *scale_shift(running_var, gamma, beta, eps), 0.0)
     return z
 
 

@@ -16,6 +16,7 @@ from .bias_act_pixel_norm import KERNEL_SPECS as _BIAS_ACT_PIXEL_NORM_SPECS
 from .bias_act_pixel_norm import bias_act_pixel_norm, bias_act_pixel_norm_backward
 from .blend_reals import KERNEL_SPECS as _BLEND_REALS_SPECS
 from .blend_reals import blend_reals
+from .conv2d import conv2d, conv2d_backward
 from .conv_transpose_bn_relu import KERNEL_SPECS as _CONV_TRANSPOSE_BN_RELU_SPECS
 from .conv_transpose_bn_relu import (bn_relu, bn_relu_, bn_relu_backward, conv_transpose_backward,
                                      conv_transpose_bias_relu, conv_transpose_stats)
@@ -56,6 +57,8 @@ __all__ = [
     "bn_relu_backward",
     "conv_transpose_bias_relu",
     "conv_transpose_backward",
+    "conv2d",
+    "conv2d_backward",
     "minibatch_discrimination",
     "minibatch_discrimination_backward",
     "bias_act",

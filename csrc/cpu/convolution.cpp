@@ -1,20 +1,27 @@
-// The transposed convolution (groups 1, dilation 1) and its backward on CPU.
+// The convolutions of the DCGAN blocks on CPU: the generator's transposed convolution and the
+// discriminator's direct convolution (groups 1, dilation 1), forward and backward.
 //
-// On small inputs (at most kGemmMaxPixels pixels: the 1x1 and 4x4 DCGAN blocks, wide in
-// channels) it runs as plain GEMMs, which MKL runs near this machine's peak while oneDNN's
-// transposed convolution reached about half of it there (measured, 2 threads, 64x512x4x4 ->
-// 64x256x8x8: GEMM 14.5 ms against 24-25 ms; backward GEMMs 29 ms against 47-49 ms; on the
-// 1x1 block the backward took 9.4 ms in oneDNN and 0.9 ms as two GEMMs):
-//   forward:  cols[N*H*W, C_out*kH*kW] = x_rows[N*H*W, C_in] @ W[C_in, C_out*kH*kW], then the
-//             col2im scatter-add of cols into z (channels-last), image by image in cache;
-//   backward: gcols = im2col(grad) (the gather of the same positions), then
-//             grad_x_rows = gcols @ W^T and grad_W = x_rows^T @ gcols.
-// x_rows is x channels-last seen as rows, so no copy; W keeps its own layout. A 1x1 input
-// without padding needs no col2im at all: cols is z, NCHW.
-// Larger inputs keep oneDNN: forward conv_transpose2d, backward as the direct convolution
-// it is the adjoint of (grad_x = conv2d(grad, W), the weight gradient of that conv2d),
-// channels-last, which ran faster than the transposed convolution's own backward.
-#include "conv_transpose_gemm.h"
+// The two are adjoint: conv2d(., W) with W [C_out, C_in, kH, kW] is the data gradient of
+// conv_transpose2d(., W) and the other way round, so both run on the same two pieces, in the
+// transposed convolution's terms (input [N, C_in, H, W] of few pixels, output [N, C_out, oH, oW]):
+//   col2im: the scatter-add of cols [N*H*W, C_out*kH*kW] into the output, channels-last;
+//   im2col: the gather of an output-shaped tensor into such rows, zeros where a tap falls outside.
+// Where the small side has at most kGemmMaxPixels pixels (the 1x1 and 4x4 DCGAN blocks, wide in
+// channels) everything is plain GEMMs around them, which MKL runs near this machine's peak while
+// oneDNN's convolutions reached about half of it there (measured, 2 threads, 64x512x4x4 ->
+// 64x256x8x8: GEMM 14.5 ms against 24-25 ms; backward GEMMs 29 ms against 47-49 ms; on the 1x1
+// block the backward took 9.4 ms in oneDNN and 0.9 ms as two GEMMs):
+//   transposed forward:  cols = x_rows @ W[C_in, C_out*kH*kW], then col2im;
+//   transposed backward: gcols = im2col(grad); grad_x_rows = gcols @ W^T, grad_W = x_rows^T @ gcols;
+//   direct forward:      z_rows = im2col(x) @ W[C_out, C_in*kH*kW]^T;
+//   direct backward:     grad_x = col2im(grad_rows @ W), grad_W = grad_rows^T @ im2col(x).
+// Rows are channels-last tensors seen as [pixels, channels], so no copy; W keeps its own layout.
+// A 1x1 small side without padding needs no col2im / im2col at all (cols is the NCHW tensor).
+// Larger inputs keep oneDNN: the transposed forward as conv_transpose2d, its backward as the direct
+// convolution it is the adjoint of (grad_x = conv2d(grad, W), the weight gradient of that conv2d),
+// channels-last, which ran faster than the transposed convolution's own backward; the direct
+// convolution and its backward as they are.
+#include "convolution.h"
 
 #include "common.h"
 
@@ -41,10 +48,22 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef
   return g;
 }
 
-bool use_gemm(const at::Tensor& x, const Geometry& g) {
-  const bool dtype_ok = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
-  const bool layout_ok = x.is_contiguous(at::MemoryFormat::ChannelsLast) || (g.h == 1 && g.w == 1);
-  return dtype_ok && layout_ok && g.h * g.w <= kGemmMaxPixels;
+// conv2d(x, weight) in the terms of its adjoint transposed convolution: input z [N, C_out, oH, oW]
+// (conv2d's output), output x.
+Geometry direct_geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                         at::IntArrayRef padding) {
+  const int64_t kh = weight.size(2), kw = weight.size(3);
+  return {x.size(0), weight.size(0), (x.size(2) + 2 * padding[0] - kh) / stride[0] + 1,
+          (x.size(3) + 2 * padding[1] - kw) / stride[1] + 1, x.size(1), kh, kw, x.size(2), x.size(3),
+          stride[0], stride[1], padding[0], padding[1]};
+}
+
+// `small` is the tensor on the small side (x of the transposed convolution, z of the direct one),
+// or a tensor in the layout it will have.
+bool use_gemm(const at::Tensor& small, const Geometry& g) {
+  const bool dtype_ok = small.scalar_type() == at::kFloat || small.scalar_type() == at::kDouble;
+  const bool layout_ok = small.is_contiguous(at::MemoryFormat::ChannelsLast) || (g.h == 1 && g.w == 1);
+  return dtype_ok && layout_ok && g.h > 0 && g.w > 0 && g.h * g.w <= kGemmMaxPixels;
 }
 
 // x channels-last as rows [N * H * W, C_in] (a view).
@@ -120,6 +139,7 @@ void im2col(const T* grad, T* gcols, const Geometry& g) {
   });
 }
 
+// The transposed convolution of x (the small side) by GEMM and col2im, channels-last out.
 at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                         const Geometry& g, bool relu) {
   auto cols = at::mm(rows_of(x), weight.reshape({g.c_in, g.row()}));
@@ -136,23 +156,20 @@ at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& weight, const std
   return z;
 }
 
-std::tuple<at::Tensor, at::Tensor> backward_gemm(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
-                                                 const Geometry& g, bool need_x, bool need_weight) {
-  at::Tensor gcols;
-  if (g.cols_is_z()) {
-    gcols = grad.contiguous().view({g.n, g.row()});
-  } else {
-    const auto gl = grad.contiguous(at::MemoryFormat::ChannelsLast);
-    gcols = at::empty({g.n * g.h * g.w, g.row()}, grad.options());
-    AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fastgan_cpu::im2col", [&] {
-      im2col(gl.const_data_ptr<scalar_t>(), gcols.mutable_data_ptr<scalar_t>(), g);
-    });
-  }
-  at::Tensor grad_x, grad_w;
-  const auto w2 = weight.reshape({g.c_in, g.row()});
-  if (need_x) grad_x = at::mm(gcols, w2.t()).view({g.n, g.h, g.w, g.c_in}).permute({0, 3, 1, 2});
-  if (need_weight) grad_w = at::mm(rows_of(x).t(), gcols).view(weight.sizes());
-  return {grad_x, grad_w};
+// im2col of an output-shaped tensor: rows [N * H * W, C_out * kH * kW].
+at::Tensor im2col_rows(const at::Tensor& t, const Geometry& g) {
+  if (g.cols_is_z()) return t.contiguous().view({g.n, g.row()});
+  const auto tl = t.contiguous(at::MemoryFormat::ChannelsLast);
+  auto cols = at::empty({g.n * g.h * g.w, g.row()}, t.options());
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "fastgan_cpu::im2col", [&] {
+    im2col(tl.const_data_ptr<scalar_t>(), cols.mutable_data_ptr<scalar_t>(), g);
+  });
+  return cols;
+}
+
+// Rows [N * H * W, C] of the small side as a channels-last [N, C, H, W] tensor (a view).
+at::Tensor from_rows(const at::Tensor& rows, const Geometry& g) {
+  return rows.view({g.n, g.h, g.w, rows.size(1)}).permute({0, 3, 1, 2});
 }
 
 void check_args(const at::Tensor& x, const at::Tensor& weight, const char* op) {
@@ -161,8 +178,12 @@ void check_args(const at::Tensor& x, const at::Tensor& weight, const char* op) {
               weight.sizes());
 }
 
-at::Tensor empty_if_undefined(const at::Tensor& t, const at::Tensor& like) {
-  return t.defined() ? t : at::empty({0}, like.options());
+// (grad_x in x's layout, grad_weight contiguous), [0] for a gradient not computed.
+std::tuple<at::Tensor, at::Tensor> finish_backward(const at::Tensor& grad_x, const at::Tensor& grad_w,
+                                                   const at::Tensor& x) {
+  const auto fmt = x.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
+  const auto none = at::empty({0}, x.options());
+  return {grad_x.defined() ? grad_x.contiguous(fmt) : none, grad_w.defined() ? grad_w.contiguous() : none};
 }
 
 std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& grad, const at::Tensor& x,
@@ -177,7 +198,10 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& gra
               g.oh, ", ", g.ow, "], got ", grad.sizes());
   at::Tensor grad_x, grad_w;
   if (use_gemm(x, g)) {
-    std::tie(grad_x, grad_w) = backward_gemm(grad, x, weight, g, need_x, need_weight);
+    const auto gcols = im2col_rows(grad, g);
+    const auto w2 = weight.reshape({g.c_in, g.row()});
+    if (need_x) grad_x = from_rows(at::mm(gcols, w2.t()), g);
+    if (need_weight) grad_w = at::mm(rows_of(x).t(), gcols).view(weight.sizes());
   } else if (g.h * g.w >= 64) {
     // The direct convolution this one is the adjoint of, channels-last.
     const auto cl = at::MemoryFormat::ChannelsLast;
@@ -192,9 +216,51 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& gra
         at::convolution_backward(grad.contiguous(), x.contiguous(), weight.contiguous(), c10::nullopt, stride, padding,
                                  {1, 1}, true, output_padding, 1, {need_x, need_weight, false});
   }
-  if (grad_w.defined()) grad_w = grad_w.contiguous();
-  if (grad_x.defined()) grad_x = grad_x.contiguous(x.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
-  return {empty_if_undefined(grad_x, x), empty_if_undefined(grad_w, x)};
+  return finish_backward(grad_x, grad_w, x);
+}
+
+void check_direct_args(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                       const char* op) {
+  TORCH_CHECK(weight.dim() == 4 && x.dim() == 4 && weight.size(1) == x.size(1), "fastgan_cpu::", op,
+              ": weight must be [C_out, C_in, kH, kW] with C_in = x.size(1), got x ", x.sizes(), " and weight ",
+              weight.sizes());
+  const auto g = direct_geometry(x, weight, stride, padding);
+  TORCH_CHECK(g.h > 0 && g.w > 0, "fastgan_cpu::", op, ": the output would be empty for x ", x.sizes(),
+              " and weight ", weight.sizes());
+}
+
+// z = conv2d(x, weight), in x's layout.
+at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding) {
+  check_direct_args(x, weight, stride, padding, "conv2d");
+  const auto g = direct_geometry(x, weight, stride, padding);
+  at::Tensor z;
+  if (use_gemm(x, g)) {
+    z = from_rows(at::mm(im2col_rows(x, g), weight.reshape({g.c_in, g.row()}).t()), g);
+  } else {
+    z = at::conv2d(x, weight, {}, stride, padding);
+  }
+  return z.contiguous(x.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
+}
+
+std::tuple<at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                   const at::Tensor& weight, at::IntArrayRef stride,
+                                                   at::IntArrayRef padding, bool need_x, bool need_weight) {
+  check_direct_args(x, weight, stride, padding, "conv2d_backward");
+  const auto g = direct_geometry(x, weight, stride, padding);
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == g.n && grad.size(1) == g.c_in && grad.size(2) == g.h &&
+                  grad.size(3) == g.w,
+              "fastgan_cpu::conv2d_backward: grad must have the output's shape [", g.n, ", ", g.c_in, ", ", g.h, ", ",
+              g.w, "], got ", grad.sizes());
+  at::Tensor grad_x, grad_w;
+  if (use_gemm(x, g)) {
+    const auto gl = grad.contiguous(g.h * g.w == 1 ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
+    if (need_x) grad_x = forward_gemm(gl, weight.contiguous(), c10::nullopt, g, false);
+    if (need_weight) grad_w = at::mm(rows_of(gl).t(), im2col_rows(x, g)).view(weight.sizes());
+  } else {
+    std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
+        grad, x, weight, c10::nullopt, stride, padding, {1, 1}, false, {0, 0}, 1, {need_x, need_weight, false});
+  }
+  return finish_backward(grad_x, grad_w, x);
 }
 
 }  // namespace
@@ -215,6 +281,10 @@ at::Tensor conv_transpose_forward(const at::Tensor& x, const at::Tensor& weight,
   return relu ? z.relu_() : z;
 }
 
-TORCH_LIBRARY_IMPL(fastgan_cpu, CPU, m) { m.impl("conv_transpose_backward", &conv_transpose_backward); }
+TORCH_LIBRARY_IMPL(fastgan_cpu, CPU, m) {
+  m.impl("conv_transpose_backward", &conv_transpose_backward);
+  m.impl("conv2d", &conv2d);
+  m.impl("conv2d_backward", &conv2d_backward);
+}
 
 }  // namespace fastgan::cpu

@@ -1,5 +1,5 @@
 // The transposed convolution of the DCGAN blocks on CPU: oneDNN, or for small inputs one GEMM
-// and a col2im (see conv_transpose_gemm.cpp). Used by conv_transpose_bn_relu.cpp.
+// and a col2im (see convolution.cpp). Used by conv_transpose_bn_relu.cpp.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -1,0 +1,50 @@
+// The discriminator's direct convolution and its backward (schemas.h): cuDNN through ATen,
+// channels-last (tensor cores), results in x's layout. No kernel of our own: a GEMM library's job.
+#include "common.cuh"
+
+namespace fastgan::cuda {
+namespace {
+
+constexpr auto kCL = at::MemoryFormat::ChannelsLast;
+
+at::MemoryFormat format_of(const at::Tensor& x) {
+  return x.is_contiguous() ? at::MemoryFormat::Contiguous : kCL;
+}
+
+void check_args(const at::Tensor& x, const at::Tensor& weight, const char* op) {
+  check_cuda(x, op, "x");
+  check_cuda(weight, op, "weight");
+  check_same(weight, "weight", x, "x", op);
+  TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && weight.size(1) == x.size(1), "fastgan_cuda::", op,
+              ": weight must be [C_out, C_in, kH, kW] with C_in = x.size(1), got x ", x.sizes(), " and weight ",
+              weight.sizes());
+}
+
+at::Tensor conv2d_cuda(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding) {
+  check_args(x, weight, "conv2d");
+  c10::cuda::CUDAGuard guard(x.device());
+  return at::conv2d(x.contiguous(kCL), weight.contiguous(kCL), {}, stride, padding).contiguous(format_of(x));
+}
+
+std::tuple<at::Tensor, at::Tensor> conv2d_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
+                                                        const at::Tensor& weight, at::IntArrayRef stride,
+                                                        at::IntArrayRef padding, bool need_x, bool need_weight) {
+  const char* op = "conv2d_backward";
+  check_args(x, weight, op);
+  check_cuda(grad, op, "grad");
+  check_same(grad, "grad", x, "x", op);
+  c10::cuda::CUDAGuard guard(x.device());
+  auto [grad_x, grad_w, unused] =
+      at::convolution_backward(grad.contiguous(kCL), x.contiguous(kCL), weight.contiguous(kCL), c10::nullopt, stride,
+                               padding, {1, 1}, false, {0, 0}, 1, {need_x, need_weight, false});
+  const auto none = at::empty({0}, x.options());
+  return {grad_x.defined() ? grad_x.contiguous(format_of(x)) : none, grad_w.defined() ? grad_w.contiguous() : none};
+}
+
+}  // namespace
+}  // namespace fastgan::cuda
+
+TORCH_LIBRARY_IMPL(fastgan_cuda, CUDA, m) {
+  m.impl("conv2d", &fastgan::cuda::conv2d_cuda);
+  m.impl("conv2d_backward", &fastgan::cuda::conv2d_backward_cuda);
+}

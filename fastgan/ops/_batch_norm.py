@@ -1,0 +1,146 @@
+"""What the fused convolution + BatchNorm2d + activation blocks share: argument checks, nn.BatchNorm2d's
+running-statistics update, and the fused BN + activation backward as traceable ops.
+
+Used by conv_transpose_bn_relu (the generator's block) and conv2d_bn_leaky_relu (the
+discriminator's). The activation is act(u) = u > 0 ? u : negative_slope * u: ReLU at slope 0.
+"""
+
+from typing import Optional
+
+import torch
+
+from .._checks import as_layout, check_tensor, empty
+from ._dispatch import _traced, kernels
+
+LAYOUT = torch.channels_last
+
+
+def pair(v, name, minimum):
+    p = (v, v) if isinstance(v, int) else tuple(v)
+    if len(p) != 2 or not all(isinstance(i, int) and i >= minimum for i in p):
+        raise ValueError(f"fastgan: {name} must be an int or a pair of ints >= {minimum}, got {v!r}")
+    return list(p)
+
+
+def check_channel_vector(t, name, c, x):
+    if t is None:
+        return
+    check_tensor(t, name, ndim=1)
+    if t.shape[0] != c:
+        raise ValueError(f"fastgan: {name} must have shape [{c}] (the output channels), got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"fastgan: {name} is on {t.device} but x is on {x.device}")
+
+
+def check_bn_arguments(x, c, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
+                       num_batches_tracked):
+    """The per-channel vectors (C = c output channels) and the running-statistics options."""
+    for t, name in ((bias, "bias"), (bn_weight, "bn_weight"), (bn_bias, "bn_bias"),
+                    (running_mean, "running_mean"), (running_var, "running_var")):
+        check_channel_vector(t, name, c, x)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("fastgan: running_mean and running_var must be given together (or both None)")
+    if num_batches_tracked is not None and not isinstance(num_batches_tracked, torch.Tensor):
+        raise TypeError(f"fastgan: num_batches_tracked must be a tensor or None, got {type(num_batches_tracked).__name__}")
+    if training and momentum is None and num_batches_tracked is None and running_mean is not None:
+        raise ValueError("fastgan: momentum=None (cumulative average) needs num_batches_tracked")
+
+
+def check_batch(shape):
+    """The output shape of the convolution: not empty, and (F.batch_norm's check, with its words)
+    more than one value per channel for batch statistics."""
+    if min(shape) <= 0:
+        raise ValueError(f"fastgan: the output of the convolution would be empty: {shape}")
+    if shape[0] * shape[2] * shape[3] == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {torch.Size(shape)}")
+
+
+def momentum_factor(training, running_mean, momentum, num_batches_tracked):
+    """nn.BatchNorm2d's exponential_average_factor; counts the batch in num_batches_tracked."""
+    if not training or running_mean is None:
+        return 0.0 if momentum is None else momentum
+    if num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+        if momentum is None:
+            return 1.0 / float(num_batches_tracked)
+    return 0.0 if momentum is None else momentum
+
+
+def stats_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def needs_grad(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def call(op, *args):
+    """A custom op without autograd: its Python body in eager code (no dispatch), the op when traced."""
+    return op(*args) if _traced() else op._init_fn(*args)
+
+
+def layout_of(t):
+    return torch.contiguous_format if t.is_contiguous() else LAYOUT
+
+
+def scale_shift(var, gamma, beta, eps):
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd if gamma is None else gamma * invstd
+    shift = torch.zeros_like(var) if beta is None else beta
+    return scale, shift
+
+
+def folded(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, dtype, out_dim):
+    """Eval: the running statistics folded into the convolution, W * s over its output-channel
+    dim `out_dim` and beta + (bias - running_mean) * s, s = gamma * rsqrt(running_var + eps);
+    differentiable torch code."""
+    stats = torch.float64 if dtype == torch.float64 else torch.float32
+    s = torch.rsqrt(running_var.to(stats) + eps)
+    if bn_weight is not None:
+        s = s * bn_weight.to(stats)
+    shift = -running_mean.to(stats) * s if bias is None else (bias.to(stats) - running_mean.to(stats)) * s
+    if bn_bias is not None:
+        shift = shift + bn_bias.to(stats)
+    view = [1] * weight.dim()
+    view[out_dim] = -1
+    return (weight.to(stats) * s.view(view)).to(dtype), shift.to(dtype)
+
+
+def update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, bias, n, momentum):
+    call(_update_running_stats, running_mean, running_var, num_batches_tracked, mean.detach(), var.detach(),
+         None if bias is None else bias.detach(), n, momentum)
+
+
+@torch.library.custom_op("fastgan::bn_running_stats_update",
+                         mutates_args=("running_mean", "running_var", "num_batches_tracked"))
+def _update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,
+                          num_batches_tracked: Optional[torch.Tensor], mean: torch.Tensor, var: torch.Tensor,
+                          bias: Optional[torch.Tensor], n: int, momentum: Optional[float]) -> None:
+    """nn.BatchNorm2d's update from the batch mean (of z without the conv bias) and biased variance:
+    running = (1 - m) * running + m * batch value, the variance unbiased, in float64."""
+    m = momentum_factor(True, running_mean, momentum, num_batches_tracked)
+    batch_mean = mean.double() if bias is None else mean.double() + bias.double()
+    unbiased = var.double() * (n / (n - 1))
+    for running, batch in ((running_mean, batch_mean), (running_var, unbiased)):
+        running.copy_(m * batch + (1.0 - m) * running.double())
+
+
+@_update_running_stats.register_fake
+def _(running_mean, running_var, num_batches_tracked, mean, var, bias, n, momentum):
+    return None
+
+
+@torch.library.custom_op("fastgan::bn_relu_backward", mutates_args=())
+def bn_relu_backward(grad_y: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
+                     gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], negative_slope: float,
+                     impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused BN + activation backward (csrc/schemas.h) as a traceable op: grad_z, grad_gamma,
+    grad_beta."""
+    grad_z, grad_gamma, grad_beta = kernels(impl).bn_relu_backward(as_layout(grad_y, layout_of(z)), z, mean,
+                                                                   invstd, gamma, beta, negative_slope)
+    return as_layout(grad_z, layout_of(z)), grad_gamma, grad_beta
+
+
+@bn_relu_backward.register_fake
+def _(grad_y, z, mean, invstd, gamma, beta, negative_slope, impl):
+    return empty(z.shape, z, layout_of(z)), torch.empty_like(mean), torch.empty_like(mean)

@@ -1,0 +1,170 @@
+"""Fused Conv2d + BatchNorm2d + LeakyReLU, the DCGAN discriminator block (SPEC 7).
+
+The generator block's design (conv_transpose_bn_relu.py) with a direct convolution and a slope.
+Training (batch statistics): z = conv2d(x, W) channels-last, without the conv bias (it cancels in
+the normalization and only moves the running mean); the backend's batch_stats gives the mean and
+variance of z in one pass, bn_relu with negative_slope normalizes + activates in one more, and
+`bn_running_stats_update` updates the running statistics as nn.BatchNorm2d does.
+Eval (running statistics): folded into W and the bias, then one convolution and an in-place
+LeakyReLU (ATen ops, so autograd and torch.compile see through them).
+
+Backward: the fused BN + activation backward (both per-channel sums in one pass) hands grad_z
+to the backend's conv2d_backward. Double backward raises.
+
+The convolution is the backend's conv2d kernel op on channels-last x: on CPU MKL GEMMs where the
+output is small (the 8x8 -> 4x4 block; see csrc/cpu/convolution.cpp), else oneDNN, which ran the
+DCGAN discriminator's other convolutions 1.2-1.7x faster on channels-last than on NCHW here
+(forward and backward, batch 128, 2 threads); on GPU cuDNN, channels-last for tensor cores.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from .._backend import resolve
+from .._checks import as_layout, check_eps, check_same, check_tensor, empty
+from ._batch_norm import (LAYOUT, bn_relu_backward, call, check_batch, check_bn_arguments, folded, layout_of,
+                          momentum_factor, needs_grad, pair, scale_shift, stats_dtype, update_running_stats)
+from ._dispatch import fused_op, kernels
+
+
+def conv2d_bn_leaky_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training,
+                                   momentum=0.1, eps=1e-5, stride=1, padding=0, negative_slope=0.2,
+                                   num_batches_tracked=None):
+    """Eager PyTorch: what nn.Sequential(Conv2d, BatchNorm2d, LeakyReLU) computes."""
+    z = F.conv2d(x, weight, bias, stride, padding)
+    factor = momentum_factor(training, running_mean, momentum, num_batches_tracked)
+    use_batch = training or running_mean is None
+    z = F.batch_norm(z, running_mean, running_var, bn_weight, bn_bias, use_batch, factor, eps)
+    return F.leaky_relu(z, negative_slope)
+
+
+def conv2d_bn_leaky_relu(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training,
+                         momentum=0.1, eps=1e-5, stride=1, padding=0, negative_slope=0.2,
+                         num_batches_tracked=None, impl=None):
+    """leaky_relu(batch_norm(conv2d(x, weight, bias, stride, padding)), negative_slope).
+
+    x [N, C_in, H, W], weight [C_out, C_in, kH, kW], bias / bn_weight / bn_bias / running_mean /
+    running_var [C_out] or None, with nn.BatchNorm2d's semantics as in conv_transpose_bn_relu
+    (running statistics and num_batches_tracked updated in place in training, momentum=None the
+    cumulative average, batch statistics when there are no running ones). The output is
+    channels-last.
+    """
+    sizes = _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
+                   num_batches_tracked, stride, padding, negative_slope)
+    eps, slope = check_eps(eps), float(negative_slope)
+    use_batch = training or running_mean is None
+    if use_batch:
+        check_batch(_out_shape(x, weight, sizes))
+    impl = resolve(impl, x.device)
+    if impl == "reference":
+        return conv2d_bn_leaky_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+                                              training, momentum, eps, sizes[0], sizes[1], slope, num_batches_tracked)
+    if not use_batch:
+        w, b = folded(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, x.dtype, out_dim=0)
+        z = F.conv2d(as_layout(x, LAYOUT), w, b, *sizes)
+        grad = needs_grad(x, weight, bias, bn_weight, bn_bias)
+        return F.leaky_relu(z, slope) if grad else F.leaky_relu_(z, slope)
+    gamma, beta = (None if t is None else t.to(stats_dtype(x)) for t in (bn_weight, bn_bias))
+    y, _, mean, var, _ = _train(x, weight, bias, gamma, beta, eps, *sizes, slope, impl)
+    if training and running_mean is not None:
+        update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, bias,
+                             y.numel() // y.shape[1], momentum)
+    return y
+
+
+def _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
+           num_batches_tracked, stride, padding, negative_slope):
+    """Validates the arguments; returns [stride, padding] as pairs."""
+    check_tensor(x, "x", ndim=4)
+    check_tensor(weight, "weight", ndim=4)
+    check_same(weight, "weight", x, "x")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"fastgan: weight must be [C_out, C_in, kH, kW] with C_in = {x.shape[1]} (x's channels), "
+                         f"got {tuple(weight.shape)}")
+    if bias is not None:
+        check_tensor(bias, "bias", ndim=1)
+        check_same(bias, "bias", x, "x")
+    check_bn_arguments(x, weight.shape[0], bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
+                       num_batches_tracked)
+    if not isinstance(negative_slope, (int, float)) or isinstance(negative_slope, bool):
+        raise TypeError(f"fastgan: negative_slope must be a number, got {type(negative_slope).__name__}")
+    return [pair(stride, "stride", 1), pair(padding, "padding", 0)]
+
+
+def _out_shape(x, weight, sizes):
+    (sh, sw), (ph, pw) = sizes
+    h = (x.shape[2] + 2 * ph - weight.shape[2]) // sh + 1
+    w = (x.shape[3] + 2 * pw - weight.shape[3]) // sw + 1
+    return (x.shape[0], weight.shape[0], h, w)
+
+
+# ---- training ----
+
+def _train_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
+                  beta: Optional[torch.Tensor], eps: float, stride: list[int], padding: list[int],
+                  negative_slope: float, impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                             torch.Tensor]:
+    k = kernels(impl)
+    x_cl = as_layout(x, LAYOUT)
+    z = as_layout(k.conv2d(x_cl, weight.contiguous(), stride, padding), LAYOUT)
+    mean, var = k.batch_stats(z)
+    y = k.bn_relu(z, mean, *scale_shift(var, gamma, beta, eps), negative_slope)
+    # x as the convolution took it, for the backward: saved instead of x when the layout differs
+    # (no second conversion), empty when it does not (an output may not alias an input).
+    x_saved = x_cl if x_cl is not x else x.new_empty((0,))
+    return y, z, mean, var, x_saved
+
+
+def _train_fake(x, weight, bias, gamma, beta, eps, stride, padding, negative_slope, impl):
+    shape = _out_shape(x, weight, [stride, padding])
+    stats = x.new_empty((shape[1],), dtype=stats_dtype(x))
+    x_saved = x.new_empty((0,)) if x.is_contiguous(memory_format=LAYOUT) else empty(x.shape, x, LAYOUT)
+    return empty(shape, x, LAYOUT), empty(shape, x, LAYOUT), stats, torch.empty_like(stats), x_saved
+
+
+def _train_setup(ctx, inputs, output):
+    x, weight, bias, gamma, beta, ctx.eps, ctx.stride, ctx.padding, ctx.negative_slope, ctx.impl = inputs
+    _, z, mean, var, x_saved = output
+    ctx.mark_non_differentiable(z, mean, var, x_saved)
+    ctx.set_materialize_grads(False)  # else autograd fills zero gradients for z and x_saved (passes over them)
+    ctx.has_bias, ctx.has_gamma, ctx.has_beta = bias is not None, gamma is not None, beta is not None
+    ctx.save_for_backward(x_saved if x_saved.numel() else x, weight, gamma, beta, z, mean, var)
+
+
+@once_differentiable
+def _train_bwd(ctx, grad_y, *_):
+    if grad_y is None:  # y took no part in what is differentiated
+        return (None,) * 10
+    x, weight, gamma, beta, z, mean, var = ctx.saved_tensors
+    invstd = torch.rsqrt(var + ctx.eps)
+    grad_z, grad_gamma, grad_beta = call(bn_relu_backward, grad_y, z, mean, invstd, gamma, beta, ctx.negative_slope,
+                                         ctx.impl)
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    grad_x = grad_w = None
+    if need_x or need_w:
+        grad_x, grad_w = call(_conv2d_backward, grad_z, x, weight, ctx.stride, ctx.padding, need_x, need_w, ctx.impl)
+    grad_b = grad_z.sum((0, 2, 3)) if ctx.has_bias and need_b else None
+    return (grad_x if need_x else None, grad_w if need_w else None, grad_b, grad_gamma if ctx.has_gamma else None, grad_beta if ctx.has_beta else None,
+            None, None, None, None, None)
+
+
+@torch.library.custom_op("fastgan::conv2d_backward", mutates_args=())
+def _conv2d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: list[int], padding: list[int],
+                     need_x: bool, need_weight: bool, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel op (csrc/schemas.h) as a traceable op: (grad_x, grad_weight), [0] where not asked for."""
+    grad_x, grad_w = kernels(impl).conv2d_backward(as_layout(grad, layout_of(x)), x, weight.contiguous(), stride,
+                                                   padding, need_x, need_weight)
+    return as_layout(grad_x, layout_of(x)) if need_x else grad_x, grad_w
+
+
+@_conv2d_backward.register_fake
+def _(grad, x, weight, stride, padding, need_x, need_weight, impl):
+    none = x.new_empty((0,))
+    return (empty(x.shape, x, layout_of(x)) if need_x else none,
+            weight.new_empty(weight.shape) if need_weight else none)
+
+
+_train = fused_op("conv2d_bn_leaky_relu_train", _train_kernel, _train_fake, _train_bwd, _train_setup)
