@@ -414,18 +414,18 @@ def test_cpu_kernels_both_layouts(fmt, shape, dtype):
         return v[None, :, None, None]
 
     want = F.relu((zs - per_channel(mean)) * per_channel(scale) + per_channel(beta))
-    y = k.bn_relu(z, mean, scale, beta)
+    y = k.bn_relu(z, mean, scale, beta, 0.0)
     assert y.is_contiguous(memory_format=fmt)
     torch.testing.assert_close(y.to(stats), want, **tol)
     z2 = z.clone()
-    k.bn_relu_(z2, mean, scale, beta)
+    k.bn_relu_(z2, mean, scale, beta, 0.0)
     assert torch.equal(z2, y)
     zz = zs.detach().requires_grad_()
     ga, be = gamma.clone().requires_grad_(), beta.clone().requires_grad_()
     ref = F.relu(F.batch_norm(zz, None, None, ga, be, True, 0.1, 1e-5))
     g = randn(shape, dtype=dtype).contiguous(memory_format=fmt)
     want_grads = torch.autograd.grad(ref, (zz, ga, be), g.to(stats))
-    got_grads = k.bn_relu_backward(g, z, mean, invstd, gamma, beta)
+    got_grads = k.bn_relu_backward(g, z, mean, invstd, gamma, beta, 0.0)
     assert got_grads[0].is_contiguous(memory_format=fmt)
     for got, want in zip(got_grads, want_grads):
         torch.testing.assert_close(got.to(stats), want, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
