@@ -154,11 +154,11 @@ def check_bn_relu(ops, shape, layout, dtype, device="cpu"):
     z, mean, invstd, gamma, beta = bn_inputs(shape, layout, dtype, True, device)
     scale, shift = invstd * gamma, beta
     want = ((z.to(mean.dtype) - mean.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).relu()
-    y = ops.bn_relu(z, mean, scale, shift)
+    y = ops.bn_relu(z, mean, scale, shift, 0.0)
     assert y.is_contiguous(memory_format=MEMORY_FORMATS[layout])
     assert_close(y, want.to(expected_in(dtype)), dtype)
     z_before = z.clone()
-    assert ops.bn_relu_(z, mean, scale, shift) is None
+    assert ops.bn_relu_(z, mean, scale, shift, 0.0) is None
     torch.testing.assert_close(z, y, rtol=0, atol=0)
     assert not torch.equal(z, z_before)
 
@@ -174,7 +174,7 @@ def test_bn_relu_backward(shape, layout, dtype, affine):
 def check_bn_relu_backward(ops, shape, layout, dtype, affine, device="cpu"):
     z, mean, invstd, gamma, beta = bn_inputs(shape, layout, dtype, affine, device)
     grad_y = randn(shape, layout, dtype, device)
-    grad_z, grad_gamma, grad_beta = ops.bn_relu_backward(grad_y, z, mean, invstd, gamma, beta)
+    grad_z, grad_gamma, grad_beta = ops.bn_relu_backward(grad_y, z, mean, invstd, gamma, beta, 0.0)
     assert grad_z.is_contiguous(memory_format=MEMORY_FORMATS[layout])
 
     acc = mean.dtype
@@ -214,16 +214,17 @@ def test_bad_inputs():
         ops.conv_transpose_bias_relu(x, weight, torch.zeros(3), stride, padding, output_padding)
     z, mean, invstd, gamma, beta = bn_inputs((2, 5, 3, 4), "contiguous", torch.float32, True)
     with pytest.raises(ValueError, match="mean"):
-        ops.bn_relu(z, mean.double(), invstd, beta)
+        ops.bn_relu(z, mean.double(), invstd, beta, 0.0)
     with pytest.raises(ValueError, match="z must be contiguous"):
-        ops.bn_relu(z[..., ::2], mean, invstd, beta)
+        ops.bn_relu(z[..., ::2], mean, invstd, beta, 0.0)
     with pytest.raises(ValueError, match="grad_y"):
-        ops.bn_relu_backward(z.contiguous(memory_format=torch.channels_last), z, mean, invstd, gamma, beta)
+        ops.bn_relu_backward(z.contiguous(memory_format=torch.channels_last), z, mean, invstd, gamma, beta, 0.0)
     with pytest.raises(ValueError, match="gamma"):
-        ops.bn_relu_backward(z, z, mean, invstd, gamma[:3], beta)
+        ops.bn_relu_backward(z, z, mean, invstd, gamma[:3], beta, 0.0)
 
 
-KERNEL_OPS = ["conv_transpose_stats", "bn_relu", "bn_relu_", "bn_relu_backward", "conv_transpose_bias_relu"]
+KERNEL_OPS = ["conv_transpose_stats", "bn_relu", "bn_relu_", "bn_relu_backward", "batch_stats",
+              "conv_transpose_bias_relu"]
 
 
 def test_cuda_extension_registers_the_kernels():
@@ -328,6 +329,6 @@ def test_deterministic_gpu(impl):
         assert torch.equal(a, b)
     z, mean, invstd, gamma, beta = bn_inputs((33, 64, 32, 32), "channels_last", torch.float32, True, "cuda")
     g = randn(z.shape, "channels_last", device="cuda")
-    for a, b in zip(ops.bn_relu_backward(g, z, mean, invstd, gamma, beta),
-                    ops.bn_relu_backward(g, z, mean, invstd, gamma, beta)):
+    for a, b in zip(ops.bn_relu_backward(g, z, mean, invstd, gamma, beta, 0.0),
+                    ops.bn_relu_backward(g, z, mean, invstd, gamma, beta, 0.0)):
         assert torch.equal(a, b)

@@ -1,11 +1,13 @@
-// SPEC 1, the DCGAN generator block ConvTranspose2d + BatchNorm2d + ReLU (schemas in csrc/schemas.h).
+// SPEC 1, the DCGAN generator block ConvTranspose2d + BatchNorm2d + ReLU (schemas in csrc/schemas.h),
+// whose BN + activation ops also serve the discriminator's Conv2d + BatchNorm2d + LeakyReLU (SPEC 7).
 // The convolution is cuDNN's (through ATen, fed channels-last so that z comes out NHWC); around it:
 // - one pass of per-channel statistics: Welford per thread (of z minus a value of its channel),
 //   Chan merges across a warp (shuffles) and a block (shared memory, fixed order), per-block
 //   partials merged in a fixed order by a tiny finalize kernel: deterministic, and never
-//   E[z^2] - E[z]^2;
-// - one fused normalize + ReLU pass (vectorized, in place or not);
-// - the BN + ReLU backward: both sums in one pass (the same reduction machinery), then grad_z.
+//   E[z^2] - E[z]^2 (channel_stats: conv_transpose_stats on its z, batch_stats on a given z);
+// - one fused normalize + activation pass (vectorized, in place or not), act(u) = u > 0 ? u :
+//   negative_slope * u (ReLU for slope 0, LeakyReLU otherwise);
+// - the BN + activation backward: both sums in one pass (the same reduction machinery), then grad_z.
 // z is seen as [outer, C, inner]: NHWC is [N*H*W, C, 1] (threads across channels), NCHW is
 // [N, C, H*W] (a block per channel and chunk). Half and bfloat16 accumulate in float.
 #include "common.cuh"
@@ -20,17 +22,19 @@ namespace {
 // Reduction states. Each has add(z, g, channel params), merge(other, in order), shfl_xor(lane mask),
 // and kFields values stored per channel in the partials buffer.
 
-// Per-channel parameters of a reduction (the backward's; unused by Welford).
+// Per-channel parameters of a reduction (the backward's, with the activation's negative slope;
+// unused by Welford).
 template <typename acc_t>
 struct ChannelParams {
-  acc_t mean, invstd, gamma, beta;
+  acc_t mean, invstd, gamma, beta, slope;
 };
 
 template <typename acc_t>
 __device__ __forceinline__ ChannelParams<acc_t> load_params(const acc_t* mean, const acc_t* invstd,
-                                                            const acc_t* gamma, const acc_t* beta, int64_t c) {
-  if (mean == nullptr) return {0, 0, 0, 0};
-  return {mean[c], invstd[c], gamma ? gamma[c] : acc_t(1), beta ? beta[c] : acc_t(0)};
+                                                            const acc_t* gamma, const acc_t* beta, int64_t c,
+                                                            acc_t slope) {
+  if (mean == nullptr) return {0, 0, 0, 0, slope};
+  return {mean[c], invstd[c], gamma ? gamma[c] : acc_t(1), beta ? beta[c] : acc_t(0), slope};
 }
 
 // count, mean, M2 (sum of squared deviations from the mean) of z - shift, the shift being a value
@@ -78,7 +82,8 @@ struct WelfordState {
   }
 };
 
-// The BN + ReLU backward sums: s1 = sum(gm), s2 = sum(gm * xhat), gm = grad_y * (y > 0).
+// The BN + activation backward sums: s1 = sum(gm), s2 = sum(gm * xhat),
+// gm = grad_y * (u > 0 ? 1 : slope), u = xhat * gamma + beta.
 template <typename acc_t>
 struct BackwardSums {
   static constexpr int kFields = 2;
@@ -87,7 +92,7 @@ struct BackwardSums {
 
   __device__ __forceinline__ void add(acc_t z, acc_t g, const ChannelParams<acc_t>& p) {
     const acc_t xhat = (z - p.mean) * p.invstd;
-    const acc_t gm = xhat * p.gamma + p.beta > acc_t(0) ? g : acc_t(0);
+    const acc_t gm = xhat * p.gamma + p.beta > acc_t(0) ? g : g * p.slope;
     s1 += gm;
     s2 += gm * xhat;
   }
@@ -121,13 +126,14 @@ __global__ void __launch_bounds__(kLanes* kRowsNHWC)
     reduce_nhwc_kernel(const scalar_t* __restrict__ z, const scalar_t* __restrict__ g,
                        at::opmath_type<scalar_t>* __restrict__ partials, int64_t R, int64_t C,
                        const at::opmath_type<scalar_t>* mean, const at::opmath_type<scalar_t>* invstd,
-                       const at::opmath_type<scalar_t>* gamma, const at::opmath_type<scalar_t>* beta) {
+                       const at::opmath_type<scalar_t>* gamma, const at::opmath_type<scalar_t>* beta,
+                       at::opmath_type<scalar_t> slope) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ State states[kRowsNHWC][kLanes];
   const int64_t c = int64_t{blockIdx.x} * kLanes + threadIdx.x;
   State s{};
   if (c < C) {
-    ChannelParams<acc_t> p = load_params(mean, invstd, gamma, beta, c);
+    ChannelParams<acc_t> p = load_params(mean, invstd, gamma, beta, c, slope);
     if constexpr (State::kShifted) p.mean = static_cast<acc_t>(z[c]);  // row 0
     const int64_t step = int64_t{gridDim.y} * kRowsNHWC;
     for (int64_t r = int64_t{blockIdx.y} * kRowsNHWC + threadIdx.y; r < R; r += step) {
@@ -152,12 +158,13 @@ __global__ void __launch_bounds__(kThreadsNCHW)
     reduce_nchw_kernel(const scalar_t* __restrict__ z, const scalar_t* __restrict__ g,
                        at::opmath_type<scalar_t>* __restrict__ partials, int64_t N, int64_t C, int64_t S,
                        const at::opmath_type<scalar_t>* mean, const at::opmath_type<scalar_t>* invstd,
-                       const at::opmath_type<scalar_t>* gamma, const at::opmath_type<scalar_t>* beta) {
+                       const at::opmath_type<scalar_t>* gamma, const at::opmath_type<scalar_t>* beta,
+                       at::opmath_type<scalar_t> slope) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kWarps = kThreadsNCHW / 32;
   __shared__ State states[kWarps];
   const int64_t c = blockIdx.x;
-  ChannelParams<acc_t> p = load_params(mean, invstd, gamma, beta, c);
+  ChannelParams<acc_t> p = load_params(mean, invstd, gamma, beta, c, slope);
   if constexpr (State::kShifted) p.mean = static_cast<acc_t>(z[c * S]);  // sample 0, pixel 0
   State s{};
   const int64_t total = N * S, step = int64_t{gridDim.y} * kThreadsNCHW;
@@ -180,7 +187,8 @@ __global__ void __launch_bounds__(kThreadsNCHW)
 // Runs pass 1 over z (and g, if given) in its layout; returns the partials [G, kFields, C].
 template <typename State, typename scalar_t>
 at::Tensor reduce_channels(const at::Tensor& z, const at::Tensor& g, bool nhwc, const at::Tensor& mean,
-                           const at::Tensor& invstd, const at::Tensor& gamma, const at::Tensor& beta) {
+                           const at::Tensor& invstd, const at::Tensor& gamma, const at::Tensor& beta,
+                           at::opmath_type<scalar_t> slope) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = z.size(0), C = z.size(1), S = z.numel() / (N * C);
   const int64_t target_blocks = int64_t{at::cuda::getCurrentDeviceProperties()->multiProcessorCount} * 4;
@@ -204,11 +212,11 @@ at::Tensor reduce_channels(const at::Tensor& z, const at::Tensor& g, bool nhwc, 
   if (nhwc) {
     reduce_nhwc_kernel<State, scalar_t><<<grid, dim3(kLanes, kRowsNHWC), 0, stream>>>(
         z.const_data_ptr<scalar_t>(), gp, partials.mutable_data_ptr<acc_t>(), N * S, C, ptr(mean), ptr(invstd),
-        ptr(gamma), ptr(beta));
+        ptr(gamma), ptr(beta), slope);
   } else {
     reduce_nchw_kernel<State, scalar_t><<<grid, kThreadsNCHW, 0, stream>>>(
         z.const_data_ptr<scalar_t>(), gp, partials.mutable_data_ptr<acc_t>(), N, C, S, ptr(mean), ptr(invstd),
-        ptr(gamma), ptr(beta));
+        ptr(gamma), ptr(beta), slope);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return partials;
@@ -272,12 +280,14 @@ __device__ __forceinline__ index_t channel_of(index_t i, index_t C, index_t S) {
   }
 }
 
-// y = relu((z - mean) * scale + shift); z and y may alias (bn_relu_).
+// y = act((z - mean) * scale + shift), act(u) = u > 0 ? u : slope * u (NaN stays NaN); z and y may
+// alias (bn_relu_).
 template <typename scalar_t, int kVec, typename index_t, bool kNHWC>
 __global__ void __launch_bounds__(kThreads)
     bn_relu_kernel(const scalar_t* z, scalar_t* y, const at::opmath_type<scalar_t>* __restrict__ mean,
                    const at::opmath_type<scalar_t>* __restrict__ scale,
-                   const at::opmath_type<scalar_t>* __restrict__ shift, index_t packs, index_t C, index_t S) {
+                   const at::opmath_type<scalar_t>* __restrict__ shift, at::opmath_type<scalar_t> slope,
+                   index_t packs, index_t C, index_t S) {
   using acc_t = at::opmath_type<scalar_t>;
   using P = Pack<scalar_t, kVec>;
   const index_t stride = index_t(gridDim.x) * index_t(blockDim.x);
@@ -287,7 +297,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < kVec; ++j) {
       const index_t c = channel_of<index_t, kNHWC>(k * kVec + j, C, S);
       const acc_t v = (static_cast<acc_t>(p.v[j]) - mean[c]) * scale[c] + shift[c];
-      p.v[j] = static_cast<scalar_t>(v > acc_t(0) ? v : acc_t(0));
+      p.v[j] = static_cast<scalar_t>(v > acc_t(0) ? v : v * slope);
     }
     reinterpret_cast<P*>(y)[k] = p;
   }
@@ -301,7 +311,8 @@ __global__ void __launch_bounds__(kThreads)
                         const at::opmath_type<scalar_t>* __restrict__ invstd,
                         const at::opmath_type<scalar_t>* __restrict__ gamma,
                         const at::opmath_type<scalar_t>* __restrict__ beta,
-                        const at::opmath_type<scalar_t>* __restrict__ coef, index_t packs, index_t C, index_t S) {
+                        const at::opmath_type<scalar_t>* __restrict__ coef, at::opmath_type<scalar_t> slope,
+                        index_t packs, index_t C, index_t S) {
   using acc_t = at::opmath_type<scalar_t>;
   using P = Pack<scalar_t, kVec>;
   const index_t stride = index_t(gridDim.x) * index_t(blockDim.x);
@@ -312,9 +323,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
       const index_t c = channel_of<index_t, kNHWC>(k * kVec + j, C, S);
-      const ChannelParams<acc_t> p = load_params(mean, invstd, gamma, beta, c);
+      const ChannelParams<acc_t> p = load_params(mean, invstd, gamma, beta, c, slope);
       const acc_t xhat = (static_cast<acc_t>(zp.v[j]) - p.mean) * p.invstd;
-      const acc_t gm = xhat * p.gamma + p.beta > acc_t(0) ? static_cast<acc_t>(gp.v[j]) : acc_t(0);
+      const acc_t g = static_cast<acc_t>(gp.v[j]);
+      const acc_t gm = xhat * p.gamma + p.beta > acc_t(0) ? g : g * p.slope;
       out.v[j] = static_cast<scalar_t>(coef[c] * (gm - coef[C + c] - xhat * coef[2 * C + c]));
     }
     reinterpret_cast<P*>(grad_z)[k] = out;
@@ -373,6 +385,33 @@ at::Tensor conv_transpose_nhwc(const at::Tensor& x, const at::Tensor& weight, co
   return z.contiguous(cl);
 }
 
+// The per-channel mean and biased variance of a 4-D z (dense, NHWC or NCHW as `nhwc` says) over
+// (N, H, W): the Welford pass and the finalize, float32 (float64 for double z); NaN for an empty z.
+// The shift of channel c is its first element: z[c] in NHWC, z[c * H * W] in NCHW.
+std::tuple<at::Tensor, at::Tensor> channel_stats(const at::Tensor& z, bool nhwc) {
+  const int64_t C = z.size(1);
+  at::Tensor mean = at::empty({C}, z.options().dtype(acc_type(z)));
+  at::Tensor var = at::empty({C}, z.options().dtype(acc_type(z)));
+  if (z.numel() == 0) {
+    mean.fill_(std::numeric_limits<double>::quiet_NaN());
+    var.fill_(std::numeric_limits<double>::quiet_NaN());
+    return {mean, var};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::channel_stats", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    at::Tensor partials = reduce_channels<WelfordState<acc_t>, scalar_t>(z, at::Tensor(), nhwc, {}, {}, {}, {},
+                                                                         acc_t(0));
+    const int64_t chunks = partials.size(0);
+    finalize_stats_kernel<scalar_t, acc_t><<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0,
+                                             at::cuda::getCurrentCUDAStream()>>>(
+        partials.const_data_ptr<acc_t>(), z.const_data_ptr<scalar_t>(),
+        /*shift_stride=*/nhwc ? int64_t{1} : z.size(2) * z.size(3), mean.mutable_data_ptr<acc_t>(),
+        var.mutable_data_ptr<acc_t>(), chunks, C);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {mean, var};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_stats_cuda(const at::Tensor& x,
                                                                          const at::Tensor& weight,
                                                                          at::IntArrayRef stride,
@@ -381,29 +420,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_stats_cuda(const a
   const char* op = "conv_transpose_stats";
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor z = conv_transpose_nhwc(x, weight, at::Tensor(), stride, padding, output_padding, op);
-  const int64_t C = z.size(1);
-  at::Tensor mean = at::empty({C}, z.options().dtype(acc_type(z)));
-  at::Tensor var = at::empty({C}, z.options().dtype(acc_type(z)));
-  if (z.numel() == 0) {
-    mean.fill_(std::numeric_limits<double>::quiet_NaN());
-    var.fill_(std::numeric_limits<double>::quiet_NaN());
-    return {z, mean, var};
-  }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::conv_transpose_stats", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor partials = reduce_channels<WelfordState<acc_t>, scalar_t>(z, at::Tensor(), /*nhwc=*/true, {}, {}, {}, {});
-    const int64_t chunks = partials.size(0);
-    finalize_stats_kernel<scalar_t, acc_t><<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0,
-                                             at::cuda::getCurrentCUDAStream()>>>(
-        partials.const_data_ptr<acc_t>(), z.const_data_ptr<scalar_t>(), /*shift_stride=*/1,
-        mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>(), chunks, C);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  auto [mean, var] = channel_stats(z, /*nhwc=*/true);
   return {z, mean, var};
 }
 
+// The statistics of a convolution run elsewhere (the discriminator's Conv2d, SPEC 7), in z's layout.
+std::tuple<at::Tensor, at::Tensor> batch_stats_cuda(const at::Tensor& z) {
+  const char* op = "batch_stats";
+  check_z(z, op, "z");
+  TORCH_CHECK(at::isFloatingType(z.scalar_type()), "fastgan_cuda::", op, ": z must be a floating-point tensor, got ",
+              z.scalar_type());
+  const bool nhwc = shared_layout(op, {z}) == at::MemoryFormat::ChannelsLast;
+  c10::cuda::CUDAGuard guard(z.device());
+  return channel_stats(z, nhwc);
+}
+
 void bn_relu_into(const at::Tensor& z, const at::Tensor& y, const at::Tensor& mean, const at::Tensor& scale,
-                  const at::Tensor& shift, bool nhwc) {
+                  const at::Tensor& shift, double negative_slope, bool nhwc) {
   if (z.numel() == 0) return;
   const int64_t numel = z.numel(), C = z.size(1), S = z.size(2) * z.size(3);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::bn_relu", [&] {
@@ -417,8 +450,8 @@ void bn_relu_into(const at::Tensor& z, const at::Tensor& y, const at::Tensor& me
         bn_relu_kernel<scalar_t, kVec, index_t, decltype(layout)::value>
             <<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
                 z.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(),
-                scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(), static_cast<index_t>(packs),
-                static_cast<index_t>(C), static_cast<index_t>(S));
+                scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(), static_cast<acc_t>(negative_slope),
+                static_cast<index_t>(packs), static_cast<index_t>(C), static_cast<index_t>(S));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
@@ -434,26 +467,28 @@ bool check_bn_relu(const char* op, const at::Tensor& z, const at::Tensor& mean, 
   return shared_layout(op, {z}) == at::MemoryFormat::ChannelsLast;
 }
 
-at::Tensor bn_relu_cuda(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale, const at::Tensor& shift) {
+at::Tensor bn_relu_cuda(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale, const at::Tensor& shift,
+                        double negative_slope) {
   const bool nhwc = check_bn_relu("bn_relu", z, mean, scale, shift);
   c10::cuda::CUDAGuard guard(z.device());
   at::Tensor y = at::empty_like(z);  // preserves the (dense) layout
-  bn_relu_into(z, y, mean, scale, shift, nhwc);
+  bn_relu_into(z, y, mean, scale, shift, negative_slope, nhwc);
   return y;
 }
 
 void bn_relu_inplace_cuda(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale,
-                          const at::Tensor& shift) {
+                          const at::Tensor& shift, double negative_slope) {
   const bool nhwc = check_bn_relu("bn_relu_", z, mean, scale, shift);
   c10::cuda::CUDAGuard guard(z.device());
-  bn_relu_into(z, z, mean, scale, shift, nhwc);
+  bn_relu_into(z, z, mean, scale, shift, negative_slope, nhwc);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cuda(const at::Tensor& grad_y, const at::Tensor& z,
                                                                      const at::Tensor& mean,
                                                                      const at::Tensor& invstd,
                                                                      const std::optional<at::Tensor>& gamma_opt,
-                                                                     const std::optional<at::Tensor>& beta_opt) {
+                                                                     const std::optional<at::Tensor>& beta_opt,
+                                                                     double negative_slope) {
   const char* op = "bn_relu_backward";
   check_z(z, op, "z");
   check_cuda(grad_y, op, "grad_y");
@@ -478,7 +513,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cuda(const at::T
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::bn_relu_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto stream = at::cuda::getCurrentCUDAStream();
-    at::Tensor partials = reduce_channels<BackwardSums<acc_t>, scalar_t>(z, grad_y, nhwc, mean, invstd, gamma, beta);
+    const acc_t slope = static_cast<acc_t>(negative_slope);
+    at::Tensor partials =
+        reduce_channels<BackwardSums<acc_t>, scalar_t>(z, grad_y, nhwc, mean, invstd, gamma, beta, slope);
     at::Tensor coef = at::empty({3, C}, mean.options());
     const acc_t* gamma_p = gamma.defined() ? gamma.const_data_ptr<acc_t>() : nullptr;
     const acc_t* beta_p = beta.defined() ? beta.const_data_ptr<acc_t>() : nullptr;
@@ -498,7 +535,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cuda(const at::T
         bn_relu_grad_kernel<scalar_t, kVec, index_t, decltype(layout)::value><<<grid, kThreads, 0, stream>>>(
             grad_y.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), grad_z.mutable_data_ptr<scalar_t>(),
             mean.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(), gamma_p, beta_p,
-            coef.const_data_ptr<acc_t>(), static_cast<index_t>(packs), static_cast<index_t>(C),
+            coef.const_data_ptr<acc_t>(), slope, static_cast<index_t>(packs), static_cast<index_t>(C),
             static_cast<index_t>(S));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -553,5 +590,6 @@ TORCH_LIBRARY_IMPL(fastgan_cuda, CUDA, m) {
   m.impl("bn_relu", &fastgan::cuda::bn_relu_cuda);
   m.impl("bn_relu_", &fastgan::cuda::bn_relu_inplace_cuda);
   m.impl("bn_relu_backward", &fastgan::cuda::bn_relu_backward_cuda);
+  m.impl("batch_stats", &fastgan::cuda::batch_stats_cuda);
   m.impl("conv_transpose_bias_relu", &fastgan::cuda::conv_transpose_bias_relu_cuda);
 }

@@ -1,5 +1,6 @@
 """The DCGAN generator block (SPEC 1): ConvTranspose2d + BatchNorm2d + ReLU, as the kernel-level
-ops of csrc/schemas.h.
+ops of csrc/schemas.h; the normalize + activation ops also serve the discriminator's Conv2d +
+BatchNorm2d + LeakyReLU block (SPEC 7), with batch_stats for the statistics of its convolution.
 
 conv_transpose_stats: an implicit-GEMM transposed convolution with tl.dot. Rows are output pixels
 (n, oh, ow), columns output channels, the reduction runs over (kh, kw, ci). Output pixels are
@@ -14,12 +15,22 @@ The statistics are those of z as stored (rounded to its dtype), as the reference
 
 conv_transpose_bias_relu: the same GEMM with a bias + ReLU epilogue (eval, BN folded by the caller).
 
-bn_relu / bn_relu_: y = relu((z - mean) * scale + shift), a separate pass: a later fused chain can
-apply the same per-channel scale, shift and ReLU while loading the next block's input tile.
+batch_stats: the per-channel mean and biased variance of a given z, in the same (count, shift,
+offset, M2) partials as conv_transpose_stats and merged by the same finalize kernel: each program
+walks a chunk of z, Welford-style by tiles (two passes over each tile in registers, Chan merges
+between tiles), of z minus a value of its channel (z[0, c, 0, 0], the shift of every partial).
+
+bn_relu / bn_relu_: y = act((z - mean) * scale + shift), act(u) = u > 0 ? u : negative_slope * u
+(ReLU for slope 0, LeakyReLU otherwise), a separate pass: a later fused chain can apply the same
+per-channel scale, shift and activation while loading the next block's input tile.
 
 bn_relu_backward: pass 1 writes per-chunk partial sums s1 = sum(gm), s2 = sum(gm * xhat) per channel
-(gm = grad_y * (y > 0)), a tiny kernel adds them in a fixed order (deterministic, no atomics) and
-forms the coefficients, pass 2 writes grad_z = gamma * invstd * (gm - s1 / n - xhat * s2 / n).
+(gm = grad_y * (u > 0 ? 1 : negative_slope), u recomputed from z), a tiny kernel adds them in a
+fixed order (deterministic, no atomics) and forms the coefficients, pass 2 writes
+grad_z = gamma * invstd * (gm - s1 / n - xhat * s2 / n).
+
+The slope is a runtime float64 scalar (not a constexpr: one compiled kernel serves every slope),
+rounded to the compute type in the kernel as eager's leaky_relu rounds it to the tensor's.
 
 z, y, grad tensors are seen as [R, K] rows: channels-last R = N*H*W pixels and K = C channels;
 NCHW R = N*C (sample, channel) rows and K = H*W.
@@ -29,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, KernelSpec, autotune, check_like, compute_dtype, device_guard, layout
+from ._common import INTERPRET, KernelSpec, autotune, check_like, compute_dtype, device_guard, fp64_scalar, layout
 
 # ---------------------------------------------------------------------------
 # Configurations. Every GEMM tile must fit each dtype (float64 too) in registers and shared memory.
@@ -63,6 +74,7 @@ ROW_CONFIGS = {
         triton.Config({"BLOCK_R": 8, "BLOCK_K": 128}, num_warps=8),
     ],
 }
+STATS_ROW_CONFIGS = ROW_CONFIGS
 _ROW_INTERPRETER_CONFIG = triton.Config({"BLOCK_R": 4, "BLOCK_K": 8})
 _LAYOUT_FLAG = {"nchw": False, "channels_last": True}
 
@@ -266,15 +278,20 @@ def conv_transpose_stats(x, weight, stride, padding, output_padding):
     """(z, mean, var): z = conv_transpose2d(x, weight) channels-last, with the per-channel mean and
     biased variance of z over (N, H, W)."""
     z, part, tiles = _launch_conv(x, weight, None, stride, padding, output_padding, stats=True)
+    return (z, *_finalize_stats(z, part, tiles))
+
+
+def _finalize_stats(z, part, tiles):
+    """(mean, var) of z from its `tiles` partials [T, 4, C] (NaN for an empty z)."""
     c = z.shape[1]
     mean = torch.empty(c, dtype=part.dtype, device=z.device)
     var = torch.empty(c, dtype=part.dtype, device=z.device)
     if z.numel() == 0:
-        return z, mean.fill_(float("nan")), var.fill_(float("nan"))
+        return mean.fill_(float("nan")), var.fill_(float("nan"))
     with device_guard(z):
         _finalize_stats_kernel[(triton.cdiv(c, _FINALIZE_LAUNCH.kwargs["BLOCK_C"]),)](
             part, mean, var, tiles, c, **_FINALIZE_LAUNCH.kwargs, num_warps=_FINALIZE_LAUNCH.num_warps)
-    return z, mean, var
+    return mean, var
 
 
 def conv_transpose_bias_relu(x, weight, bias, stride, padding, output_padding):
@@ -300,7 +317,7 @@ def conv_transpose_backward(grad, x, weight, stride, padding, output_padding, ne
 
 
 # ---------------------------------------------------------------------------
-# Normalize + ReLU and its backward, over [R, K] rows.
+# Normalize + activation, its backward and batch_stats, over [R, K] rows.
 
 
 @triton.jit
@@ -319,9 +336,10 @@ def _row_tile(R, K, C, CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _bn_relu_kernel(z_ptr, y_ptr, mean_ptr, scale_ptr, shift_ptr, R, K, C,
+def _bn_relu_kernel(z_ptr, y_ptr, mean_ptr, scale_ptr, shift_ptr, R, K, C, negative_slope: "fp64",
                     CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """y = relu((z - mean) * scale + shift); y may be z."""
+    """y = act((z - mean) * scale + shift), act(u) = u > 0 ? u : negative_slope * u (NaN stays NaN);
+    y may be z."""
     acc_t: tl.constexpr = mean_ptr.dtype.element_ty
     offs, mask, c = _row_tile(R, K, C, CHANNELS_LAST, BLOCK_R, BLOCK_K)
     c_ok = c < C
@@ -329,18 +347,19 @@ def _bn_relu_kernel(z_ptr, y_ptr, mean_ptr, scale_ptr, shift_ptr, R, K, C,
     scale = tl.load(scale_ptr + c, mask=c_ok, other=0.0)
     shift = tl.load(shift_ptr + c, mask=c_ok, other=0.0)
     z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(acc_t)
-    y = tl.maximum((z - mean) * scale + shift, 0.0)
+    u = (z - mean) * scale + shift
+    y = tl.where(u > 0.0, u, u * negative_slope.to(acc_t))
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _masked_grad(g_ptr, z_ptr, offs, mask, mean, invstd, gamma, beta):
-    """(gm, xhat): grad_y where y = relu(xhat * gamma + beta) > 0, else 0."""
+def _masked_grad(g_ptr, z_ptr, offs, mask, mean, invstd, gamma, beta, slope):
+    """(gm, xhat): grad_y * (u > 0 ? 1 : slope), u = xhat * gamma + beta (0 outside the mask)."""
     acc_t: tl.constexpr = mean.dtype
     z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(acc_t)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc_t)
     xhat = (z - mean) * invstd
-    gm = tl.where((xhat * gamma + beta > 0.0) & mask, g, 0.0)
+    gm = tl.where(mask, tl.where(xhat * gamma + beta > 0.0, g, g * slope), 0.0)
     return gm, xhat
 
 
@@ -359,12 +378,13 @@ def _channel_params(mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, c, c_ok, AFFINE: 
 
 @triton.jit
 def _bn_relu_sums_kernel(g_ptr, z_ptr, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, part_ptr, R, K, C, chunk_rows,
-                         AFFINE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                         negative_slope: "fp64", AFFINE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """Pass 1 of the backward: partial sums s1 = sum(gm), s2 = sum(gm * xhat) into part [T, 2, C].
     Channels-last: program (t, j) sums rows t * chunk_rows ... of channels j * BLOCK_K + ...
     NCHW: program i sums whole rows i * BLOCK_R + ... (row n * C + c goes to part[n, :, c])."""
     acc_t: tl.constexpr = mean_ptr.dtype.element_ty
+    slope = negative_slope.to(acc_t)
     if CHANNELS_LAST:
         k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
         k_ok = k < K
@@ -376,7 +396,8 @@ def _bn_relu_sums_kernel(g_ptr, z_ptr, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr
         for r0 in range(0, chunk_rows, BLOCK_R):
             r = start + r0 + tl.arange(0, BLOCK_R)
             mask = ((r < R) & (r0 + tl.arange(0, BLOCK_R) < chunk_rows))[:, None] & k_ok[None, :]
-            gm, xhat = _masked_grad(g_ptr, z_ptr, r[:, None] * K + k[None, :], mask, mean, invstd, gamma, beta)
+            gm, xhat = _masked_grad(g_ptr, z_ptr, r[:, None] * K + k[None, :], mask, mean, invstd, gamma, beta,
+                                    slope)
             s1 += gm
             s2 += gm * xhat
         part = part_ptr + tl.program_id(0).to(tl.int64) * 2 * C + k
@@ -393,7 +414,8 @@ def _bn_relu_sums_kernel(g_ptr, z_ptr, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr
         for k0 in range(0, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             mask = r_ok[:, None] & (k < K)[None, :]
-            gm, xhat = _masked_grad(g_ptr, z_ptr, r[:, None] * K + k[None, :], mask, mean, invstd, gamma, beta)
+            gm, xhat = _masked_grad(g_ptr, z_ptr, r[:, None] * K + k[None, :], mask, mean, invstd, gamma, beta,
+                                    slope)
             s1 += gm
             s2 += gm * xhat
         part = part_ptr + (r // C) * 2 * C + c
@@ -430,28 +452,99 @@ def _finalize_backward_kernel(part_ptr, invstd_ptr, gamma_ptr, grad_gamma_ptr, g
 
 @triton.jit
 def _bn_relu_grad_kernel(g_ptr, z_ptr, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, coef_ptr, out_ptr, R, K, C,
-                         AFFINE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                         negative_slope: "fp64", AFFINE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """Pass 2 of the backward: grad_z = coef[0] * (gm - coef[1] - xhat * coef[2])."""
     offs, mask, c = _row_tile(R, K, C, CHANNELS_LAST, BLOCK_R, BLOCK_K)
     c_ok = c < C
     mean, invstd, gamma, beta = _channel_params(mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, c, c_ok, AFFINE)
-    gm, xhat = _masked_grad(g_ptr, z_ptr, offs, mask, mean, invstd, gamma, beta)
+    gm, xhat = _masked_grad(g_ptr, z_ptr, offs, mask, mean, invstd, gamma, beta, negative_slope.to(mean.dtype))
     k = tl.load(coef_ptr + c, mask=c_ok, other=0.0)
     a = tl.load(coef_ptr + C + c, mask=c_ok, other=0.0)
     b = tl.load(coef_ptr + 2 * C + c, mask=c_ok, other=0.0)
     tl.store(out_ptr + offs, (k * (gm - a - xhat * b)).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _rows_autotuned(kernel):
+@triton.jit
+def _add_tile(n, mean, m2, v, valid, count, AXIS: tl.constexpr):
+    """The running (n, mean, M2) along AXIS with the tile v added, `count` valid values a lane (counted
+    by the caller). The tile's deviations from the running mean, D = sum(v - mean) and
+    Q = sum((v - mean)^2), give mean + D / n' and M2 + Q - D^2 / n' (Chan's merge, with no division:
+    float64 divisions are subroutine calls that made ptxas spill; 1 / n' is a float32 reciprocal
+    refined by two Newton steps, good to an ulp). Q - D^2 / n' >= M2 of the
+    tile and cancels only as far as the running mean is off the tile's (a few std at most): never
+    E[z^2] - E[z]^2."""
+    dev = tl.where(valid, v - tl.expand_dims(mean, AXIS), 0.0)
+    d = tl.sum(dev, axis=AXIS)
+    q = tl.sum(dev * dev, axis=AXIS)
+    n = n + count
+    nn = tl.maximum(n, 1.0)
+    inv = (1.0 / nn.to(tl.float32)).to(nn.dtype)
+    inv = inv * (2.0 - nn * inv)
+    inv = inv * (2.0 - nn * inv)
+    return n, mean + d * inv, m2 + tl.maximum(q - d * d * inv, 0.0)
+
+
+@triton.jit
+def _batch_stats_kernel(z_ptr, part_ptr, R, K, C, chunk_rows,
+                        CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The partials [T, 4, C] (count, shift, offset, M2) of batch_stats, merged by _finalize_stats_kernel:
+    the statistics of z - shift, shift = z[0, c, 0, 0] for every partial of channel c (so the running
+    means stay small when |mean| >> std, and the finalize's shift differences are exactly 0), tile by
+    tile with Chan merges.
+    Channels-last: program (t, j) walks rows t * chunk_rows ... of channels j * BLOCK_K + ... -> part[t].
+    NCHW: program i walks whole rows i * BLOCK_R + ... (row n * C + c -> part[n, :, c])."""
+    acc_t: tl.constexpr = compute_dtype(z_ptr.dtype.element_ty)
+    if CHANNELS_LAST:
+        k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        shift = tl.load(z_ptr + k, mask=k_ok, other=0.0).to(acc_t)  # row 0
+        n = tl.zeros([BLOCK_K], dtype=acc_t)
+        mean = tl.zeros([BLOCK_K], dtype=acc_t)
+        m2 = tl.zeros([BLOCK_K], dtype=acc_t)
+        start = tl.program_id(0).to(tl.int64) * chunk_rows
+        for r0 in range(0, chunk_rows, BLOCK_R):
+            rr = r0 + tl.arange(0, BLOCK_R)
+            r = start + rr
+            mask = ((r < R) & (rr < chunk_rows))[:, None] & k_ok[None, :]
+            v = tl.load(z_ptr + r[:, None] * K + k[None, :], mask=mask, other=0.0).to(acc_t) - shift[None, :]
+            rows = tl.maximum(tl.minimum(tl.minimum(R - (start + r0), chunk_rows - r0), BLOCK_R), 0)
+            n, mean, m2 = _add_tile(n, mean, m2, v, mask, tl.where(k_ok, rows, 0).to(acc_t), 0)
+        part = part_ptr + tl.program_id(0).to(tl.int64) * 4 * C + k
+        ok = k_ok
+    else:
+        # Rows in int32 (R = N * C is an int32): 64-bit divisions are subroutine calls (a spill in float64).
+        r32 = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        r_ok = r32 < R
+        c = r32 % C
+        r = r32.to(tl.int64)
+        shift = tl.load(z_ptr + c.to(tl.int64) * K, mask=r_ok, other=0.0).to(acc_t)  # sample 0, pixel 0
+        n = tl.zeros([BLOCK_R], dtype=acc_t)
+        mean = tl.zeros([BLOCK_R], dtype=acc_t)
+        m2 = tl.zeros([BLOCK_R], dtype=acc_t)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            mask = r_ok[:, None] & (k < K)[None, :]
+            v = tl.load(z_ptr + r[:, None] * K + k[None, :], mask=mask, other=0.0).to(acc_t) - shift[:, None]
+            n, mean, m2 = _add_tile(n, mean, m2, v, mask, tl.where(r_ok, tl.minimum(K - k0, BLOCK_K), 0).to(acc_t), 1)
+        part = part_ptr + (r32 // C).to(tl.int64) * 4 * C + c
+        ok = r_ok
+    tl.store(part, n, mask=ok)
+    tl.store(part + C, shift, mask=ok)
+    tl.store(part + 2 * C, mean, mask=ok)
+    tl.store(part + 3 * C, m2, mask=ok)
+
+
+def _rows_autotuned(kernel, row_configs=ROW_CONFIGS):
     """{layout: `kernel` autotuned over that layout's row tiles}."""
     return {name: autotune(configs, _ROW_INTERPRETER_CONFIG, key=["R", "K", "C"])(kernel)
-            for name, configs in ROW_CONFIGS.items()}
+            for name, configs in row_configs.items()}
 
 
 _bn_relu = _rows_autotuned(_bn_relu_kernel)
 _bn_relu_sums = _rows_autotuned(_bn_relu_sums_kernel)
 _bn_relu_grad = _rows_autotuned(_bn_relu_grad_kernel)
+_batch_stats = _rows_autotuned(_batch_stats_kernel, STATS_ROW_CONFIGS)
 
 
 def _rows(z, name="z"):
@@ -475,27 +568,52 @@ def _row_grid(r, k):
     return lambda meta: (triton.cdiv(r, meta["BLOCK_R"]), triton.cdiv(k, meta["BLOCK_K"]))
 
 
-def _bn_relu_into(z, y, mean, scale, shift):
+def _bn_relu_into(z, y, mean, scale, shift, negative_slope):
     zl, r, k, c = _rows(z)
     _check_vectors(z, mean=mean, scale=scale, shift=shift)
     if z.numel() > 0:
         with device_guard(z):
-            _bn_relu[zl][_row_grid(r, k)](z, y, mean, scale, shift, r, k, c, CHANNELS_LAST=_LAYOUT_FLAG[zl])
+            _bn_relu[zl][_row_grid(r, k)](z, y, mean, scale, shift, r, k, c, fp64_scalar(negative_slope),
+                                         CHANNELS_LAST=_LAYOUT_FLAG[zl])
     return y
 
 
-def bn_relu(z, mean, scale, shift):
-    """relu((z - mean) * scale + shift) per channel, in z's layout."""
-    return _bn_relu_into(z, torch.empty_like(z), mean, scale, shift)
+def bn_relu(z, mean, scale, shift, negative_slope):
+    """act((z - mean) * scale + shift) per channel, in z's layout; act(u) = u > 0 ? u : negative_slope * u."""
+    return _bn_relu_into(z, torch.empty_like(z), mean, scale, shift, negative_slope)
 
 
-def bn_relu_(z, mean, scale, shift):
-    """bn_relu in place: z <- relu((z - mean) * scale + shift)."""
-    _bn_relu_into(z, z, mean, scale, shift)
+def bn_relu_(z, mean, scale, shift, negative_slope):
+    """bn_relu in place: z <- act((z - mean) * scale + shift)."""
+    _bn_relu_into(z, z, mean, scale, shift, negative_slope)
 
 
-def bn_relu_backward(grad_y, z, mean, invstd, gamma, beta):
-    """(grad_z, grad_gamma, grad_beta) of y = relu((z - mean) * invstd * gamma + beta), batch statistics."""
+def batch_stats(z):
+    """(mean, var): the per-channel mean and biased variance of a 4-D z over (N, H, W), float32
+    (float64 for float64 z); NaN for an empty z."""
+    zl, r, k, c = _rows(z)
+    if not z.is_floating_point():
+        raise ValueError(f"fastgan triton: z must be a floating-point tensor, got {z.dtype}")
+    if zl == "channels_last":
+        t = triton.cdiv(r, _CHUNK_ROWS)
+
+        def grid(meta):
+            return (t, triton.cdiv(k, meta["BLOCK_K"]))
+    else:
+        t = z.shape[0]
+
+        def grid(meta):
+            return (triton.cdiv(r, meta["BLOCK_R"]),)
+    part = torch.empty((t, 4, c), dtype=_acc_dtype(z), device=z.device)
+    if z.numel() > 0:
+        with device_guard(z):
+            _batch_stats[zl][grid](z, part, r, k, c, _CHUNK_ROWS, CHANNELS_LAST=_LAYOUT_FLAG[zl])
+    return _finalize_stats(z, part, t)
+
+
+def bn_relu_backward(grad_y, z, mean, invstd, gamma, beta, negative_slope):
+    """(grad_z, grad_gamma, grad_beta) of y = act((z - mean) * invstd * gamma + beta), batch statistics;
+    act's derivative is 1 where its input is positive, else negative_slope."""
     zl, r, k, c = _rows(z)
     if grad_y.shape != z.shape:
         raise ValueError(f"fastgan triton: grad_y has shape {tuple(grad_y.shape)}, z {tuple(z.shape)}")
@@ -522,13 +640,15 @@ def bn_relu_backward(grad_y, z, mean, invstd, gamma, beta):
     part = torch.empty((t, 2, c), dtype=mean.dtype, device=z.device)
     coef = torch.empty((3, c), dtype=mean.dtype, device=z.device)
     flag = _LAYOUT_FLAG[zl]
+    slope = fp64_scalar(negative_slope)
     with device_guard(z):
         _bn_relu_sums[zl][lambda meta: tuple(d(meta) if callable(d) else d for d in sums_grid)](
-            grad_y, z, mean, invstd, gamma, beta, part, r, k, c, _CHUNK_ROWS, AFFINE=affine, CHANNELS_LAST=flag)
+            grad_y, z, mean, invstd, gamma, beta, part, r, k, c, _CHUNK_ROWS, slope, AFFINE=affine,
+            CHANNELS_LAST=flag)
         _finalize_backward_kernel[(triton.cdiv(c, _FINALIZE_LAUNCH.kwargs["BLOCK_C"]),)](
             part, invstd, gamma, grad_gamma, grad_beta, coef, t, c, r * k // c, AFFINE=affine,
             **_FINALIZE_LAUNCH.kwargs, num_warps=_FINALIZE_LAUNCH.num_warps)
-        _bn_relu_grad[zl][_row_grid(r, k)](grad_y, z, mean, invstd, gamma, beta, coef, grad_z, r, k, c,
+        _bn_relu_grad[zl][_row_grid(r, k)](grad_y, z, mean, invstd, gamma, beta, coef, grad_z, r, k, c, slope,
                                           AFFINE=affine, CHANNELS_LAST=flag)
     return grad_z, grad_gamma, grad_beta
 
@@ -545,11 +665,13 @@ class _AccPointer(str):
         return "*fp64" if dtype == "fp64" else "*fp32"
 
 
-def _signature(pointers, ints, vector_pointers=(), constexprs=()):
-    """Tensor pointers in the input dtype, per-channel vectors in its accumulation dtype."""
+def _signature(pointers, ints, vector_pointers=(), constexprs=(), floats=()):
+    """Tensor pointers in the input dtype, per-channel vectors in its accumulation dtype, float64
+    scalars (in the kernels' argument order: pointers, vectors, integers, floats, constexprs)."""
     sig = {p: "*{dtype}" for p in pointers}
     sig.update({p: _AccPointer("*{acc}") for p in vector_pointers})
     sig.update({i: "i32" for i in ints})
+    sig.update({f: "fp64" for f in floats})
     sig.update({c: "constexpr" for c in constexprs})
     return sig
 
@@ -559,9 +681,9 @@ _CONV_INTS = ("N", "C_in", "H_in", "W_in", "C_out", "H_out", "W_out", "Hq", "Wq"
 _ROW_BLOCKS = ("BLOCK_R", "BLOCK_K")
 
 
-def _row_variants(extra=({},)):
+def _row_variants(extra=({},), row_configs=ROW_CONFIGS):
     return tuple((f"{name}{'-' + '-'.join(f'{k}={v}' for k, v in e.items()) if e else ''}",
-                  {"CHANNELS_LAST": flag, **e}, ROW_CONFIGS[name])
+                  {"CHANNELS_LAST": flag, **e}, row_configs[name])
                  for name, flag in _LAYOUT_FLAG.items() for e in extra)
 
 
@@ -580,12 +702,16 @@ KERNEL_SPECS = [
                (("default", {}, [FINALIZE_CONFIG]),)),
     KernelSpec("bn_relu", _bn_relu_kernel,
                _signature(("z_ptr", "y_ptr"), ("R", "K", "C"), vector_pointers=("mean_ptr", "scale_ptr", "shift_ptr"),
-                          constexprs=("CHANNELS_LAST",) + _ROW_BLOCKS),
+                          floats=("negative_slope",), constexprs=("CHANNELS_LAST",) + _ROW_BLOCKS),
                _row_variants()),
+    KernelSpec("batch_stats", _batch_stats_kernel,
+               _signature(("z_ptr",), ("R", "K", "C", "chunk_rows"), vector_pointers=("part_ptr",),
+                          constexprs=("CHANNELS_LAST",) + _ROW_BLOCKS),
+               _row_variants(row_configs=STATS_ROW_CONFIGS)),
     KernelSpec("bn_relu_backward_sums", _bn_relu_sums_kernel,
                _signature(("g_ptr", "z_ptr"), ("R", "K", "C", "chunk_rows"),
                           vector_pointers=("mean_ptr", "invstd_ptr", "gamma_ptr", "beta_ptr", "part_ptr"),
-                          constexprs=("AFFINE", "CHANNELS_LAST") + _ROW_BLOCKS),
+                          floats=("negative_slope",), constexprs=("AFFINE", "CHANNELS_LAST") + _ROW_BLOCKS),
                _row_variants(_AFFINE)),
     KernelSpec("bn_relu_backward_finalize", _finalize_backward_kernel,
                _signature((), ("T", "C", "n"), vector_pointers=("part_ptr", "invstd_ptr", "gamma_ptr", "grad_gamma_ptr",
@@ -595,6 +721,6 @@ KERNEL_SPECS = [
     KernelSpec("bn_relu_backward_grad", _bn_relu_grad_kernel,
                _signature(("g_ptr", "z_ptr", "out_ptr"), ("R", "K", "C"),
                           vector_pointers=("mean_ptr", "invstd_ptr", "gamma_ptr", "beta_ptr", "coef_ptr"),
-                          constexprs=("AFFINE", "CHANNELS_LAST") + _ROW_BLOCKS),
+                          floats=("negative_slope",), constexprs=("AFFINE", "CHANNELS_LAST") + _ROW_BLOCKS),
                _row_variants(_AFFINE)),
 ]

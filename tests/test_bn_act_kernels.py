@@ -1,0 +1,250 @@
+"""The BN + activation kernel ops with their negative slope, and batch_stats (csrc/schemas.h, SPEC 1
+and the discriminator block's SPEC 7), called directly on every backend:
+
+- bn_relu, bn_relu_ (in place) and bn_relu_backward (all three outputs, affine and gamma/beta None)
+  for slope 0 (ReLU) and 0.2 (LeakyReLU), against eager F.batch_norm + F.leaky_relu in float64
+  (the backward differentiated by autograd);
+- batch_stats against the float64 mean and biased variance, also far from zero (z + 1e4), where
+  E[z^2] - E[z]^2 in float32 would be useless.
+
+NCHW and channels-last z, outputs in the input's layout. The cpu and triton (interpreted) backends
+run here; the gpu-marked tests run the cuda and triton kernels on a CUDA device.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastgan.ops._dispatch import kernels
+from helpers import CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, TOLERANCES, randn
+
+EPS = 1e-5
+SLOPES = [0.0, 0.2]
+SHAPES = [(2, 5, 6, 7), (3, 40, 9, 11)]
+GPU_SHAPES = SHAPES + [(64, 256, 8, 8), (33, 64, 32, 32), (7, 3, 13, 11), (16, 512, 4, 4)]
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def acc_dtype(dtype):
+    """The dtype of the per-channel vectors: float64 for float64 z, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def per_channel(v):
+    return v.view(1, -1, 1, 1)
+
+
+def make_z(shape, layout, dtype, device, offset=3.0):
+    """z of std ~2 around `offset`, in the layout (NCHW-contiguous or channels-last)."""
+    z = randn(shape, "contiguous", torch.float64, device) * 2 + offset
+    return z.to(dtype).contiguous(memory_format=LAYOUTS[layout])
+
+
+def bn_inputs(shape, layout, dtype, affine, device):
+    """z and its batch statistics (mean, var, invstd) in the accumulation dtype, with gamma and beta."""
+    z = make_z(shape, layout, dtype, device)
+    acc = acc_dtype(dtype)
+    var, mean = torch.var_mean(z.to(acc), dim=(0, 2, 3), unbiased=False)
+    c = shape[1]
+    gamma = torch.rand(c, dtype=acc, device=device) + 0.5 if affine else None
+    beta = torch.randn(c, dtype=acc, device=device) if affine else None
+    return z, mean, var, torch.rsqrt(var + EPS), gamma, beta
+
+
+def tolerance(dtype, factor=1):
+    tol = TOLERANCES[dtype]
+    return dict(rtol=tol["rtol"] * factor, atol=tol["atol"] * factor)
+
+
+# ---------------------------------------------------------------------------
+# The checks, shared by the CPU and GPU tests.
+
+
+def check_forward(ops, shape, layout, dtype, slope, device="cpu"):
+    z, mean, var, invstd, gamma, beta = bn_inputs(shape, layout, dtype, True, device)
+    scale, shift = gamma * invstd, beta
+    want = F.leaky_relu(F.batch_norm(z.double(), mean.double(), var.double(), gamma.double(), beta.double(),
+                                     False, 0.0, EPS), slope)
+    z_before = z.clone()
+    y = ops.bn_relu(z, mean, scale, shift, slope)
+    assert y.dtype == z.dtype and y.shape == z.shape
+    assert y.is_contiguous(memory_format=LAYOUTS[layout])
+    assert torch.equal(z, z_before)  # not in place
+    torch.testing.assert_close(y.double(), want, **tolerance(dtype))
+    if slope > 0:
+        assert (y < 0).any()  # the negative side is really exercised
+    else:
+        assert (y >= 0).all()
+
+    ptr = z.data_ptr()
+    assert ops.bn_relu_(z, mean, scale, shift, slope) is None
+    assert z.data_ptr() == ptr and z.is_contiguous(memory_format=LAYOUTS[layout])
+    torch.testing.assert_close(z, y, rtol=0, atol=0)
+
+
+def check_backward(ops, shape, layout, dtype, affine, slope, device="cpu"):
+    z, mean, var, invstd, gamma, beta = bn_inputs(shape, layout, dtype, affine, device)
+    grad_y = randn(shape, layout, dtype, device)
+    grad_z, grad_gamma, grad_beta = ops.bn_relu_backward(grad_y, z, mean, invstd, gamma, beta, slope)
+    acc = acc_dtype(dtype)
+    assert grad_z.dtype == dtype and grad_z.shape == z.shape
+    assert grad_z.is_contiguous(memory_format=LAYOUTS[layout])
+    assert grad_gamma.dtype == acc and grad_beta.dtype == acc
+    assert grad_gamma.shape == (shape[1],) and grad_beta.shape == (shape[1],)
+
+    # Eager in float64. Without affine the op still returns s2 = sum(gm * xhat) and s1 = sum(gm): the
+    # gradients of gamma and beta at gamma = 1, beta = 0, which leave the normalization unchanged.
+    zz = z.double().requires_grad_()
+    ga = (gamma.double() if affine else torch.ones(shape[1], dtype=torch.float64, device=device)).requires_grad_()
+    be = (beta.double() if affine else torch.zeros(shape[1], dtype=torch.float64, device=device)).requires_grad_()
+    y = F.leaky_relu(F.batch_norm(zz, None, None, ga, be, True, 0.1, EPS), slope)
+    want_z, want_gamma, want_beta = torch.autograd.grad(y, (zz, ga, be), grad_y.double())
+    torch.testing.assert_close(grad_z.double(), want_z, **tolerance(dtype, 10))
+    torch.testing.assert_close(grad_gamma.double(), want_gamma, **tolerance(acc, 10))
+    torch.testing.assert_close(grad_beta.double(), want_beta, **tolerance(acc, 10))
+
+
+def check_batch_stats(ops, z):
+    z_before = z.clone()
+    mean, var = ops.batch_stats(z)
+    acc = acc_dtype(z.dtype)
+    assert mean.dtype == acc and var.dtype == acc
+    assert mean.shape == (z.shape[1],) and var.shape == (z.shape[1],)
+    assert torch.equal(z, z_before)
+    var64, mean64 = torch.var_mean(z.double(), dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), mean64, **TOLERANCES[acc])
+    torch.testing.assert_close(var.double(), var64, **TOLERANCES[acc])
+    return mean, var
+
+
+def check_large_offset(ops, shape, layout, device="cpu"):
+    """float32 z = 1e4 + N(0, 1) per channel: the variance as close to the float64 one of z as eager
+    float32's (a few of its errors, or 1e-5 relative); E[z^2] - E[z]^2 in float32 would be off by ~1."""
+    z = make_z(shape, layout, torch.float32, device, offset=1e4)
+    z = z + torch.arange(shape[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    z = z.contiguous(memory_format=LAYOUTS[layout])
+    mean, var = ops.batch_stats(z)
+    var64, mean64 = torch.var_mean(z.double(), dim=(0, 2, 3), unbiased=False)
+    var_eager, _ = torch.var_mean(z, dim=(0, 2, 3), unbiased=False)
+    eager_error = (var_eager.double() - var64).abs()
+    assert ((var.double() - var64).abs() <= 4 * eager_error + 1e-5 * var64).all(), (var, var64)
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-6, atol=0)
+    # The case is what it claims: far from zero, unit spread, and the naive formula fails on it.
+    naive = (z * z).mean((0, 2, 3)) - z.mean((0, 2, 3)) ** 2
+    assert (mean64 - 1e4).abs().max() < shape[1] + 1 and var64.min() > 2
+    assert (naive.double() - var64).abs().max() > 0.5
+
+
+# ---------------------------------------------------------------------------
+# cpu and triton (interpreted) on CPU tensors.
+
+
+@pytest.mark.parametrize("slope", SLOPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_bn_relu(impl, shape, layout, dtype, slope):
+    check_forward(kernels(impl), shape, layout, dtype, slope)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("slope", SLOPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_bn_relu_backward(impl, shape, layout, dtype, slope, affine):
+    check_backward(kernels(impl), shape, layout, dtype, affine, slope)
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_bn_relu_nan_propagates(impl):
+    """act(NaN) is NaN for either slope (a max(u, 0) would drop it)."""
+    ops = kernels(impl)
+    z, mean, var, invstd, gamma, beta = bn_inputs((2, 3, 4, 5), "channels_last", torch.float32, True, "cpu")
+    z[1, 2, 3, 4] = float("nan")
+    for slope in SLOPES:
+        y = ops.bn_relu(z, mean, gamma * invstd, beta, slope)
+        assert y.isnan().sum() == 1 and y[1, 2, 3, 4].isnan()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("shape", SHAPES + [(4, 6, 1, 1), (1, 3, 1, 2)])
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_batch_stats(impl, shape, layout, dtype):
+    check_batch_stats(kernels(impl), make_z(shape, layout, dtype, "cpu"))
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_batch_stats_large_offset(impl, layout):
+    check_large_offset(kernels(impl), (3, 5, 9, 11), layout)
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_batch_stats_constant_channel(impl):
+    """A constant channel far from zero has a variance of 0 (not a negative or a rounding residue of its
+    mean)."""
+    for layout in LAYOUTS:
+        z = make_z((3, 4, 5, 6), layout, torch.float32, "cpu")
+        z[:, 1] = 1e4 + 0.25
+        mean, var = check_batch_stats(kernels(impl), z)
+        assert abs(mean[1].item() - (1e4 + 0.25)) <= 1e-3
+        assert 0 <= var[1].item() <= 1e-6
+
+
+def test_triton_batch_stats_bad_input():
+    ops = kernels("triton")
+    with pytest.raises(ValueError, match="z must be 4-D"):
+        ops.batch_stats(torch.zeros(3, 4, 5))
+    with pytest.raises(ValueError, match="z must be contiguous"):
+        ops.batch_stats(torch.zeros(3, 4, 5, 6)[..., ::2])
+    with pytest.raises(ValueError, match="floating-point"):
+        ops.batch_stats(torch.zeros(3, 4, 5, 6, dtype=torch.int32))
+
+
+# ---------------------------------------------------------------------------
+# On a CUDA device: the cuda and triton kernels, in the GPU dtypes and float64.
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES + [torch.float64])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_bn_relu_gpu(impl, layout, dtype):
+    for shape in GPU_SHAPES:
+        for slope in SLOPES:
+            check_forward(kernels(impl), shape, layout, dtype, slope, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", GPU_DTYPES + [torch.float64])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_bn_relu_backward_gpu(impl, layout, dtype, affine):
+    for shape in GPU_SHAPES:
+        for slope in SLOPES:
+            check_backward(kernels(impl), shape, layout, dtype, affine, slope, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES + [torch.float64])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_batch_stats_gpu(impl, layout, dtype):
+    for shape in GPU_SHAPES + [(4, 6, 1, 1), (1, 3, 1, 2)]:
+        check_batch_stats(kernels(impl), make_z(shape, layout, dtype, "cuda"))
+    for shape in [(64, 64, 16, 16), (3, 5, 9, 11)]:
+        check_large_offset(kernels(impl), shape, layout, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_batch_stats_deterministic_gpu(impl):
+    """Fixed-order merges: the same z gives bitwise the same statistics."""
+    z = make_z((33, 64, 32, 32), "channels_last", torch.float32, "cuda")
+    for a, b in zip(kernels(impl).batch_stats(z), kernels(impl).batch_stats(z)):
+        assert torch.equal(a, b)
