@@ -39,12 +39,13 @@ class Case:
 
 
 # Imported after Case is defined: the case modules import it from this package.
-from . import (bias_act, bias_act_pixel_norm, blend_reals, conv_transpose_bn_relu, equalized_conv,  # noqa: E402
-               fade_in, fade_in_from_rgb, minibatch_discrimination, minibatch_stddev, pixel_norm)
+from . import (bias_act, bias_act_pixel_norm, blend_reals, conv2d_bn_leaky_relu, conv_transpose_bn_relu,  # noqa: E402
+               equalized_conv, fade_in, fade_in_from_rgb, minibatch_discrimination, minibatch_stddev, pixel_norm)
 
 CASES = [
     fade_in.CASE, blend_reals.CASE, pixel_norm.CASE,                # progressive growing (issue 2)
     conv_transpose_bn_relu.TRAIN, conv_transpose_bn_relu.EVAL,      # the DCGAN generator block
+    conv2d_bn_leaky_relu.CASE,                                      # the DCGAN discriminator block
     minibatch_discrimination.CASE,
     bias_act.CASE, bias_act_pixel_norm.CASE, equalized_conv.CASE,   # equalized layers
     minibatch_stddev.CASE, fade_in_from_rgb.CASE,                   # the ProGAN discriminator

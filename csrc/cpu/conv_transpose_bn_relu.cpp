@@ -154,34 +154,49 @@ void accumulate_block(const Blocks& b, int64_t item, acc_t<T>* out, const Vec& v
   }
 }
 
-// Per-channel mean and biased variance of z (see the top of the file).
+// Per-channel mean and biased variance of z (see the top of the file). Every value is first
+// shifted by its channel's first value, so that the block means are small numbers that float
+// holds exactly enough: summing values of ~1e4 in float lost ~1e-3 of each block mean, which
+// the merge turned into a 1e-5 relative error of the variance.
 template <typename T>
 void channel_stats(const T* z, const View& v, acc_t<T>* mean, acc_t<T>* var) {
   using A = acc_t<T>;
   const Blocks b(v);
   const int64_t c = v.c;
+  std::vector<A> shift(c);
+  for (int64_t ch = 0; ch < c; ++ch) shift[ch] = static_cast<A>(z[v.cl ? ch : ch * v.s]);
   std::vector<A> bmean(b.records() * c, A(0)), bm2(b.records() * c, A(0));
   at::parallel_for(0, b.items(), grain(v.cl ? b.len * c : b.len), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t r = b.record(item);
       A* m = bmean.data() + r * c;
-      // Pass 1: the block's sums, made means.
+      // Pass 1: the block's sums of z - shift, made means.
       accumulate_block<T, 1>(
-          b, item, m, [&](int64_t k, int64_t, auto) { return std::array<Chunk<T>, 1>{load_chunk(z + k)}; },
-          [&](int64_t k, int64_t) { return std::array<A, 1>{static_cast<A>(z[k])}; });
+          b, item, m,
+          [&](int64_t k, int64_t ch, auto bcast) {
+            auto x = load_chunk(z + k);
+            const auto sh = param_chunk<T, decltype(bcast)::value>(shift.data(), ch);
+            for (int p = 0; p < kParts<T>; ++p) x[p] = x[p] - sh[p];
+            return std::array<Chunk<T>, 1>{x};
+          },
+          [&](int64_t k, int64_t ch) { return std::array<A, 1>{static_cast<A>(z[k]) - shift[ch]}; });
       const A inv = A(1) / static_cast<A>(b.count(r));
       for (int64_t ch = b.channel(item); ch < (v.cl ? c : b.channel(item) + 1); ++ch) m[ch] *= inv;
       // Pass 2, on the block still in L1: squared deviations from its mean.
       accumulate_block<T, 1>(
           b, item, bm2.data() + r * c,
           [&](int64_t k, int64_t ch, auto bcast) {
+            constexpr bool B = decltype(bcast)::value;
             auto x = load_chunk(z + k);
-            const auto mv = param_chunk<T, decltype(bcast)::value>(m, ch);
-            for (int p = 0; p < kParts<T>; ++p) x[p] = (x[p] - mv[p]) * (x[p] - mv[p]);
+            const auto mv = param_chunk<T, B>(m, ch), sh = param_chunk<T, B>(shift.data(), ch);
+            for (int p = 0; p < kParts<T>; ++p) {
+              const auto d = x[p] - sh[p] - mv[p];
+              x[p] = d * d;
+            }
             return std::array<Chunk<T>, 1>{x};
           },
           [&](int64_t k, int64_t ch) {
-            const A d = static_cast<A>(z[k]) - m[ch];
+            const A d = static_cast<A>(z[k]) - shift[ch] - m[ch];
             return std::array<A, 1>{d * d};
           });
     }
@@ -197,7 +212,7 @@ void channel_stats(const T* z, const View& v, acc_t<T>* mean, acc_t<T>* var) {
         m2 += static_cast<double>(bm2[r * c + ch]) + d * d * cnt * nb / tot;
         cnt = tot;
       }
-      mean[ch] = static_cast<A>(mu);
+      mean[ch] = static_cast<A>(static_cast<double>(shift[ch]) + mu);
       var[ch] = static_cast<A>(m2 / cnt);
     }
   });

@@ -83,14 +83,20 @@ std::vector<int64_t> tap_offsets(const Geometry& g, int64_t i, int64_t j) {
   return off;
 }
 
+// tap_offsets of every input pixel, in row-major order.
+std::vector<std::vector<int64_t>> all_tap_offsets(const Geometry& g) {
+  std::vector<std::vector<int64_t>> offsets;
+  for (int64_t i = 0; i < g.h; ++i)
+    for (int64_t j = 0; j < g.w; ++j) offsets.push_back(tap_offsets(g, i, j));
+  return offsets;
+}
+
 // z[n] (channels-last) = bias + the sum of its taps' cols, then relu; image by image, the
 // image's z (C_out * oH * oW values) staying in cache.
 template <typename T>
 void col2im(const T* cols, const T* bias, T* z, const Geometry& g, bool relu) {
   const int64_t taps = g.taps(), row = g.row(), image = g.oh * g.ow * g.c_out;
-  std::vector<std::vector<int64_t>> offsets;
-  for (int64_t i = 0; i < g.h; ++i)
-    for (int64_t j = 0; j < g.w; ++j) offsets.push_back(tap_offsets(g, i, j));
+  const auto offsets = all_tap_offsets(g);
   at::parallel_for(0, g.n, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       T* zn = z + n * image;
@@ -117,9 +123,7 @@ void col2im(const T* cols, const T* bias, T* z, const Geometry& g, bool relu) {
 template <typename T>
 void im2col(const T* grad, T* gcols, const Geometry& g) {
   const int64_t taps = g.taps(), row = g.row(), image = g.oh * g.ow * g.c_out;
-  std::vector<std::vector<int64_t>> offsets;
-  for (int64_t i = 0; i < g.h; ++i)
-    for (int64_t j = 0; j < g.w; ++j) offsets.push_back(tap_offsets(g, i, j));
+  const auto offsets = all_tap_offsets(g);
   at::parallel_for(0, g.n, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const T* gn = grad + n * image;

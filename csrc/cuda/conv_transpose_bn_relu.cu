@@ -92,7 +92,8 @@ struct BackwardSums {
 
   __device__ __forceinline__ void add(acc_t z, acc_t g, const ChannelParams<acc_t>& p) {
     const acc_t xhat = (z - p.mean) * p.invstd;
-    const acc_t gm = xhat * p.gamma + p.beta > acc_t(0) ? g : g * p.slope;
+    // slope 0: a true 0 where u <= 0, as ReLU's backward (not inf * 0)
+    const acc_t gm = xhat * p.gamma + p.beta > acc_t(0) ? g : (p.slope == acc_t(0) ? acc_t(0) : g * p.slope);
     s1 += gm;
     s2 += gm * xhat;
   }
@@ -297,7 +298,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < kVec; ++j) {
       const index_t c = channel_of<index_t, kNHWC>(k * kVec + j, C, S);
       const acc_t v = (static_cast<acc_t>(p.v[j]) - mean[c]) * scale[c] + shift[c];
-      p.v[j] = static_cast<scalar_t>(v > acc_t(0) ? v : v * slope);
+      // slope 0 is ReLU exactly (0, not -0 or inf * 0); NaN stays NaN
+      p.v[j] = static_cast<scalar_t>(v > acc_t(0) || v != v ? v : (slope == acc_t(0) ? acc_t(0) : v * slope));
     }
     reinterpret_cast<P*>(y)[k] = p;
   }
@@ -326,7 +328,8 @@ __global__ void __launch_bounds__(kThreads)
       const ChannelParams<acc_t> p = load_params(mean, invstd, gamma, beta, c, slope);
       const acc_t xhat = (static_cast<acc_t>(zp.v[j]) - p.mean) * p.invstd;
       const acc_t g = static_cast<acc_t>(gp.v[j]);
-      const acc_t gm = xhat * p.gamma + p.beta > acc_t(0) ? g : g * p.slope;
+      // slope 0: a true 0 where u <= 0, as ReLU's backward (not inf * 0)
+    const acc_t gm = xhat * p.gamma + p.beta > acc_t(0) ? g : (p.slope == acc_t(0) ? acc_t(0) : g * p.slope);
       out.v[j] = static_cast<scalar_t>(coef[c] * (gm - coef[C + c] - xhat * coef[2 * C + c]));
     }
     reinterpret_cast<P*>(grad_z)[k] = out;

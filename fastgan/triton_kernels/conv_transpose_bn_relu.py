@@ -348,7 +348,9 @@ def _bn_relu_kernel(z_ptr, y_ptr, mean_ptr, scale_ptr, shift_ptr, R, K, C, negat
     shift = tl.load(shift_ptr + c, mask=c_ok, other=0.0)
     z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(acc_t)
     u = (z - mean) * scale + shift
-    y = tl.where(u > 0.0, u, u * negative_slope.to(acc_t))
+    slope = negative_slope.to(acc_t)
+    # slope 0 is ReLU exactly: 0 (not -0 or inf * 0) where u <= 0; NaN stays NaN
+    y = tl.where((u > 0.0) | (u != u), u, tl.where(slope != 0.0, u * slope, 0.0))
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -359,7 +361,8 @@ def _masked_grad(g_ptr, z_ptr, offs, mask, mean, invstd, gamma, beta, slope):
     z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(acc_t)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc_t)
     xhat = (z - mean) * invstd
-    gm = tl.where(mask, tl.where(xhat * gamma + beta > 0.0, g, g * slope), 0.0)
+    low = tl.where(slope != 0.0, g * slope, 0.0)  # slope 0: a true 0, as ReLU's backward
+    gm = tl.where(mask, tl.where(xhat * gamma + beta > 0.0, g, low), 0.0)
     return gm, xhat
 
 
