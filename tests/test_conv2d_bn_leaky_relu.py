@@ -160,12 +160,25 @@ def test_gradcheck(impl, training):
 
 
 @pytest.mark.parametrize("impl", CPU_BACKENDS)
-def test_double_backward_raises(impl):
-    x, w = randn((2, 3, 4, 4)).requires_grad_(), randn((4, 3, 3, 3)).requires_grad_()
-    y = conv2d_bn_leaky_relu(x, w, None, None, None, None, None, True, 0.1, 1e-5, 1, 1, impl=impl)
-    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        gx.sum().backward()
+def test_double_backward_falls_back(impl):
+    """A gradient penalty through the block: the explicit eager fallback, checked by gradgradcheck
+    (NCHW x, so the saved x is the kernels' channels-last copy) and against the reference."""
+    f64 = dict(dtype=torch.float64)
+    inputs = [torch.randn(3, 2, 4, 4, **f64), torch.randn(3, 2, 3, 3, **f64), torch.randn(3, **f64),
+              torch.rand(3, **f64) + 0.5, torch.randn(3, **f64)]
+
+    def fn(impl_):
+        return lambda x, w, b, gamma, beta: conv2d_bn_leaky_relu(x, w, b, gamma, beta, None, None, True, 0.1, 1e-5,
+                                                                 2, 1, 0.2, impl=impl_)
+
+    leaves = tuple(t.requires_grad_() for t in inputs)
+    assert torch.autograd.gradgradcheck(fn(impl), leaves, fast_mode=impl == "triton")
+    penalties = []
+    for impl_ in (impl, "reference"):
+        (gx,) = torch.autograd.grad(fn(impl_)(*leaves).square().sum(), leaves[0], create_graph=True)
+        penalties.append(torch.autograd.grad(gx.square().sum(), leaves[1:]))
+    for got, want in zip(*penalties):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("impl", CPU_BACKENDS)

@@ -9,7 +9,9 @@ Eval (running statistics): folded into W and the bias, then one convolution and 
 LeakyReLU (ATen ops, so autograd and torch.compile see through them).
 
 Backward: the fused BN + activation backward (both per-channel sums in one pass) hands grad_z
-to the backend's conv2d_backward. Double backward raises.
+to the backend's conv2d_backward. Double backward (a gradient penalty through the block, where
+the backward runs with create_graph) falls back explicitly to the reference formula, recomputed
+from the saved inputs with autograd: eager speed and memory, exact derivatives.
 
 The convolution is the backend's conv2d kernel op on channels-last x: on CPU MKL GEMMs where the
 output is small (the 8x8 -> 4x4 block; see csrc/cpu/convolution.cpp), else oneDNN, which ran the
@@ -131,14 +133,35 @@ def _train_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(z, mean, var, x_saved)
     ctx.set_materialize_grads(False)  # else autograd fills zero gradients for z and x_saved (passes over them)
     ctx.has_bias, ctx.has_gamma, ctx.has_beta = bias is not None, gamma is not None, beta is not None
-    ctx.save_for_backward(x_saved if x_saved.numel() else x, weight, gamma, beta, z, mean, var)
+    ctx.x_converted = bool(x_saved.numel())
+    ctx.save_for_backward(x_saved if ctx.x_converted else x, weight, gamma, beta, z, mean, var,
+                          x if ctx.x_converted else None, bias)
 
 
-@once_differentiable
 def _train_bwd(ctx, grad_y, *_):
     if grad_y is None:  # y took no part in what is differentiated
         return (None,) * 10
-    x, weight, gamma, beta, z, mean, var = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph: the gradients must be differentiable themselves
+        return _train_bwd_differentiable(ctx, grad_y)
+    return _train_bwd_fused(ctx, grad_y)
+
+
+def _train_bwd_differentiable(ctx, grad_y):
+    """The explicit fallback for double backward: the reference formula on the saved inputs."""
+    x_kernel, weight, gamma, beta, _, _, _, x_orig, bias = ctx.saved_tensors
+    x = x_orig if ctx.x_converted else x_kernel
+    inputs = [x, weight, bias, gamma, beta]
+    wanted = [t is not None and need for t, need in zip(inputs, ctx.needs_input_grad[:5])]
+    with torch.enable_grad():
+        z = F.conv2d(x, weight, bias, ctx.stride, ctx.padding)
+        y = F.leaky_relu(F.batch_norm(z, None, None, gamma, beta, True, 0.0, ctx.eps), ctx.negative_slope)
+        grads = iter(torch.autograd.grad(y, [t for t, w in zip(inputs, wanted) if w], grad_y, create_graph=True))
+    return (*[next(grads) if w else None for w in wanted], None, None, None, None, None)
+
+
+@once_differentiable
+def _train_bwd_fused(ctx, grad_y):
+    x, weight, gamma, beta, z, mean, var, _, _ = ctx.saved_tensors
     invstd = torch.rsqrt(var + ctx.eps)
     grad_z, grad_gamma, grad_beta = call(bn_relu_backward, grad_y, z, mean, invstd, gamma, beta, ctx.negative_slope,
                                          ctx.impl)
