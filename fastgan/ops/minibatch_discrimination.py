@@ -7,7 +7,9 @@
 The projection M and its gradients (dx = dM @ T^T, dT = x^T @ dM) run through the
 framework's GEMM; the fused op `minibatch_discrimination` takes M and computes o
 tile by tile, never the [N, N, B] distances, and its backward
-`minibatch_discrimination_backward` recomputes them tile by tile for dM.
+`minibatch_discrimination_backward` recomputes them tile by tile for dM. In plain
+eager code the whole op is one autograd node (`_Discrimination`), whose backward adds
+the cat's slice of the gradient into dx inside the dx GEMM.
 
 Second derivatives: the backward op's own gradient is an explicit eager fallback
 (`_backward_backward_eager`) that does materialize the [N, N, B, C] pairwise
