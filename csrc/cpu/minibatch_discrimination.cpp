@@ -5,9 +5,10 @@
 // A task takes whole kernels b: it gathers M[:, b, :] into a [C, N] buffer in
 // float (double for double), so that j is the contiguous, vector dimension, and
 // walks the pairs i < j once each (D is symmetric): a tile of R rows i against
-// the vectors of columns j > i, accumulating each term into both the row sum of
-// i (in registers) and the column sum of j (in the task's buffer). The self term
-// j == i is never formed. Extra memory: a few N * C buffers per thread.
+// the vectors of columns j > i (the first vector masked per row, so that the
+// pairs inside the tile are vector lanes too), accumulating each term into both
+// the row sum of i (in registers) and the column sum of j (in the task's buffer).
+// The self term j == i is never formed. Extra memory: a few N * C buffers per thread.
 #include <cmath>
 #include <vector>
 
@@ -19,14 +20,46 @@ namespace {
 template <typename acc_t>
 using Vec = Vectorized<acc_t>;
 
-// exp(-d) of the vector lanes: exp_u20 in float (ATen's polynomial, 20 ulp, 2x
-// faster than the 1-ulp Sleef exp here), Sleef's exp in double.
+// -|v|: the distances are summed negated, as the argument of exp (one OR with the sign bit).
 template <typename acc_t>
-Vec<acc_t> exp_neg(const Vec<acc_t>& d) {
+Vec<acc_t> neg_abs(const Vec<acc_t>& v) {
+  return v | Vec<acc_t>(-0.0);
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+// exp(x) of x = -D <= 0 (or NaN) in float: x = n ln2 + r with n = round(x / ln2), |r| <= ln2 / 2
+// (Cody-Waite, ln2 in two parts), exp(r) by the degree-5 minimax polynomial (the one exp_u20
+// uses), and 2^n by vscalefps, which underflows to denormals and 0 as exp does: 11 instructions
+// and under 3 ulp, where exp_u20 takes about 20 for 20 ulp. x is clamped from below first:
+// exp(-104) is 0 in float already, and the clamp keeps -inf out of the reduction (NaN passes).
+inline Vec<float> exp_nonpositive(const Vec<float>& v) {
+  const __m512 x = _mm512_max_ps(_mm512_set1_ps(-104.0f), v);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(0.00828929059f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.0418978221f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.166676521f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.499991506f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.999999701f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+#endif
+
+// exp(x) of the vector lanes, x = -D <= 0: the AVX-512 code above in float, else exp_u20
+// (ATen's polynomial, 20 ulp, 2x faster than the 1-ulp Sleef exp here); Sleef's exp in double.
+template <typename acc_t>
+Vec<acc_t> exp_neg(const Vec<acc_t>& x) {
   if constexpr (std::is_same_v<acc_t, float>) {
-    return (-d).exp_u20();
+#if defined(CPU_CAPABILITY_AVX512)
+    return exp_nonpositive(x);
+#else
+    return x.exp_u20();
+#endif
   } else {
-    return (-d).exp();
+    return x.exp();
   }
 }
 
@@ -36,21 +69,25 @@ Vec<acc_t> first_lanes(const Vec<acc_t>& v, int64_t count) {
   return count >= Vec<acc_t>::size() ? v : Vec<acc_t>::set(Vec<acc_t>(0), v, count);
 }
 
-// sign(diff) * w, with sign(0) = 0.
+// sign(diff) * w, with sign(0) = 0 (and 0 for NaN).
 template <typename acc_t>
 Vec<acc_t> signed_weight(const Vec<acc_t>& diff, const Vec<acc_t>& w) {
   const Vec<acc_t> zero(0);
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    // w with the sign bit of diff flipped in (w ^ (diff & -0.0): ternary logic 0x78), zeroed
+    // where diff is 0 or NaN: two instructions.
+    const __mmask16 nonzero = _mm512_cmp_ps_mask(diff, zero, _CMP_NEQ_OQ);
+    return _mm512_castsi512_ps(_mm512_maskz_ternarylogic_epi32(
+        nonzero, _mm512_castps_si512(w), _mm512_castps_si512(diff), _mm512_set1_epi32(INT32_MIN), 0x78));
+  }
+#endif
   return (w & (diff > zero)) - (w & (diff < zero));
 }
 
 template <typename acc_t>
 acc_t reduce_sum(const Vec<acc_t>& v) {
   return at::vec::vec_reduce_all<acc_t>([](const Vec<acc_t>& a, const Vec<acc_t>& b) { return a + b; }, v);
-}
-
-template <typename acc_t>
-acc_t sign_of(acc_t v) {
-  return static_cast<acc_t>((v > 0) - (v < 0));
 }
 
 // One kernel b, gathered: cols[c * stride + j] = M[j, b, c] for j < N, zero-padded
@@ -70,29 +107,40 @@ struct Kernel {
       if (grad != nullptr) g[j] = static_cast<acc_t>(grad[j * nb + b]);
     }
   }
-
-  acc_t distance(int64_t i, int64_t j) const {
-    acc_t d = 0;
-    for (int64_t k = 0; k < c; ++k) d += std::abs(cols[k * stride + j] - cols[k * stride + i]);
-    return d;
-  }
 };
 
-// Forward, one kernel: sums[i] = sum_{j != i} exp(-D[i, j]). kC > 0 fixes C at compile time.
+// The lanes [lo, hi) of v, zeros elsewhere; lane l is column j + l of a vector at j. A row tile
+// [i0, i0 + R) walks the columns from i0 + 1: in the first vector, row i0 + r masks its lanes
+// l < r (the columns j <= i: the pairs inside the tile are formed once, the self term never),
+// and every vector masks the columns past N.
+template <typename acc_t>
+Vec<acc_t> lanes(const Vec<acc_t>& v, int64_t lo, int64_t hi) {
+  using V = Vec<acc_t>;
+  if (lo == 0 && hi >= V::size()) return v;
+  return first_lanes(lo > 0 ? V::set(v, V(0), lo) : v, hi);
+}
+
+// Walks the column vectors j = i0 + 1, i0 + 1 + W, ... < N of a row tile at i0:
+// step(j, masked) with masked = std::true_type for the first vector and a partial
+// last one, std::false_type for the full vectors between (no masking code in their loop).
+template <int64_t W, typename F>
+void column_vectors(int64_t i0, int64_t n, const F& step) {
+  int64_t j = i0 + 1;
+  if (j >= n) return;
+  step(j, std::true_type{});
+  for (j += W; j + W <= n; j += W) step(j, std::false_type{});
+  if (j < n) step(j, std::true_type{});
+}
+
+// Forward, one kernel, rows i0 .. i0 + R - 1 against the columns j > i: the terms go into the
+// row sums (registers) and the column sums (sums[j]). kC > 0 fixes C at compile time.
 template <typename acc_t, int kC, int R>
 void pair_sums_rows(const Kernel<acc_t>& k, int64_t i0, acc_t* sums) {
   using V = Vec<acc_t>;
   constexpr int64_t W = V::size();
+  static_assert(R <= W, "a row tile masks its pairs in the first vector of columns only");
   const int64_t n = k.n, c = kC > 0 ? kC : k.c, stride = k.stride;
   const acc_t* cols = k.cols.data();
-  // Pairs inside the tile.
-  for (int r = 0; r < R; ++r) {
-    for (int q = r + 1; q < R; ++q) {
-      const acc_t e = std::exp(-k.distance(i0 + r, i0 + q));
-      sums[i0 + r] += e;
-      sums[i0 + q] += e;
-    }
-  }
   acc_t mi[R][kC > 0 ? kC : 1];
   if constexpr (kC > 0) {
     for (int r = 0; r < R; ++r)
@@ -100,45 +148,38 @@ void pair_sums_rows(const Kernel<acc_t>& k, int64_t i0, acc_t* sums) {
   }
   V acc[R];
   for (auto& a : acc) a = V(0);
-  for (int64_t j = i0 + R; j < n; j += W) {
+  column_vectors<W>(i0, n, [&](int64_t j, auto masked) {
     V total(0);
     for (int r = 0; r < R; ++r) {
-      V d(0);
+      V nd(0);  // -D
       for (int64_t q = 0; q < c; ++q) {
         const acc_t m = kC > 0 ? mi[r][q] : cols[q * stride + i0 + r];
-        d += (V::loadu(cols + q * stride + j) - V(m)).abs();
+        const V term = neg_abs(V::loadu(cols + q * stride + j) - V(m));
+        nd = q == 0 ? term : nd + term;
       }
-      const V e = first_lanes(exp_neg(d), n - j);
+      V e = exp_neg(nd);
+      if constexpr (masked) e = lanes(e, j == i0 + 1 ? r : 0, n - j);
       acc[r] += e;
       total += e;
     }
     (V::loadu(sums + j) + total).store(sums + j);
-  }
+  });
   for (int r = 0; r < R; ++r) {
     sums[i0 + r] += reduce_sum(acc[r]);
   }
 }
 
-// Backward, one kernel: grads[q * stride + i] = dM[i, b, q].
+// Backward, one kernel, rows i0 .. i0 + R - 1 against the columns j > i (masked as in the
+// forward): grads[q * stride + i] = dM[i, b, q].
 template <typename acc_t, int kC, int R>
 void pair_grads_rows(const Kernel<acc_t>& k, int64_t i0, acc_t* grads) {
   using V = Vec<acc_t>;
   constexpr int64_t W = V::size();
+  static_assert(R <= W, "a row tile masks its pairs in the first vector of columns only");
   const int64_t n = k.n, c = kC > 0 ? kC : k.c, stride = k.stride;
   const acc_t* cols = k.cols.data();
   const acc_t* g = k.g.data();
-  // Pairs inside the tile: with diff = M_j - M_i, dM_i += w sign(diff) and dM_j -= w sign(diff).
-  for (int r = 0; r < R; ++r) {
-    for (int q = r + 1; q < R; ++q) {
-      const int64_t i = i0 + r, j = i0 + q;
-      const acc_t w = (g[i] + g[j]) * std::exp(-k.distance(i, j));
-      for (int64_t p = 0; p < c; ++p) {
-        const acc_t ws = w * sign_of(cols[p * stride + j] - cols[p * stride + i]);
-        grads[p * stride + i] += ws;
-        grads[p * stride + j] -= ws;
-      }
-    }
-  }
+  // With diff = M_j - M_i and w = (g_i + g_j) exp(-D): dM_i += w sign(diff), dM_j -= w sign(diff).
   if constexpr (kC > 0) {
     // C known: the row values, differences and accumulators live in registers, and each
     // column's update sums the R rows before one load and store.
@@ -149,7 +190,7 @@ void pair_grads_rows(const Kernel<acc_t>& k, int64_t i0, acc_t* grads) {
         acc[r][p] = V(0);
       }
     }
-    for (int64_t j = i0 + R; j < n; j += W) {
+    column_vectors<W>(i0, n, [&](int64_t j, auto masked) {
       V mj[kC], update[kC];
       for (int p = 0; p < kC; ++p) {
         mj[p] = V::loadu(cols + p * stride + j);
@@ -157,12 +198,13 @@ void pair_grads_rows(const Kernel<acc_t>& k, int64_t i0, acc_t* grads) {
       }
       const V gj = V::loadu(g + j);
       for (int r = 0; r < R; ++r) {
-        V diff[kC], d(0);
+        V diff[kC], nd;  // -D
         for (int p = 0; p < kC; ++p) {
           diff[p] = mj[p] - mi[r][p];
-          d += diff[p].abs();
+          nd = p == 0 ? neg_abs(diff[p]) : nd + neg_abs(diff[p]);
         }
-        const V w = first_lanes((V(g[i0 + r]) + gj) * exp_neg(d), n - j);
+        V w = (V(g[i0 + r]) + gj) * exp_neg(nd);
+        if constexpr (masked) w = lanes(w, j == i0 + 1 ? r : 0, n - j);
         for (int p = 0; p < kC; ++p) {
           const V ws = signed_weight(diff[p], w);
           acc[r][p] += ws;
@@ -170,7 +212,7 @@ void pair_grads_rows(const Kernel<acc_t>& k, int64_t i0, acc_t* grads) {
         }
       }
       for (int p = 0; p < kC; ++p) (V::loadu(grads + p * stride + j) - update[p]).store(grads + p * stride + j);
-    }
+    });
     for (int r = 0; r < R; ++r) {
       for (int p = 0; p < kC; ++p) grads[p * stride + i0 + r] += reduce_sum(acc[r][p]);
     }
@@ -179,9 +221,9 @@ void pair_grads_rows(const Kernel<acc_t>& k, int64_t i0, acc_t* grads) {
     static_assert(kC > 0 || R == 1);
     std::vector<V> acc(c, V(0));
     for (int64_t j = i0 + 1; j < n; j += W) {
-      V d(0);
-      for (int64_t p = 0; p < c; ++p) d += (V::loadu(cols + p * stride + j) - V(cols[p * stride + i0])).abs();
-      const V w = first_lanes((V(g[i0]) + V::loadu(g + j)) * exp_neg(d), n - j);
+      V nd(0);  // -D
+      for (int64_t p = 0; p < c; ++p) nd += neg_abs(V::loadu(cols + p * stride + j) - V(cols[p * stride + i0]));
+      const V w = first_lanes((V(g[i0]) + V::loadu(g + j)) * exp_neg(nd), n - j);
       for (int64_t p = 0; p < c; ++p) {
         const V ws = signed_weight(V::loadu(cols + p * stride + j) - V(cols[p * stride + i0]), w);
         acc[p] += ws;
@@ -212,10 +254,13 @@ void dispatch_c(int64_t c, const F& f) {
   }
 }
 
-// Row tiles: 4 rows share each column load in the forward; the backward's
-// 2 x C accumulators stay in registers.
+// Row tiles, at most a vector wide (the first vector masks them): 4 rows share each
+// column load in the forward; the backward takes as many rows (up to 4) as keep its
+// R x C accumulators within 20 vector registers, 4 at the paper's C = 5 (measured
+// against 1 to 8 rows at C = 5).
 constexpr int kForwardRows = 4;
-constexpr int kBackwardRows = 2;
+constexpr int kBackwardRows = 4;
+constexpr int kBackwardAccumulators = 20;
 
 // Tasks take whole kernels; a kernel costs about N^2 C / 2 element operations.
 int64_t kernel_grain(int64_t n, int64_t c) { return grain(std::max<int64_t>(1, n * n * c / 2)); }
@@ -230,8 +275,9 @@ void features(const T* m, T* o, int64_t n, int64_t nb, int64_t c, bool include_s
       k.gather(m, static_cast<const T*>(nullptr), b, nb);
       std::fill(sums.begin(), sums.end(), acc_t(0));
       dispatch_c(c, [&](auto kc) {
-        row_tiles<kForwardRows>(
-            n, [&](int64_t i) { pair_sums_rows<acc_t, kc, kForwardRows>(k, i, sums.data()); },
+        constexpr int kRows = std::min<int64_t>(kForwardRows, Vec<acc_t>::size());
+        row_tiles<kRows>(
+            n, [&](int64_t i) { pair_sums_rows<acc_t, kc, kRows>(k, i, sums.data()); },
             [&](int64_t i) { pair_sums_rows<acc_t, kc, 1>(k, i, sums.data()); });
       });
       const acc_t self = include_self ? acc_t(1) : acc_t(0);
@@ -250,7 +296,11 @@ void features_backward(const T* grad, const T* m, T* dm, int64_t n, int64_t nb, 
       k.gather(m, grad, b, nb);
       std::fill(grads.begin(), grads.end(), acc_t(0));
       dispatch_c(c, [&](auto kc) {
-        constexpr int kRows = kc > 0 ? kBackwardRows : 1;  // the code for any C takes one row
+        // The code for any C takes one row.
+        constexpr int kRows =
+            kc > 0 ? std::max(1, std::min<int>({kBackwardRows, kBackwardAccumulators / std::max<int>(kc, 1),
+                                                 static_cast<int>(Vec<acc_t>::size())}))
+                   : 1;
         row_tiles<kRows>(
             n, [&](int64_t i) { pair_grads_rows<acc_t, kc, kRows>(k, i, grads.data()); },
             [&](int64_t i) { pair_grads_rows<acc_t, kc, 1>(k, i, grads.data()); });

@@ -7,7 +7,9 @@
 The projection M and its gradients (dx = dM @ T^T, dT = x^T @ dM) run through the
 framework's GEMM; the fused op `minibatch_discrimination` takes M and computes o
 tile by tile, never the [N, N, B] distances, and its backward
-`minibatch_discrimination_backward` recomputes them tile by tile for dM.
+`minibatch_discrimination_backward` recomputes them tile by tile for dM. In plain
+eager code the whole op is one autograd node (`_Discrimination`), whose backward adds
+the cat's slice of the gradient into dx inside the dx GEMM.
 
 Second derivatives: the backward op's own gradient is an explicit eager fallback
 (`_backward_backward_eager`) that does materialize the [N, N, B, C] pairwise
@@ -19,7 +21,7 @@ import torch
 
 from .._backend import resolve
 from .._checks import check_same, check_tensor
-from ._dispatch import fused_op, kernels
+from ._dispatch import _traced, fused_op, kernels
 
 
 def _acc_dtype(dtype):
@@ -89,6 +91,10 @@ def minibatch_features(x, T, bias=None, include_self=False, impl=None):
 
 def minibatch_discrimination(x, T, bias=None, include_self=False, impl=None):
     """cat([x_flat, minibatch_features(x, T, bias, include_self)], 1): [N, A + B]."""
+    _check(x, T, bias, include_self)
+    impl = resolve(impl, x.device)
+    if impl != "reference" and not _traced():
+        return _Discrimination.apply(x, T, bias, include_self, impl)[0]
     o = minibatch_features(x, T, bias, include_self, impl)
     return torch.cat([x.reshape(x.shape[0], -1), o], 1)
 
@@ -146,6 +152,64 @@ def _backward_bwd(ctx, gg):
     grad, M = ctx.saved_tensors
     d_grad, d_m = _backward_backward_eager(gg, grad, M)
     return d_grad, d_m, None
+
+
+class _Discrimination(torch.autograd.Function):
+    """The whole of minibatch_discrimination in plain eager code, as one autograd node: the same
+    kernels and GEMMs as the composite path (which traced code keeps), with a backward that
+    writes the gradient of x once, dx = dout[:, :A] + dM @ T^T (the cat's share added by the
+    GEMM itself, beta = 1), where the composite graph adds the GEMM's dx and the cat's slice
+    of dout in another pass over [N, A].
+
+    M is a second output so that double backward sees it as a function of x and T: the
+    backward's ops on the saved M then send their gradient back into this node as dM's extra
+    term (the double-backward pattern of the PyTorch custom Function tutorial)."""
+
+    @staticmethod
+    def forward(ctx, x, T, bias, include_self, impl):
+        n, (a, b, c) = x.shape[0], T.shape
+        x_flat = x.reshape(n, a)
+        m = torch.mm(x_flat, T.reshape(a, b * c)).view(n, b, c)
+        o = _features_kernel(m, include_self, impl)
+        out = torch.cat([x_flat, o if bias is None else o + bias], 1)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, T, m)
+        ctx.impl, ctx.has_bias = impl, bias is not None
+        return out, m
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_m):
+        x, T, m = ctx.saved_tensors
+        n, (a, b, c) = x.shape[0], T.shape
+        need_x, need_T, need_bias = ctx.needs_input_grad[:3]
+        grad_x = grad_T = grad_bias = None
+        dm = grad_m
+        if grad_out is not None:
+            grad_o = grad_out[:, a:]
+            if need_bias and ctx.has_bias:
+                grad_bias = grad_o.sum(0)
+            if need_x or need_T:
+                dm_o = _backward(grad_o, m, ctx.impl)
+                dm = dm_o if dm is None else dm + dm_o
+        if dm is not None:
+            dm = dm.reshape(n, b * c)
+            if need_x:
+                t_flat = T.reshape(a, b * c)
+                if grad_out is None:
+                    grad_x = torch.mm(dm, t_flat.t())
+                else:
+                    # The cat's slice copied into a fresh [N, A] first (a parallel copy_),
+                    # then the GEMM adds onto it (beta = 1): measured faster than addmm's
+                    # own copy of the strided slice, or mm followed by add_.
+                    grad_x = torch.empty((n, a), dtype=dm.dtype, device=dm.device)
+                    grad_x.copy_(grad_out[:, :a]).addmm_(dm, t_flat.t())
+            if need_T:
+                grad_T = torch.mm(x.reshape(n, a).t(), dm).view(a, b, c)
+        elif need_x and grad_out is not None:
+            grad_x = grad_out[:, :a]
+        if grad_x is not None:
+            grad_x = grad_x.reshape(x.shape)
+        return grad_x, grad_T, grad_bias, None, None
 
 
 _features = fused_op("minibatch_discrimination", _features_kernel, _features_fake, _features_bwd, _save_features)
