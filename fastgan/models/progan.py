@@ -7,6 +7,10 @@ one pass after each generator conv; the generator's fade-in never materializes t
 low-resolution image; the discriminator's from-RGB fade-in fuses pooling, the 1x1 conv, leaky
 ReLU and the blend; a minibatch-stddev layer precedes its last 3x3 conv. All twice
 differentiable, for the WGAN-GP penalty of `progan_step`.
+
+On a fastgan backend (impl not "reference") both networks run channels-last from their first
+feature map on: oneDNN's convolutions, which are most of a step, ran faster so here, and every
+fastgan op takes both layouts. With impl="reference" they are plain NCHW PyTorch models.
 """
 
 import math
@@ -20,6 +24,11 @@ from ..nn import EqualizedConv2d, EqualizedLinear, MinibatchStdDev
 from ..ops.pixel_norm import default_eps
 
 SLOPE = 0.2
+
+
+def _layout(x, impl):
+    """x channels-last on a fastgan backend (see the module docstring), as it is otherwise."""
+    return x if impl == "reference" else x.contiguous(memory_format=torch.channels_last)
 
 
 def channels(level, fmap_base, fmap_max):
@@ -66,7 +75,7 @@ class ProGANGenerator(nn.Module):
     def forward(self, z, level=None, alpha=1.0):
         level = self.levels - 1 if level is None else level
         x = ops.pixel_norm(z, impl=self.impl)
-        x = ops.pixel_norm(self.dense(x).view(z.shape[0], -1, 4, 4), impl=self.impl)
+        x = _layout(ops.pixel_norm(self.dense(x).view(z.shape[0], -1, 4, 4), impl=self.impl), self.impl)
         prev = None
         for i in range(level + 1):
             if i > 0:
@@ -101,6 +110,7 @@ class ProGANDiscriminator(nn.Module):
 
     def forward(self, img, level=None, alpha=1.0):
         level = self.levels - 1 if level is None else level
+        img = _layout(img, self.impl)
         x = self.from_rgb[level](img)
         for i in range(level, 0, -1):
             x = F.avg_pool2d(self.blocks[i](x), 2)

@@ -9,8 +9,8 @@ over dim 1, b' = beta + (bias - running_mean) * gamma * invstd, and the backend 
 relu(conv_transpose2d(x, W', b')): no normalization pass at all.
 
 Backward: training runs the fused BN + ReLU backward (both per-channel sums in one pass) and
-hands grad_z to the convolution's backward (ATen: see _conv_backward for the form that is fastest
-on CPU); eval backpropagates through the folded formula. Eval without gradients skips the fold
+hands grad_z to the backend's conv_transpose_backward kernel op (on CPU: GEMMs for small inputs,
+else oneDNN's direct convolution; see csrc/cpu/convolution.cpp); eval backpropagates through the folded formula. Eval without gradients skips the fold
 where the weight is larger than the output (_eval_unfolded). Double backward is not supported:
 it raises (once_differentiable).
 
@@ -34,7 +34,8 @@ from ._dispatch import fused_op, kernels
 
 def _layout_for(x):
     """The layout of x, z and y: channels-last, except for 1x1 inputs (the first DCGAN block,
-    from the latent), whose transposed convolution oneDNN runs 3x faster in NCHW here."""
+    from the latent), where the CPU's GEMM gives z in NCHW directly (and oneDNN, elsewhere, ran
+    their transposed convolution 3x faster in NCHW)."""
     return torch.contiguous_format if x.shape[2] * x.shape[3] == 1 else LAYOUT
 
 
