@@ -4,6 +4,7 @@ nn.Sequential(nn.Conv2d, nn.BatchNorm2d, nn.LeakyReLU) running the fused op."""
 import torch
 
 from .. import ops
+from ._conv_bn import block_over, bn_arguments, check_conv_bn
 
 
 class Conv2dBNLeakyReLU(torch.nn.Module):
@@ -32,38 +33,16 @@ class Conv2dBNLeakyReLU(torch.nn.Module):
     def from_modules(cls, conv, bn, act=None, impl=None):
         """The fused block over an existing Conv2d and BatchNorm2d (and the LeakyReLU whose slope it
         takes; 0.2 without one), sharing their parameter and buffer objects."""
-        if not isinstance(conv, torch.nn.Conv2d):
-            raise TypeError(f"fastgan: conv must be an nn.Conv2d, got {type(conv).__name__}")
-        if not isinstance(bn, torch.nn.BatchNorm2d):
-            raise TypeError(f"fastgan: bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
         if act is not None and not isinstance(act, torch.nn.LeakyReLU):
             raise TypeError(f"fastgan: act must be an nn.LeakyReLU, got {type(act).__name__}")
-        unsupported = {"groups": (conv.groups, 1), "dilation": (tuple(conv.dilation), (1, 1)),
-                       "padding_mode": (conv.padding_mode, "zeros")}
-        for name, (got, want) in unsupported.items():
-            if got != want:
-                raise ValueError(f"fastgan: conv.{name} must be {want!r} for the fused block, got {got!r}")
-        if isinstance(conv.padding, str):
-            raise ValueError(f"fastgan: conv.padding must be numbers for the fused block, got {conv.padding!r}")
-        if bn.num_features != conv.out_channels:
-            raise ValueError(f"fastgan: bn.num_features ({bn.num_features}) must equal conv.out_channels "
-                             f"({conv.out_channels})")
-        block = cls.__new__(cls)
-        torch.nn.Module.__init__(block)
-        block.add_module("0", conv)
-        block.add_module("1", bn)
-        block.negative_slope = 0.2 if act is None else act.negative_slope
-        block.impl = impl
-        return block
+        check_conv_bn(conv, bn, torch.nn.Conv2d)
+        return block_over(cls, conv, bn, negative_slope=0.2 if act is None else act.negative_slope, impl=impl)
 
     def forward(self, x):
         conv, bn = self._modules["0"], self._modules["1"]
-        tracked = bn.training and bn.track_running_stats
-        use_running = not bn.training or bn.track_running_stats
-        return ops.conv2d_bn_leaky_relu(
-            x, conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean if use_running else None,
-            bn.running_var if use_running else None, bn.training, bn.momentum, bn.eps, conv.stride, conv.padding,
-            self.negative_slope, num_batches_tracked=bn.num_batches_tracked if tracked else None, impl=self.impl)
+        return ops.conv2d_bn_leaky_relu(x, conv.weight, conv.bias, bn.weight, bn.bias, training=bn.training,
+                                        momentum=bn.momentum, eps=bn.eps, stride=conv.stride, padding=conv.padding,
+                                        negative_slope=self.negative_slope, impl=self.impl, **bn_arguments(bn))
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}" + (f", impl={self.impl!r}" if self.impl is not None else "")

@@ -4,6 +4,7 @@ nn.Sequential(nn.ConvTranspose2d, nn.BatchNorm2d, nn.ReLU) running the fused op.
 import torch
 
 from .. import ops
+from ._conv_bn import block_over, bn_arguments, check_conv_bn
 
 
 class ConvTransposeBNReLU2d(torch.nn.Module):
@@ -29,34 +30,14 @@ class ConvTransposeBNReLU2d(torch.nn.Module):
     def from_modules(cls, conv, bn, impl=None):
         """The fused block over an existing ConvTranspose2d and BatchNorm2d, sharing their parameter
         and buffer objects (an optimizer or a state_dict of either sees the same tensors)."""
-        if not isinstance(conv, torch.nn.ConvTranspose2d):
-            raise TypeError(f"fastgan: conv must be an nn.ConvTranspose2d, got {type(conv).__name__}")
-        if not isinstance(bn, torch.nn.BatchNorm2d):
-            raise TypeError(f"fastgan: bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
-        unsupported = {"groups": (conv.groups, 1), "dilation": (tuple(conv.dilation), (1, 1)),
-                       "padding_mode": (conv.padding_mode, "zeros")}
-        for name, (got, want) in unsupported.items():
-            if got != want:
-                raise ValueError(f"fastgan: conv.{name} must be {want!r} for the fused block, got {got!r}")
-        if bn.num_features != conv.out_channels:
-            raise ValueError(f"fastgan: bn.num_features ({bn.num_features}) must equal conv.out_channels "
-                             f"({conv.out_channels})")
-        block = cls.__new__(cls)
-        torch.nn.Module.__init__(block)
-        block.add_module("0", conv)
-        block.add_module("1", bn)
-        block.impl = impl
-        return block
+        check_conv_bn(conv, bn, torch.nn.ConvTranspose2d)
+        return block_over(cls, conv, bn, impl=impl)
 
     def forward(self, x):
         conv, bn = self._modules["0"], self._modules["1"]
-        tracked = bn.training and bn.track_running_stats
-        # As nn.BatchNorm2d.forward: running statistics are used in eval, and updated only when tracked.
-        use_running = not bn.training or bn.track_running_stats
-        return ops.conv_transpose_bn_relu(
-            x, conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean if use_running else None,
-            bn.running_var if use_running else None, bn.training, bn.momentum, bn.eps, conv.stride, conv.padding,
-            conv.output_padding, num_batches_tracked=bn.num_batches_tracked if tracked else None, impl=self.impl)
+        return ops.conv_transpose_bn_relu(x, conv.weight, conv.bias, bn.weight, bn.bias, training=bn.training,
+                                          momentum=bn.momentum, eps=bn.eps, stride=conv.stride, padding=conv.padding,
+                                          output_padding=conv.output_padding, impl=self.impl, **bn_arguments(bn))
 
     def extra_repr(self):
         return f"impl={self.impl!r}" if self.impl is not None else ""
