@@ -170,8 +170,8 @@ def _train_bwd_fused(ctx, grad_y):
     if need_x or need_w:
         grad_x, grad_w = call(_conv2d_backward, grad_z, x, weight, ctx.stride, ctx.padding, need_x, need_w, ctx.impl)
     grad_b = grad_z.sum((0, 2, 3)) if ctx.has_bias and need_b else None
-    return (grad_x if need_x else None, grad_w if need_w else None, grad_b, grad_gamma if ctx.has_gamma else None, grad_beta if ctx.has_beta else None,
-            None, None, None, None, None)
+    return (grad_x if need_x else None, grad_w if need_w else None, grad_b, grad_gamma if ctx.has_gamma else None,
+            grad_beta if ctx.has_beta else None, None, None, None, None, None)
 
 
 @torch.library.custom_op("fastgan::conv2d_backward", mutates_args=())

@@ -10,8 +10,9 @@ relu(conv_transpose2d(x, W', b')): no normalization pass at all.
 
 Backward: training runs the fused BN + ReLU backward (both per-channel sums in one pass) and
 hands grad_z to the backend's conv_transpose_backward kernel op (on CPU: GEMMs for small inputs,
-else oneDNN's direct convolution; see csrc/cpu/convolution.cpp); eval backpropagates through the folded formula. Eval without gradients skips the fold
-where the weight is larger than the output (_eval_unfolded). Double backward is not supported:
+else oneDNN's direct convolution; see csrc/cpu/convolution.cpp); eval backpropagates through
+the folded formula. Eval without gradients skips the fold where the weight is larger than the
+output (_eval_unfolded). Double backward is not supported:
 it raises (once_differentiable).
 
 The kernels get x channels-last (except 1x1 inputs, see _layout_for), so z and y come out
