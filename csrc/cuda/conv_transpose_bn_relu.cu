@@ -563,32 +563,10 @@ at::Tensor conv_transpose_bias_relu_cuda(const at::Tensor& x, const at::Tensor& 
   return y;
 }
 
-// The convolution's backward: cuDNN through ATen, channels-last in and out.
-std::tuple<at::Tensor, at::Tensor> conv_transpose_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
-                                                                const at::Tensor& weight, at::IntArrayRef stride,
-                                                                at::IntArrayRef padding,
-                                                                at::IntArrayRef output_padding, bool need_x,
-                                                                bool need_weight) {
-  const char* op = "conv_transpose_backward";
-  c10::cuda::CUDAGuard guard(x.device());
-  check_z(grad, op, "grad");
-  check_cuda(x, op, "x");
-  check_cuda(weight, op, "weight");
-  check_same(grad, "grad", x, "x", op);
-  check_same(weight, "weight", x, "x", op);
-  const auto cl = at::MemoryFormat::ChannelsLast;
-  auto [grad_x, grad_w, unused] = at::convolution_backward(
-      grad.contiguous(cl), x.contiguous(cl), weight.contiguous(cl), c10::nullopt, stride, padding, {1, 1}, true,
-      output_padding, 1, {need_x, need_weight, false});
-  const auto none = at::empty({0}, x.options());
-  return {grad_x.defined() ? grad_x.contiguous(cl) : none, grad_w.defined() ? grad_w.contiguous() : none};
-}
-
 }  // namespace
 }  // namespace fastgan::cuda
 
 TORCH_LIBRARY_IMPL(fastgan_cuda, CUDA, m) {
-  m.impl("conv_transpose_backward", &fastgan::cuda::conv_transpose_backward_cuda);
   m.impl("conv_transpose_stats", &fastgan::cuda::conv_transpose_stats_cuda);
   m.impl("bn_relu", &fastgan::cuda::bn_relu_cuda);
   m.impl("bn_relu_", &fastgan::cuda::bn_relu_inplace_cuda);

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from .._checks import as_layout, check_tensor, empty
+from .._checks import as_layout, check_same, check_tensor, empty
 from ._dispatch import _traced, kernels
 
 LAYOUT = torch.channels_last
@@ -32,16 +32,28 @@ def check_channel_vector(t, name, c, x):
         raise ValueError(f"fastgan: {name} is on {t.device} but x is on {x.device}")
 
 
-def check_bn_arguments(x, c, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
-                       num_batches_tracked):
-    """The per-channel vectors (C = c output channels) and the running-statistics options."""
+def check_block_arguments(x, weight, in_dim, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
+                          num_batches_tracked):
+    """x, the convolution's weight (C_in along dim `in_dim`: 0 for a transposed convolution, 1 for
+    a direct one), the per-channel vectors and the running-statistics options."""
+    check_tensor(x, "x", ndim=4)
+    check_tensor(weight, "weight", ndim=4)
+    check_same(weight, "weight", x, "x")
+    if weight.shape[in_dim] != x.shape[1]:
+        dims = "[C_in, C_out, kH, kW]" if in_dim == 0 else "[C_out, C_in, kH, kW]"
+        raise ValueError(f"fastgan: weight must be {dims} with C_in = {x.shape[1]} (x's channels), "
+                         f"got {tuple(weight.shape)}")
+    if bias is not None:
+        check_tensor(bias, "bias", ndim=1)
+        check_same(bias, "bias", x, "x")
     for t, name in ((bias, "bias"), (bn_weight, "bn_weight"), (bn_bias, "bn_bias"),
                     (running_mean, "running_mean"), (running_var, "running_var")):
-        check_channel_vector(t, name, c, x)
+        check_channel_vector(t, name, weight.shape[1 - in_dim], x)
     if (running_mean is None) != (running_var is None):
         raise ValueError("fastgan: running_mean and running_var must be given together (or both None)")
     if num_batches_tracked is not None and not isinstance(num_batches_tracked, torch.Tensor):
-        raise TypeError(f"fastgan: num_batches_tracked must be a tensor or None, got {type(num_batches_tracked).__name__}")
+        raise TypeError("fastgan: num_batches_tracked must be a tensor or None, got "
+                        f"{type(num_batches_tracked).__name__}")
     if training and momentum is None and num_batches_tracked is None and running_mean is not None:
         raise ValueError("fastgan: momentum=None (cumulative average) needs num_batches_tracked")
 
@@ -64,6 +76,18 @@ def momentum_factor(training, running_mean, momentum, num_batches_tracked):
         if momentum is None:
             return 1.0 / float(num_batches_tracked)
     return 0.0 if momentum is None else momentum
+
+
+def saved_input(x, x_kernel):
+    """x as the kernels took it (x_kernel), to save for the backward instead of x when the layout
+    conversion made a copy (no second conversion); empty when it did not: an output of a custom
+    op may not alias an input."""
+    return x_kernel if x_kernel is not x else x.new_empty((0,))
+
+
+def saved_input_fake(x, fmt):
+    """saved_input's fake: what the kernels' conversion of x to layout `fmt` gives."""
+    return x.new_empty((0,)) if x.is_contiguous(memory_format=fmt) else empty(x.shape, x, fmt)
 
 
 def stats_dtype(x):

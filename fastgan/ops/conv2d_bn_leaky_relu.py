@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .._backend import resolve
-from .._checks import as_layout, check_eps, check_same, check_tensor, empty
-from ._batch_norm import (LAYOUT, bn_relu_backward, call, check_batch, check_bn_arguments, folded, layout_of,
-                          momentum_factor, needs_grad, pair, scale_shift, stats_dtype, update_running_stats)
+from .._checks import as_layout, check_eps, empty
+from ._batch_norm import (LAYOUT, bn_relu_backward, call, check_batch, check_block_arguments, folded, layout_of,
+                          momentum_factor, needs_grad, pair, saved_input, saved_input_fake, scale_shift, stats_dtype,
+                          update_running_stats)
 from ._dispatch import fused_op, kernels
 
 
@@ -80,17 +81,8 @@ def conv2d_bn_leaky_relu(x, weight, bias, bn_weight, bn_bias, running_mean, runn
 def _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
            num_batches_tracked, stride, padding, negative_slope):
     """Validates the arguments; returns [stride, padding] as pairs."""
-    check_tensor(x, "x", ndim=4)
-    check_tensor(weight, "weight", ndim=4)
-    check_same(weight, "weight", x, "x")
-    if weight.shape[1] != x.shape[1]:
-        raise ValueError(f"fastgan: weight must be [C_out, C_in, kH, kW] with C_in = {x.shape[1]} (x's channels), "
-                         f"got {tuple(weight.shape)}")
-    if bias is not None:
-        check_tensor(bias, "bias", ndim=1)
-        check_same(bias, "bias", x, "x")
-    check_bn_arguments(x, weight.shape[0], bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
-                       num_batches_tracked)
+    check_block_arguments(x, weight, 1, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
+                          num_batches_tracked)
     if not isinstance(negative_slope, (int, float)) or isinstance(negative_slope, bool):
         raise TypeError(f"fastgan: negative_slope must be a number, got {type(negative_slope).__name__}")
     return [pair(stride, "stride", 1), pair(padding, "padding", 0)]
@@ -114,17 +106,13 @@ def _train_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     z = as_layout(k.conv2d(x_cl, weight.contiguous(), stride, padding), LAYOUT)
     mean, var = k.batch_stats(z)
     y = k.bn_relu(z, mean, *scale_shift(var, gamma, beta, eps), negative_slope)
-    # x as the convolution took it, for the backward: saved instead of x when the layout differs
-    # (no second conversion), empty when it does not (an output may not alias an input).
-    x_saved = x_cl if x_cl is not x else x.new_empty((0,))
-    return y, z, mean, var, x_saved
+    return y, z, mean, var, saved_input(x, x_cl)
 
 
 def _train_fake(x, weight, bias, gamma, beta, eps, stride, padding, negative_slope, impl):
     shape = _out_shape(x, weight, [stride, padding])
     stats = x.new_empty((shape[1],), dtype=stats_dtype(x))
-    x_saved = x.new_empty((0,)) if x.is_contiguous(memory_format=LAYOUT) else empty(x.shape, x, LAYOUT)
-    return empty(shape, x, LAYOUT), empty(shape, x, LAYOUT), stats, torch.empty_like(stats), x_saved
+    return empty(shape, x, LAYOUT), empty(shape, x, LAYOUT), stats, torch.empty_like(stats), saved_input_fake(x, LAYOUT)
 
 
 def _train_setup(ctx, inputs, output):

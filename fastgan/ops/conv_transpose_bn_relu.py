@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .._backend import resolve
-from .._checks import as_layout, check_eps, check_same, check_tensor, empty
-from ._batch_norm import (LAYOUT, bn_relu_backward, call, check_batch, check_bn_arguments, folded, layout_of,
-                          momentum_factor, needs_grad, pair, scale_shift, stats_dtype, update_running_stats)
+from .._checks import as_layout, check_eps, empty
+from ._batch_norm import (LAYOUT, bn_relu_backward, call, check_batch, check_block_arguments, folded, layout_of,
+                          momentum_factor, needs_grad, pair, saved_input, saved_input_fake, scale_shift, stats_dtype,
+                          update_running_stats)
 from ._dispatch import fused_op, kernels
 
 
@@ -101,17 +102,8 @@ def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, ru
 def _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
            num_batches_tracked, stride, padding, output_padding):
     """Validates the arguments; returns [stride, padding, output_padding] as pairs."""
-    check_tensor(x, "x", ndim=4)
-    check_tensor(weight, "weight", ndim=4)
-    check_same(weight, "weight", x, "x")
-    if weight.shape[0] != x.shape[1]:
-        raise ValueError(f"fastgan: weight must be [C_in, C_out, kH, kW] with C_in = {x.shape[1]} (x's channels), "
-                         f"got {tuple(weight.shape)}")
-    if bias is not None:
-        check_tensor(bias, "bias", ndim=1)
-        check_same(bias, "bias", x, "x")
-    check_bn_arguments(x, weight.shape[1], bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
-                       num_batches_tracked)
+    check_block_arguments(x, weight, 0, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
+                          num_batches_tracked)
     sizes = [pair(stride, "stride", 1), pair(padding, "padding", 0), pair(output_padding, "output_padding", 0)]
     if any(o >= s for o, s in zip(sizes[2], sizes[0])):
         raise ValueError(f"fastgan: output_padding must be smaller than stride, got {output_padding!r} and {stride!r}")
@@ -137,18 +129,14 @@ def _train_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     z, mean, var = k.conv_transpose_stats(x_fmt, _dense(weight), stride, padding, output_padding)
     z = as_layout(z, fmt)
     scale, shift = scale_shift(var, gamma, beta, eps)
-    # x as the kernels took it, for the backward: saved instead of x when the layout differs
-    # (no second conversion), empty when it does not (an output may not alias an input).
-    x_saved = x_fmt if x_fmt is not x else x.new_empty((0,))
-    return as_layout(k.bn_relu(z, mean, scale, shift, 0.0), fmt), z, mean, var, x_saved
+    return as_layout(k.bn_relu(z, mean, scale, shift, 0.0), fmt), z, mean, var, saved_input(x, x_fmt)
 
 
 def _train_fake(x, weight, bias, gamma, beta, eps, stride, padding, output_padding, impl):
     shape = _out_shape(x, weight, [stride, padding, output_padding])
     stats = x.new_empty((shape[1],), dtype=stats_dtype(x))
     fmt = _layout_for(x)
-    x_saved = x.new_empty((0,)) if x.is_contiguous(memory_format=fmt) else empty(x.shape, x, fmt)
-    return empty(shape, x, fmt), empty(shape, x, fmt), stats, torch.empty_like(stats), x_saved
+    return empty(shape, x, fmt), empty(shape, x, fmt), stats, torch.empty_like(stats), saved_input_fake(x, fmt)
 
 
 def _train_setup(ctx, inputs, output):

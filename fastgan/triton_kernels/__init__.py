@@ -16,10 +16,10 @@ from .bias_act_pixel_norm import KERNEL_SPECS as _BIAS_ACT_PIXEL_NORM_SPECS
 from .bias_act_pixel_norm import bias_act_pixel_norm, bias_act_pixel_norm_backward
 from .blend_reals import KERNEL_SPECS as _BLEND_REALS_SPECS
 from .blend_reals import blend_reals
-from .conv2d import conv2d, conv2d_backward
 from .conv_transpose_bn_relu import KERNEL_SPECS as _CONV_TRANSPOSE_BN_RELU_SPECS
-from .conv_transpose_bn_relu import (batch_stats, bn_relu, bn_relu_, bn_relu_backward, conv_transpose_backward,
+from .conv_transpose_bn_relu import (batch_stats, bn_relu, bn_relu_, bn_relu_backward,
                                      conv_transpose_bias_relu, conv_transpose_stats)
+from .convolution import conv2d, conv2d_backward, conv_transpose_backward
 from .fade_in import KERNEL_SPECS as _FADE_IN_SPECS
 from .fade_in import fade_in, fade_in_backward
 from .fade_in_from_rgb import KERNEL_SPECS as _FADE_IN_FROM_RGB_SPECS

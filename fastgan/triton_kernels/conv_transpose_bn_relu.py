@@ -303,19 +303,6 @@ def conv_transpose_bias_relu(x, weight, bias, stride, padding, output_padding):
     return y
 
 
-def conv_transpose_backward(grad, x, weight, stride, padding, output_padding, need_x, need_weight):
-    """The convolution's backward (grad_x, grad_weight), [0] where not asked for: cuDNN through
-    ATen on GPU (a GEMM library's job, as the forward's GEMM is not), channels-last."""
-    cl = torch.channels_last
-    grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-        grad.contiguous(memory_format=cl), x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl),
-        None, stride, padding, [1, 1], True, output_padding, 1, [need_x, need_weight, False])
-    none = x.new_empty((0,))
-    fmt = torch.contiguous_format if x.is_contiguous() else cl
-    return (grad_x.contiguous(memory_format=fmt) if need_x else none,
-            grad_w.contiguous() if need_weight else none)
-
-
 # ---------------------------------------------------------------------------
 # Normalize + activation, its backward and batch_stats, over [R, K] rows.
 
