@@ -24,8 +24,9 @@ inline void define_kernel_schemas(torch::Library& m) {
   // self-adjoint, so it is its own backward.
   m.def("blend_reals(Tensor x, float alpha) -> Tensor");
 
-  // ---- SPEC 1: ConvTranspose2d + BatchNorm2d + ReLU. Tensors z, y, grad_y of one call share a
-  // layout, contiguous or channels-last (the backend picks z's; channels-last is preferred).
+  // ---- SPEC 1: ConvTranspose2d + BatchNorm2d + ReLU. Tensors z, y of one call share a layout,
+  // contiguous or channels-last (the backend picks z's; channels-last is preferred); grad_y may
+  // come in either (an NCHW loss gradient), the kernel brings it to z's.
   // Per-channel vectors (mean, var, invstd, scale, shift, gamma) are float32 ([C_out]; float64
   // for float64 inputs). The conv bias is left out of z and its statistics in training: it
   // cancels in the normalization, and the Python op adds it to the running mean.

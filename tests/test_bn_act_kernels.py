@@ -82,9 +82,10 @@ def check_forward(ops, shape, layout, dtype, slope, device="cpu"):
     torch.testing.assert_close(z, y, rtol=0, atol=0)
 
 
-def check_backward(ops, shape, layout, dtype, affine, slope, device="cpu"):
+def check_backward(ops, shape, layout, dtype, affine, slope, device="cpu", grad_layout=None):
+    """grad_y in z's layout, or in `grad_layout` (the kernel brings it to z's)."""
     z, mean, var, invstd, gamma, beta = bn_inputs(shape, layout, dtype, affine, device)
-    grad_y = randn(shape, layout, dtype, device)
+    grad_y = randn(shape, grad_layout or layout, dtype, device)
     grad_z, grad_gamma, grad_beta = ops.bn_relu_backward(grad_y, z, mean, invstd, gamma, beta, slope)
     acc = acc_dtype(dtype)
     assert grad_z.dtype == dtype and grad_z.shape == z.shape
@@ -158,6 +159,24 @@ def test_bn_relu_backward(impl, shape, layout, dtype, slope, affine):
     check_backward(kernels(impl), shape, layout, dtype, affine, slope)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_bn_relu_backward_grad_in_other_layout(impl, layout, dtype):
+    """An NCHW loss gradient of a channels-last z, and the other way round."""
+    other = "contiguous" if layout == "channels_last" else "channels_last"
+    for shape in SHAPES + [(2, 17, 16, 3)]:
+        check_backward(kernels(impl), shape, layout, dtype, True, 0.2, grad_layout=other)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_bn_relu_backward_grad_in_other_layout_half_width(layout):
+    """The cpu transpose moves 2-byte elements too (bfloat16, float16)."""
+    other = "contiguous" if layout == "channels_last" else "channels_last"
+    for dtype in (torch.bfloat16, torch.float16):
+        check_backward(kernels("cpu"), (3, 40, 9, 11), layout, dtype, True, 0.0, grad_layout=other)
+
+
 @pytest.mark.parametrize("impl", CPU_BACKENDS)
 def test_bn_relu_nan_propagates(impl):
     """act(NaN) is NaN for either slope (a max(u, 0) would drop it)."""
@@ -225,9 +244,11 @@ def test_bn_relu_gpu(impl, layout, dtype):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("impl", GPU_BACKENDS)
 def test_bn_relu_backward_gpu(impl, layout, dtype, affine):
+    other = "contiguous" if layout == "channels_last" else "channels_last"
     for shape in GPU_SHAPES:
         for slope in SLOPES:
             check_backward(kernels(impl), shape, layout, dtype, affine, slope, "cuda")
+        check_backward(kernels(impl), shape, layout, dtype, affine, 0.2, "cuda", grad_layout=other)
 
 
 @pytest.mark.gpu

@@ -20,6 +20,7 @@
 
 #include "common.h"
 #include "convolution.h"
+#include "layout.h"
 
 namespace fastgan::cpu {
 namespace {
@@ -427,7 +428,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(const at::Tensor
   const auto fmt = check_z(z, op);
   TORCH_CHECK(grad_y.sizes() == z.sizes(), "fastgan_cpu::bn_relu_backward: grad_y must have z's shape ", z.sizes(),
               ", got ", grad_y.sizes());
-  check_like(grad_y, "grad_y", z, fmt);
+  TORCH_CHECK(grad_y.scalar_type() == z.scalar_type(), "fastgan_cpu::bn_relu_backward: grad_y has dtype ",
+              grad_y.scalar_type(), ", expected z's ", z.scalar_type());
+  // Any layout: an NCHW gradient of a channels-last z (or the other way) is transposed in tiles.
+  const auto g = dense_as(grad_y, fmt);
   check_channel_vector(mean, "mean", z, op);
   check_channel_vector(invstd, "invstd", z, op);
   if (gamma.has_value() && gamma->defined()) check_channel_vector(*gamma, "gamma", z, op);
@@ -442,7 +446,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(const at::Tensor
                                channel_values<A>(gamma, c, 1), channel_values<A>(beta, c, 0),
                                std::vector<A>(c), std::vector<A>(c), std::vector<A>(c),
                                static_cast<A>(negative_slope)};
-    bn_relu_backward_passes(grad_y.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
+    bn_relu_backward_passes(g.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
                             grad_z.mutable_data_ptr<scalar_t>(), view_of(z, fmt), P,
                             grad_gamma.mutable_data_ptr<A>(), grad_beta.mutable_data_ptr<A>());
   });

@@ -24,6 +24,7 @@
 #include "convolution.h"
 
 #include "common.h"
+#include "gemm.h"
 
 namespace fastgan::cpu {
 namespace {
@@ -146,7 +147,7 @@ void im2col(const T* grad, T* gcols, const Geometry& g) {
 // The transposed convolution of x (the small side) by GEMM and col2im, channels-last out.
 at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                         const Geometry& g, bool relu) {
-  auto cols = at::mm(rows_of(x), weight.reshape({g.c_in, g.row()}));
+  auto cols = gemm(rows_of(x), weight.reshape({g.c_in, g.row()}));
   if (g.cols_is_z()) {
     auto z = cols.view({g.n, g.c_out, g.oh, g.ow});
     if (bias.has_value() && bias->defined()) z.add_(bias->view({1, -1, 1, 1}));
@@ -204,8 +205,8 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& gra
   if (use_gemm(x, g)) {
     const auto gcols = im2col_rows(grad, g);
     const auto w2 = weight.reshape({g.c_in, g.row()});
-    if (need_x) grad_x = from_rows(at::mm(gcols, w2.t()), g);
-    if (need_weight) grad_w = at::mm(rows_of(x).t(), gcols).view(weight.sizes());
+    if (need_x) grad_x = from_rows(gemm(gcols, w2.t()), g);
+    if (need_weight) grad_w = gemm(rows_of(x).t(), gcols).view(weight.sizes());
   } else if (g.h * g.w >= 64) {
     // The direct convolution this one is the adjoint of, channels-last.
     const auto cl = at::MemoryFormat::ChannelsLast;
@@ -239,7 +240,7 @@ at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef
   const auto g = direct_geometry(x, weight, stride, padding);
   at::Tensor z;
   if (use_gemm(x, g)) {
-    z = from_rows(at::mm(im2col_rows(x, g), weight.reshape({g.c_in, g.row()}).t()), g);
+    z = from_rows(gemm(im2col_rows(x, g), weight.reshape({g.c_in, g.row()}).t()), g);
   } else {
     z = at::conv2d(x, weight, {}, stride, padding);
   }
@@ -259,7 +260,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad, const
   if (use_gemm(x, g)) {
     const auto gl = grad.contiguous(g.h * g.w == 1 ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
     if (need_x) grad_x = forward_gemm(gl, weight.contiguous(), c10::nullopt, g, false);
-    if (need_weight) grad_w = at::mm(rows_of(gl).t(), im2col_rows(x, g)).view(weight.sizes());
+    if (need_weight) grad_w = gemm(rows_of(gl).t(), im2col_rows(x, g)).view(weight.sizes());
   } else {
     std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
         grad, x, weight, c10::nullopt, stride, padding, {1, 1}, false, {0, 0}, 1, {need_x, need_weight, false});

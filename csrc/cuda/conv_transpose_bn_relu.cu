@@ -486,7 +486,7 @@ void bn_relu_inplace_cuda(const at::Tensor& z, const at::Tensor& mean, const at:
   bn_relu_into(z, z, mean, scale, shift, negative_slope, nhwc);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cuda(const at::Tensor& grad_y, const at::Tensor& z,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cuda(const at::Tensor& grad_y_any, const at::Tensor& z,
                                                                      const at::Tensor& mean,
                                                                      const at::Tensor& invstd,
                                                                      const std::optional<at::Tensor>& gamma_opt,
@@ -494,7 +494,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cuda(const at::T
                                                                      double negative_slope) {
   const char* op = "bn_relu_backward";
   check_z(z, op, "z");
-  check_cuda(grad_y, op, "grad_y");
+  check_cuda(grad_y_any, op, "grad_y");
+  // grad_y may come in either layout (schemas.h): brought to z's.
+  const at::Tensor grad_y = grad_y_any.contiguous(
+      z.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
   check_same(grad_y, "grad_y", z, "z", op);
   TORCH_CHECK(grad_y.sizes() == z.sizes(), "fastgan_cuda::", op, ": grad_y has shape ", grad_y.sizes(),
               " but z has shape ", z.sizes());

@@ -160,8 +160,8 @@ def bn_relu_backward(grad_y: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, 
                      impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused BN + activation backward (csrc/schemas.h) as a traceable op: grad_z, grad_gamma,
     grad_beta."""
-    grad_z, grad_gamma, grad_beta = kernels(impl).bn_relu_backward(as_layout(grad_y, layout_of(z)), z, mean,
-                                                                   invstd, gamma, beta, negative_slope)
+    grad_z, grad_gamma, grad_beta = kernels(impl).bn_relu_backward(grad_y, z, mean, invstd, gamma, beta,
+                                                                   negative_slope)
     return as_layout(grad_z, layout_of(z)), grad_gamma, grad_beta
 
 

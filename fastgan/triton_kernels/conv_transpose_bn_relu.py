@@ -607,6 +607,8 @@ def bn_relu_backward(grad_y, z, mean, invstd, gamma, beta, negative_slope):
     zl, r, k, c = _rows(z)
     if grad_y.shape != z.shape:
         raise ValueError(f"fastgan triton: grad_y has shape {tuple(grad_y.shape)}, z {tuple(z.shape)}")
+    # grad_y may come in either layout (csrc/schemas.h): brought to z's.
+    grad_y = grad_y.contiguous(memory_format=torch.contiguous_format if z.is_contiguous() else torch.channels_last)
     check_like(grad_y, "grad_y", z, zl)
     _check_vectors(z, mean=mean, invstd=invstd)
     affine = gamma is not None
