@@ -495,12 +495,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cuda(const at::T
   const char* op = "bn_relu_backward";
   check_z(z, op, "z");
   check_cuda(grad_y_any, op, "grad_y");
+  TORCH_CHECK(grad_y_any.sizes() == z.sizes(), "fastgan_cuda::", op, ": grad_y has shape ", grad_y_any.sizes(),
+              " but z has shape ", z.sizes());
   // grad_y may come in either layout (schemas.h): brought to z's.
   const at::Tensor grad_y = grad_y_any.contiguous(
       z.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
   check_same(grad_y, "grad_y", z, "z", op);
-  TORCH_CHECK(grad_y.sizes() == z.sizes(), "fastgan_cuda::", op, ": grad_y has shape ", grad_y.sizes(),
-              " but z has shape ", z.sizes());
   check_vector(mean, op, "mean", z);
   check_vector(invstd, op, "invstd", z);
   const at::Tensor gamma = gamma_opt.value_or(at::Tensor());
