@@ -1,6 +1,6 @@
 // SPEC 1 on CPU: ConvTranspose2d + BatchNorm2d + ReLU, the DCGAN generator block.
 //
-// The convolution is convolution.cpp's: oneDNN, or MKL GEMMs on small inputs; the win
+// The convolution is convolution.cpp's: oneDNN, or GEMMs on small inputs; the win
 // is around it. z comes out channels-last whenever x is channels-last (the Python op hands
 // it so, except for 1x1 inputs), so a pixel's channels are contiguous and the per-channel
 // work vectorizes across channels. Then:
@@ -265,15 +265,13 @@ struct BackwardParams {
   acc_t<T> slope;
 };
 
+// xhat and the masked gradient gm of the chunk (vec) or value (one) at k, for g and z at the same
+// offsets.
 template <typename T>
-void bn_relu_backward_passes(const T* g, const T* z, T* gz, const View& v, BackwardParams<T>& P,
-                             acc_t<T>* grad_gamma, acc_t<T>* grad_beta) {
+auto backward_terms(const T* g, const T* z, const BackwardParams<T>& P) {
   using A = acc_t<T>;
   using V = AccVec<T>;
-  const Blocks b(v);
-  const int64_t c = v.c;
-  // xhat and the masked gradient of a chunk / a value.
-  const auto chunk_terms = [&](int64_t k, int64_t ch, auto bcast) {
+  const auto vec = [g, z, &P](int64_t k, int64_t ch, auto bcast) {
     constexpr bool B = decltype(bcast)::value;
     auto xh = load_chunk(z + k), gm = load_chunk(g + k);
     const auto m = param_chunk<T, B>(P.mean.data(), ch), is = param_chunk<T, B>(P.invstd.data(), ch);
@@ -286,52 +284,116 @@ void bn_relu_backward_passes(const T* g, const T* z, T* gz, const View& v, Backw
     }
     return std::make_pair(xh, gm);
   };
-  const auto one_terms = [&](int64_t k, int64_t ch) {
+  const auto one = [g, z, &P](int64_t k, int64_t ch) {
     const A xh = (static_cast<A>(z[k]) - P.mean[ch]) * P.invstd[ch];
     const A gk = static_cast<A>(g[k]);
     const A gm = xh * P.gamma[ch] + P.beta[ch] > A(0) ? gk : P.slope == A(0) ? A(0) : gk * P.slope;
     return std::make_pair(xh, gm);
   };
-  // Pass 1: s1 = sum(gm), s2 = sum(gm * xhat) per channel.
-  auto sums = block_sums<T, 2>(
+  return std::make_pair(vec, one);
+}
+
+// Pass 1 over (g, z) laid out as v: adds s1 = sum(gm) and s2 = sum(gm * xhat) per channel into
+// s[ch] and s[c + ch], in double, records in a fixed order.
+template <typename T>
+void add_backward_sums(const T* g, const T* z, const View& v, const BackwardParams<T>& P, double* s) {
+  using A = acc_t<T>;
+  const auto [vec, one] = backward_terms(g, z, P);
+  const Blocks b(v);
+  const int64_t c = v.c;
+  const auto sums = block_sums<T, 2>(
       b,
       [&](int64_t k, int64_t ch, auto bcast) {
-        auto [xh, gm] = chunk_terms(k, ch, bcast);
+        auto [xh, gm] = vec(k, ch, bcast);
         for (int p = 0; p < kParts<T>; ++p) xh[p] = gm[p] * xh[p];
         return std::array<Chunk<T>, 2>{gm, xh};
       },
       [&](int64_t k, int64_t ch) {
-        const auto [xh, gm] = one_terms(k, ch);
+        const auto [xh, gm] = one(k, ch);
         return std::array<A, 2>{gm, gm * xh};
       });
-  const double n = static_cast<double>(v.per_channel());
   for (int64_t ch = 0; ch < c; ++ch) {
-    double s1 = 0, s2 = 0;
     for (int64_t r = 0; r < b.records(); ++r) {
-      s1 += static_cast<double>(sums[(r * 2) * c + ch]);
-      s2 += static_cast<double>(sums[(r * 2 + 1) * c + ch]);
+      s[ch] += static_cast<double>(sums[(r * 2) * c + ch]);
+      s[c + ch] += static_cast<double>(sums[(r * 2 + 1) * c + ch]);
     }
-    grad_beta[ch] = static_cast<A>(s1);
-    grad_gamma[ch] = static_cast<A>(s2);
-    P.k[ch] = P.gamma[ch] * P.invstd[ch];
-    P.c1[ch] = static_cast<A>(s1 / n);
-    P.c2[ch] = static_cast<A>(s2 / n);
   }
-  // Pass 2: grad_z.
+}
+
+// Pass 2 over (g, z) laid out as v: grad_z = k * (gm - c1 - xhat * c2).
+template <typename T>
+void write_grad_z(const T* g, const T* z, T* gz, const View& v, const BackwardParams<T>& P) {
+  const auto [vec, one] = backward_terms(g, z, P);
   elementwise<T>(
       v,
       [&](int64_t k, int64_t ch, auto bcast) {
         constexpr bool B = decltype(bcast)::value;
-        auto [xh, gm] = chunk_terms(k, ch, bcast);
+        auto [xh, gm] = vec(k, ch, bcast);
         const auto kk = param_chunk<T, B>(P.k.data(), ch), c1 = param_chunk<T, B>(P.c1.data(), ch);
         const auto c2 = param_chunk<T, B>(P.c2.data(), ch);
         for (int p = 0; p < kParts<T>; ++p) gm[p] = kk[p] * (gm[p] - c1[p] - xh[p] * c2[p]);
         store_chunk(gz + k, gm);
       },
       [&](int64_t k, int64_t ch) {
-        const auto [xh, gm] = one_terms(k, ch);
+        const auto [xh, gm] = one(k, ch);
         gz[k] = static_cast<T>(P.k[ch] * (gm - P.c1[ch] - xh * P.c2[ch]));
       });
+}
+
+// The sums s (as add_backward_sums leaves them, over n values per channel) to grad_gamma,
+// grad_beta and the coefficients of pass 2.
+template <typename T>
+void finish_backward_sums(const std::vector<double>& s, double n, BackwardParams<T>& P, acc_t<T>* grad_gamma,
+                          acc_t<T>* grad_beta) {
+  using A = acc_t<T>;
+  const int64_t c = static_cast<int64_t>(P.mean.size());
+  for (int64_t ch = 0; ch < c; ++ch) {
+    grad_beta[ch] = static_cast<A>(s[ch]);
+    grad_gamma[ch] = static_cast<A>(s[c + ch]);
+    P.k[ch] = P.gamma[ch] * P.invstd[ch];
+    P.c1[ch] = static_cast<A>(s[ch] / n);
+    P.c2[ch] = static_cast<A>(s[c + ch] / n);
+  }
+}
+
+// Both passes, g laid out like z.
+template <typename T>
+void bn_relu_backward_passes(const T* g, const T* z, T* gz, const View& v, BackwardParams<T>& P,
+                             acc_t<T>* grad_gamma, acc_t<T>* grad_beta) {
+  std::vector<double> s(2 * v.c, 0.0);
+  add_backward_sums(g, z, v, P, s.data());
+  finish_backward_sums(s, static_cast<double>(v.per_channel()), P, grad_gamma, grad_beta);
+  write_grad_z(g, z, gz, v, P);
+}
+
+// Both passes for a channels-last z with an NCHW g (a loss gradient from NCHW code): each pass
+// takes one sample at a time per thread, transposes its g into a buffer that stays in L2 and runs
+// the channels-last code on it, so g is never written out transposed. Sums per sample, added in
+// sample order.
+template <typename T>
+void bn_relu_backward_passes_nchw_grad(const T* g, const T* z, T* gz, const View& v, BackwardParams<T>& P,
+                                       acc_t<T>* grad_gamma, acc_t<T>* grad_beta) {
+  const int64_t c = v.c, per_sample = v.c * v.s;
+  const View one_sample{true, 1, v.c, v.s};
+  const auto each_sample = [&](const auto& body) {
+    at::parallel_for(0, v.n, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> buf(per_sample);
+      for (int64_t i = begin; i < end; ++i) {
+        transpose_plane(g + i * per_sample, buf.data(), c, v.s, sizeof(T));  // [C, S] -> [S, C]
+        body(i, buf.data());
+      }
+    });
+  };
+  std::vector<double> per(v.n * 2 * c, 0.0);
+  each_sample([&](int64_t i, const T* gi) { add_backward_sums(gi, z + i * per_sample, one_sample, P, &per[i * 2 * c]); });
+  std::vector<double> s(2 * c, 0.0);
+  for (int64_t i = 0; i < v.n; ++i) {
+    for (int64_t q = 0; q < 2 * c; ++q) s[q] += per[i * 2 * c + q];
+  }
+  finish_backward_sums(s, static_cast<double>(v.per_channel()), P, grad_gamma, grad_beta);
+  each_sample([&](int64_t i, const T* gi) {
+    write_grad_z(gi, z + i * per_sample, gz + i * per_sample, one_sample, P);
+  });
 }
 
 // ---- argument checks and the ops ----
@@ -430,8 +492,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(const at::Tensor
               ", got ", grad_y.sizes());
   TORCH_CHECK(grad_y.scalar_type() == z.scalar_type(), "fastgan_cpu::bn_relu_backward: grad_y has dtype ",
               grad_y.scalar_type(), ", expected z's ", z.scalar_type());
-  // Any layout: an NCHW gradient of a channels-last z (or the other way) is transposed in tiles.
-  const auto g = dense_as(grad_y, fmt);
+  // Any layout: an NCHW gradient of a channels-last z is read in tiles, one sample at a time
+  // (float32 / float64); other mismatches are brought to z's layout first.
+  const bool nchw_grad = fmt == at::MemoryFormat::ChannelsLast && !grad_y.is_contiguous(fmt) &&
+                         grad_y.is_contiguous() && (z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble);
+  const auto g = nchw_grad ? grad_y : dense_as(grad_y, fmt);
   check_channel_vector(mean, "mean", z, op);
   check_channel_vector(invstd, "invstd", z, op);
   if (gamma.has_value() && gamma->defined()) check_channel_vector(*gamma, "gamma", z, op);
@@ -446,9 +511,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(const at::Tensor
                                channel_values<A>(gamma, c, 1), channel_values<A>(beta, c, 0),
                                std::vector<A>(c), std::vector<A>(c), std::vector<A>(c),
                                static_cast<A>(negative_slope)};
-    bn_relu_backward_passes(g.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
-                            grad_z.mutable_data_ptr<scalar_t>(), view_of(z, fmt), P,
-                            grad_gamma.mutable_data_ptr<A>(), grad_beta.mutable_data_ptr<A>());
+    const auto passes = nchw_grad ? bn_relu_backward_passes_nchw_grad<scalar_t> : bn_relu_backward_passes<scalar_t>;
+    passes(g.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), grad_z.mutable_data_ptr<scalar_t>(),
+           view_of(z, fmt), P, grad_gamma.mutable_data_ptr<A>(), grad_beta.mutable_data_ptr<A>());
   });
   return {grad_z, grad_gamma, grad_beta};
 }

@@ -7,10 +7,12 @@
 //   col2im: the scatter-add of cols [N*H*W, C_out*kH*kW] into the output, channels-last;
 //   im2col: the gather of an output-shaped tensor into such rows, zeros where a tap falls outside.
 // Where the small side has at most kGemmMaxPixels pixels (the 1x1 and 4x4 DCGAN blocks, wide in
-// channels) everything is plain GEMMs around them, which MKL runs near this machine's peak while
-// oneDNN's convolutions reached about half of it there (measured, 2 threads, 64x512x4x4 ->
-// 64x256x8x8: GEMM 14.5 ms against 24-25 ms; backward GEMMs 29 ms against 47-49 ms; on the 1x1
-// block the backward took 9.4 ms in oneDNN and 0.9 ms as two GEMMs):
+// channels) everything is plain GEMMs (gemm.h) around them. On the Intel Xeon machines this was
+// tuned on, oneDNN's convolutions reached about half the GEMM rate there (measured, 2 threads,
+// 64x512x4x4 -> 64x256x8x8: GEMM 14.5 ms against 24-25 ms; backward GEMMs 29 ms against 47-49 ms;
+// on the 1x1 block the backward took 9.4 ms in oneDNN and 0.9 ms as two GEMMs); on the AMD EPYC
+// ones both run near the peak on the 4x4 block (~21 ms a product each way) and the GEMMs still
+// win on the 1x1 block (2-2.5x):
 //   transposed forward:  cols = x_rows @ W[C_in, C_out*kH*kW], then col2im;
 //   transposed backward: gcols = im2col(grad); grad_x_rows = gcols @ W^T, grad_W = x_rows^T @ gcols;
 //   direct forward:      z_rows = im2col(x) @ W[C_out, C_in*kH*kW]^T;

@@ -13,7 +13,7 @@ to the backend's conv2d_backward. Double backward (a gradient penalty through th
 the backward runs with create_graph) falls back explicitly to the reference formula, recomputed
 from the saved inputs with autograd: eager speed and memory, exact derivatives.
 
-The convolution is the backend's conv2d kernel op on channels-last x: on CPU MKL GEMMs where the
+The convolution is the backend's conv2d kernel op on channels-last x: on CPU GEMMs where the
 output is small (the 8x8 -> 4x4 block; see csrc/cpu/convolution.cpp), else oneDNN, which ran the
 DCGAN discriminator's other convolutions 1.2-1.7x faster on channels-last than on NCHW here
 (forward and backward, batch 128, 2 threads); on GPU cuDNN, channels-last for tensor cores.
