@@ -385,7 +385,9 @@ void bn_relu_backward_passes_nchw_grad(const T* g, const T* z, T* gz, const View
     });
   };
   std::vector<double> per(v.n * 2 * c, 0.0);
-  each_sample([&](int64_t i, const T* gi) { add_backward_sums(gi, z + i * per_sample, one_sample, P, &per[i * 2 * c]); });
+  each_sample([&](int64_t i, const T* gi) {
+    add_backward_sums(gi, z + i * per_sample, one_sample, P, &per[i * 2 * c]);
+  });
   std::vector<double> s(2 * c, 0.0);
   for (int64_t i = 0; i < v.n; ++i) {
     for (int64_t q = 0; q < 2 * c; ++q) s[q] += per[i * 2 * c + q];

@@ -1,10 +1,11 @@
-// a @ b through oneDNN's matmul (the op torch.compile's CPU backend uses, mkldnn::_linear_pointwise)
-// for float32 with a row-major a, else at::mm. Why: on the AMD EPYC (Zen 4) machines this project
-// now runs on, MKL's sgemm picks a slower code path (measured, 2 threads: 140-190 GFLOP/s on the
-// DCGAN and minibatch-discrimination shapes, 75-100 on the thin ones of the 1x1 block) where
-// oneDNN's JIT kernels reach 180-215. With a transposed a and a narrow b (N of 100 or 256) oneDNN
-// fell to 50-90, so those stay on MKL; with N >= 1024 it kept 180-200. The op is looked up once; a build of torch without oneDNN lacks it and
-// every product goes to at::mm (same results in float32, only the speed differs).
+// a @ b through oneDNN's matmul (mkldnn::_linear_pointwise, the op torch.compile's CPU backend
+// uses) for float32, else at::mm (MKL). Why: on the AMD EPYC (Zen 4) machines this project now
+// runs on, MKL's sgemm takes a slower code path (measured, 2 threads: 140-190 GFLOP/s on the DCGAN
+// and minibatch-discrimination shapes, 75-100 on the thin ones of the 1x1 block) where oneDNN's
+// JIT kernels reach 180-215. With a transposed a and a narrow b (N of 100 or 256) oneDNN fell to
+// 50-90, so those stay on MKL; with N >= 1024 it kept 180-200. The op is looked up once; a torch
+// built without oneDNN lacks it, and every product goes to at::mm (the same product up to float32
+// rounding; only the speed differs).
 #include "gemm.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
