@@ -269,3 +269,13 @@ def test_batch_stats_deterministic_gpu(impl):
     z = make_z((33, 64, 32, 32), "channels_last", torch.float32, "cuda")
     for a, b in zip(kernels(impl).batch_stats(z), kernels(impl).batch_stats(z)):
         assert torch.equal(a, b)
+
+
+def test_cpu_bn_relu_backward_bad_grad():
+    """grad_y may come in either layout, never with another dtype or shape."""
+    z, mean, var, invstd, gamma, beta = bn_inputs((2, 5, 3, 4), "channels_last", torch.float32, True, "cpu")
+    ops = kernels("cpu")
+    with pytest.raises(RuntimeError, match="grad_y"):
+        ops.bn_relu_backward(z.double().contiguous(), z, mean, invstd, gamma, beta, 0.0)
+    with pytest.raises(RuntimeError, match="grad_y"):
+        ops.bn_relu_backward(z[:1], z, mean, invstd, gamma, beta, 0.0)

@@ -2,6 +2,9 @@
 against nn.Sequential(Conv2d, BatchNorm2d, LeakyReLU): outputs, running statistics and gradients."""
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -315,3 +318,16 @@ def call(x=None, w=None, **changes):
 def test_bad_input(changes, error, words):
     with pytest.raises(error, match=words):
         call(**changes)
+
+
+@pytest.mark.parametrize("max_pixels", ["0", "16"])
+def test_cpu_conv2d_both_paths(max_pixels):
+    """The cpu conv2d picks im2col + GEMM or oneDNN for small outputs by CPU vendor
+    (csrc/cpu/convolution.cpp), read once per process: the kernel and block parity tests rerun in
+    a subprocess with each path forced, so both stay tested on any machine."""
+    env = dict(os.environ, FASTGAN_CPU_CONV2D_GEMM_MAX_PIXELS=max_pixels)
+    select = "cpu and (conv2d_kernels or parity) and not both_paths"
+    done = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider", "-k", select],
+                          env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout

@@ -6,7 +6,7 @@
 // transposed convolution's terms (input [N, C_in, H, W] of few pixels, output [N, C_out, oH, oW]):
 //   col2im: the scatter-add of cols [N*H*W, C_out*kH*kW] into the output, channels-last;
 //   im2col: the gather of an output-shaped tensor into such rows, zeros where a tap falls outside.
-// Where the small side has at most kGemmMaxPixels pixels (the 1x1 and 4x4 DCGAN blocks, wide in
+// Where the small side has at most gemm_max_pixels() pixels (the 1x1 and 4x4 DCGAN blocks, wide in
 // channels) everything is plain GEMMs (gemm.h) around them. On the Intel Xeon machines this was
 // tuned on, oneDNN's convolutions reached about half the GEMM rate there (measured, 2 threads,
 // 64x512x4x4 -> 64x256x8x8: GEMM 14.5 ms against 24-25 ms; backward GEMMs 29 ms against 47-49 ms;
@@ -25,14 +25,27 @@
 // convolution and its backward as they are.
 #include "convolution.h"
 
+#include <cstdlib>
+
 #include "common.h"
 #include "gemm.h"
 
 namespace fastgan::cpu {
 namespace {
 
-// The largest input (H * W) that takes the GEMM path.
-constexpr int64_t kGemmMaxPixels = 16;
+// The largest small side (H * W) that takes the GEMM path. The transposed convolution: 16 (the 1x1
+// and 4x4 generator blocks). The direct one (the discriminator's 8x8 -> 4x4): 16 on Intel CPUs,
+// 0 elsewhere: on the AMD EPYC machines oneDNN's conv2d ran it without writing out the im2col
+// rows, faster than im2col + GEMM (batch 128: 42 ms against 58 forward; backward a tie).
+// FASTGAN_CPU_CONV2D_GEMM_MAX_PIXELS, read once, overrides the direct one (the tests run both).
+int64_t gemm_max_pixels(bool direct) {
+  static const int64_t direct_max = [] {
+    if (const char* env = std::getenv("FASTGAN_CPU_CONV2D_GEMM_MAX_PIXELS")) return int64_t{std::atoll(env)};
+    __builtin_cpu_init();
+    return int64_t{__builtin_cpu_is("intel") ? 16 : 0};
+  }();
+  return direct ? direct_max : 16;
+}
 
 struct Geometry {
   int64_t n, c_in, h, w, c_out, kh, kw, oh, ow, sh, sw, ph, pw;
@@ -63,10 +76,10 @@ Geometry direct_geometry(const at::Tensor& x, const at::Tensor& weight, at::IntA
 
 // `small` is the tensor on the small side (x of the transposed convolution, z of the direct one),
 // or a tensor in the layout it will have.
-bool use_gemm(const at::Tensor& small, const Geometry& g) {
+bool use_gemm(const at::Tensor& small, const Geometry& g, bool direct) {
   const bool dtype_ok = small.scalar_type() == at::kFloat || small.scalar_type() == at::kDouble;
   const bool layout_ok = small.is_contiguous(at::MemoryFormat::ChannelsLast) || (g.h == 1 && g.w == 1);
-  return dtype_ok && layout_ok && g.h > 0 && g.w > 0 && g.h * g.w <= kGemmMaxPixels;
+  return dtype_ok && layout_ok && g.h > 0 && g.w > 0 && g.h * g.w <= gemm_max_pixels(direct);
 }
 
 // x channels-last as rows [N * H * W, C_in] (a view).
@@ -204,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& gra
               "fastgan_cpu::conv_transpose_backward: grad must have the output's shape [", g.n, ", ", g.c_out, ", ",
               g.oh, ", ", g.ow, "], got ", grad.sizes());
   at::Tensor grad_x, grad_w;
-  if (use_gemm(x, g)) {
+  if (use_gemm(x, g, false)) {
     const auto gcols = im2col_rows(grad, g);
     const auto w2 = weight.reshape({g.c_in, g.row()});
     if (need_x) grad_x = from_rows(gemm(gcols, w2.t()), g);
@@ -241,7 +254,7 @@ at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef
   check_direct_args(x, weight, stride, padding, "conv2d");
   const auto g = direct_geometry(x, weight, stride, padding);
   at::Tensor z;
-  if (use_gemm(x, g)) {
+  if (use_gemm(x, g, true)) {
     z = from_rows(gemm(im2col_rows(x, g), weight.reshape({g.c_in, g.row()}).t()), g);
   } else {
     z = at::conv2d(x, weight, {}, stride, padding);
@@ -259,7 +272,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad, const
               "fastgan_cpu::conv2d_backward: grad must have the output's shape [", g.n, ", ", g.c_in, ", ", g.h, ", ",
               g.w, "], got ", grad.sizes());
   at::Tensor grad_x, grad_w;
-  if (use_gemm(x, g)) {
+  if (use_gemm(x, g, true)) {
     const auto gl = grad.contiguous(g.h * g.w == 1 ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
     if (need_x) grad_x = forward_gemm(gl, weight.contiguous(), c10::nullopt, g, false);
     if (need_weight) grad_w = gemm(rows_of(gl).t(), im2col_rows(x, g)).view(weight.sizes());
@@ -274,7 +287,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad, const
 
 bool conv_transpose_uses_gemm(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef output_padding) {
-  return use_gemm(x, geometry(x, weight, stride, padding, output_padding));
+  return use_gemm(x, geometry(x, weight, stride, padding, output_padding), false);
 }
 
 at::Tensor conv_transpose_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -282,7 +295,7 @@ at::Tensor conv_transpose_forward(const at::Tensor& x, const at::Tensor& weight,
                                   bool relu) {
   check_args(x, weight, "conv_transpose");
   const auto g = geometry(x, weight, stride, padding, output_padding);
-  if (use_gemm(x, g)) return forward_gemm(x, weight.contiguous(), bias, g, relu);
+  if (use_gemm(x, g, false)) return forward_gemm(x, weight.contiguous(), bias, g, relu);
   auto z = at::conv_transpose2d(x, weight, bias, stride, padding, output_padding, 1, {1, 1});
   if (!z.is_contiguous() && !z.is_contiguous(at::MemoryFormat::ChannelsLast)) z = z.contiguous();
   return relu ? z.relu_() : z;
