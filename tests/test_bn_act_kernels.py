@@ -51,6 +51,10 @@ def bn_inputs(shape, layout, dtype, affine, device):
     return z, mean, var, torch.rsqrt(var + EPS), gamma, beta
 
 
+def other_layout(layout):
+    return "contiguous" if layout == "channels_last" else "channels_last"
+
+
 def tolerance(dtype, factor=1):
     tol = TOLERANCES[dtype]
     return dict(rtol=tol["rtol"] * factor, atol=tol["atol"] * factor)
@@ -164,17 +168,15 @@ def test_bn_relu_backward(impl, shape, layout, dtype, slope, affine):
 @pytest.mark.parametrize("impl", CPU_BACKENDS)
 def test_bn_relu_backward_grad_in_other_layout(impl, layout, dtype):
     """An NCHW loss gradient of a channels-last z, and the other way round."""
-    other = "contiguous" if layout == "channels_last" else "channels_last"
     for shape in SHAPES + [(2, 17, 16, 3)]:
-        check_backward(kernels(impl), shape, layout, dtype, True, 0.2, grad_layout=other)
+        check_backward(kernels(impl), shape, layout, dtype, True, 0.2, grad_layout=other_layout(layout))
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_bn_relu_backward_grad_in_other_layout_half_width(layout):
     """The cpu transpose moves 2-byte elements too (bfloat16, float16)."""
-    other = "contiguous" if layout == "channels_last" else "channels_last"
     for dtype in (torch.bfloat16, torch.float16):
-        check_backward(kernels("cpu"), (3, 40, 9, 11), layout, dtype, True, 0.0, grad_layout=other)
+        check_backward(kernels("cpu"), (3, 40, 9, 11), layout, dtype, True, 0.0, grad_layout=other_layout(layout))
 
 
 @pytest.mark.parametrize("impl", CPU_BACKENDS)
@@ -244,11 +246,10 @@ def test_bn_relu_gpu(impl, layout, dtype):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("impl", GPU_BACKENDS)
 def test_bn_relu_backward_gpu(impl, layout, dtype, affine):
-    other = "contiguous" if layout == "channels_last" else "channels_last"
     for shape in GPU_SHAPES:
         for slope in SLOPES:
             check_backward(kernels(impl), shape, layout, dtype, affine, slope, "cuda")
-        check_backward(kernels(impl), shape, layout, dtype, affine, 0.2, "cuda", grad_layout=other)
+        check_backward(kernels(impl), shape, layout, dtype, affine, 0.2, "cuda", grad_layout=other_layout(layout))
 
 
 @pytest.mark.gpu

@@ -494,10 +494,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(const at::Tensor
               ", got ", grad_y.sizes());
   TORCH_CHECK(grad_y.scalar_type() == z.scalar_type(), "fastgan_cpu::bn_relu_backward: grad_y has dtype ",
               grad_y.scalar_type(), ", expected z's ", z.scalar_type());
-  // Any layout: an NCHW gradient of a channels-last z is read in tiles, one sample at a time
-  // (float32 / float64); other mismatches are brought to z's layout first.
-  const bool nchw_grad = fmt == at::MemoryFormat::ChannelsLast && !grad_y.is_contiguous(fmt) &&
-                         grad_y.is_contiguous() && (z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble);
+  // Any layout: an NCHW gradient of a channels-last z is read in tiles, one sample at a time;
+  // other mismatches are brought to z's layout first.
+  const bool nchw_grad =
+      fmt == at::MemoryFormat::ChannelsLast && !grad_y.is_contiguous(fmt) && grad_y.is_contiguous();
   const auto g = nchw_grad ? grad_y : dense_as(grad_y, fmt);
   check_channel_vector(mean, "mean", z, op);
   check_channel_vector(invstd, "invstd", z, op);

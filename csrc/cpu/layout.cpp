@@ -18,20 +18,19 @@ namespace {
 
 constexpr int64_t kTile = 16;
 
-// dst[q][p] = src[p][q] for p < rows, q < cols: bands of 16 source rows, each a row of 16 x 16
-// tiles transposed in registers by at::vec::transpose_mxn (AVX-512 shuffles for float and
+// dst[q * ld_dst + p] = src[p * ld_src + q] for p < m <= 16 rows, q < cols: a band of 16 x 16
+// tiles, each transposed in registers by at::vec::transpose_mxn (AVX-512 shuffles for float and
 // bfloat16; other types and ISAs get its scalar loop).
 template <typename E>
-void transpose_band(const E* src, E* dst, int64_t rows, int64_t cols, int64_t p0) {
-  const int m = static_cast<int>(std::min(kTile, rows - p0));
+void transpose_band(const E* src, int64_t ld_src, E* dst, int64_t ld_dst, int64_t m, int64_t cols) {
   for (int64_t q0 = 0; q0 < cols; q0 += kTile) {
-    at::vec::transpose_mxn<E>(src + p0 * cols + q0, cols, dst + q0 * rows + p0, rows, m,
+    at::vec::transpose_mxn<E>(src + q0, ld_src, dst + q0 * ld_dst, ld_dst, static_cast<int>(m),
                               static_cast<int>(std::min(kTile, cols - q0)));
   }
 }
 
-// The same on n planes in parallel, tasks of kBlock x kBlock values: for a whole tensor (out of
-// cache) these ran up to 2x faster here than tasks of whole bands.
+// [rows, cols] -> [cols, rows] on n planes in parallel, tasks of kBlock x kBlock values: for a
+// whole tensor (out of cache) these ran up to 2x faster here than tasks of whole bands.
 constexpr int64_t kBlock = 64;
 
 template <typename E>
@@ -42,14 +41,8 @@ void transpose_blocks(const E* src, E* dst, int64_t n, int64_t rows, int64_t col
       const int64_t i = t / (rb * cb), r0 = t / cb % rb * kBlock, c0 = t % cb * kBlock;
       const E* s = src + i * rows * cols + c0;
       E* d = dst + i * rows * cols + c0 * rows;
-      const int64_t block_cols = std::min(kBlock, cols - c0);
       for (int64_t p0 = r0; p0 < std::min(rows, r0 + kBlock); p0 += kTile) {
-        // A band of the block: the sub-matrix of block_cols columns (leading dimensions kept).
-        const int m = static_cast<int>(std::min(kTile, rows - p0));
-        for (int64_t q0 = 0; q0 < block_cols; q0 += kTile) {
-          at::vec::transpose_mxn<E>(s + p0 * cols + q0, cols, d + q0 * rows + p0, rows, m,
-                                    static_cast<int>(std::min(kTile, block_cols - q0)));
-        }
+        transpose_band(s + p0 * cols, cols, d + p0, rows, std::min(kTile, rows - p0), std::min(kBlock, cols - c0));
       }
     }
   });
@@ -72,19 +65,22 @@ void by_size(int64_t elem_size, const F& f) {
 void transpose_plane(const void* src, void* dst, int64_t rows, int64_t cols, int64_t elem_size) {
   by_size(elem_size, [&](auto e) {
     using E = decltype(e);
-    for (int64_t p0 = 0; p0 < rows; p0 += kTile)
-      transpose_band(static_cast<const E*>(src), static_cast<E*>(dst), rows, cols, p0);
+    const auto* s = static_cast<const E*>(src);
+    auto* d = static_cast<E*>(dst);
+    for (int64_t p0 = 0; p0 < rows; p0 += kTile) {
+      transpose_band(s + p0 * cols, cols, d + p0, rows, std::min(kTile, rows - p0), cols);
+    }
   });
 }
 
 at::Tensor dense_as(const at::Tensor& t, at::MemoryFormat fmt) {
   if (t.is_contiguous(fmt)) return t;
   const auto cl = at::MemoryFormat::ChannelsLast;
-  const bool to_cl = fmt == cl && t.is_contiguous(), to_nchw = fmt == at::MemoryFormat::Contiguous && t.dim() == 4 &&
-                                                                     t.is_contiguous(cl);
-  if (t.dim() != 4 || !(to_cl || to_nchw) || t.is_complex()) return t.contiguous(fmt);
+  const bool to_cl = fmt == cl;
   const int64_t size = t.element_size();
-  if (size != 2 && size != 4 && size != 8) return t.contiguous(fmt);
+  const bool swap = t.dim() == 4 && (size == 2 || size == 4 || size == 8) &&
+                    (to_cl ? t.is_contiguous() : fmt == at::MemoryFormat::Contiguous && t.is_contiguous(cl));
+  if (!swap) return t.contiguous(fmt);
   auto out = at::empty(t.sizes(), t.options().memory_format(fmt));
   const int64_t c = t.size(1), s = t.size(2) * t.size(3);
   // [C, S] -> [S, C] per sample to channels-last, [S, C] -> [C, S] back.
