@@ -432,9 +432,11 @@ def test_cpu_kernels_both_layouts(fmt, shape, dtype):
 
 
 # (batch, C_in, H = W, C_out, kernel, stride, padding, output_padding): the CPU's GEMM path (at
-# most 16 input pixels; 1x1 with and without padding, cropped taps, odd kernels) and oneDNN's.
+# most 16 input pixels; 1x1 with and without padding, cropped taps, odd kernels, C_out across
+# several 16-channel tiles) and oneDNN's.
 CONV_SHAPES = [(3, 10, 1, 8, 4, 1, 0, 0), (3, 10, 1, 8, 4, 2, 1, 0), (2, 12, 4, 9, 4, 2, 1, 0),
-               (2, 5, 3, 7, 5, 2, 2, 1), (2, 6, 4, 5, 3, 1, 1, 0), (2, 6, 5, 5, 4, 2, 1, 0), (2, 9, 8, 4, 4, 2, 1, 0)]
+               (2, 5, 3, 7, 5, 2, 2, 1), (2, 6, 4, 5, 3, 1, 1, 0), (2, 6, 3, 37, 4, 2, 1, 0),
+               (2, 7, 2, 20, 5, 1, 1, 0), (2, 6, 5, 5, 4, 2, 1, 0), (2, 9, 8, 4, 4, 2, 1, 0)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -6,36 +6,46 @@
 // transposed convolution's terms (input [N, C_in, H, W] of few pixels, output [N, C_out, oH, oW]):
 //   col2im: the scatter-add of cols [N*H*W, C_out*kH*kW] into the output, channels-last;
 //   im2col: the gather of an output-shaped tensor into such rows, zeros where a tap falls outside.
-// Where the small side has at most gemm_max_pixels() pixels (the 1x1 and 4x4 DCGAN blocks, wide in
-// channels) everything is plain GEMMs (gemm.h) around them. On the Intel Xeon machines this was
-// tuned on, oneDNN's convolutions reached about half the GEMM rate there (measured, 2 threads,
-// 64x512x4x4 -> 64x256x8x8: GEMM 14.5 ms against 24-25 ms; backward GEMMs 29 ms against 47-49 ms;
-// on the 1x1 block the backward took 9.4 ms in oneDNN and 0.9 ms as two GEMMs); on the AMD EPYC
-// ones both run near the peak on the 4x4 block (~21 ms a product each way) and the GEMMs still
-// win on the 1x1 block (2-2.5x):
+// Plain GEMMs (gemm.h) around them, rows being channels-last tensors seen as [pixels, channels]
+// (no copy) and W keeping its own layout:
 //   transposed forward:  cols = x_rows @ W[C_in, C_out*kH*kW], then col2im;
 //   transposed backward: gcols = im2col(grad); grad_x_rows = gcols @ W^T, grad_W = x_rows^T @ gcols;
 //   direct forward:      z_rows = im2col(x) @ W[C_out, C_in*kH*kW]^T;
 //   direct backward:     grad_x = col2im(grad_rows @ W), grad_W = grad_rows^T @ im2col(x).
-// Rows are channels-last tensors seen as [pixels, channels], so no copy; W keeps its own layout.
 // A 1x1 small side without padding needs no col2im / im2col at all (cols is the NCHW tensor).
-// Larger inputs keep oneDNN: the transposed forward as conv_transpose2d, its backward as the direct
-// convolution it is the adjoint of (grad_x = conv2d(grad, W), the weight gradient of that conv2d),
-// channels-last, which ran faster than the transposed convolution's own backward; the direct
-// convolution and its backward as they are.
+// Which products take this path, measured (2 threads; the Intel Xeon machines this was first
+// tuned on, then the AMD EPYC (Zen 4) ones it runs on now):
+// - the 1x1 transposed convolution (the first generator block), everything: oneDNN took 9.4 ms
+//   for its backward on the Xeon against 0.9 as two GEMMs, and the GEMMs win 2-2.5x on EPYC too;
+// - the weight gradient of the 4x4 transposed convolution (64x512x4x4 -> 64x256x8x8): 20.6 ms
+//   against oneDNN's 34.5 on EPYC (b128: 42 against 56), 29 against 47-49 with grad_x on the Xeon;
+// - the direct convolution with a small output (the discriminator's 8x8 -> 4x4) on Intel CPUs
+//   only (gemm_max_pixels).
+// The rest is oneDNN, channels-last: the transposed forward as conv_transpose2d (on EPYC the 4x4
+// block ran 22.5 ms there against 24.3 as GEMM + col2im at batch 64, and 43 against 59 at 128,
+// where the fresh 32 MB cols buffer alone cost ~9 ms of page faults); its data gradient as the
+// direct convolution it is the adjoint of (grad_x = conv2d(grad, W): 16.8 ms against 20.0 as a
+// GEMM on the 4x4 block), which ran faster than the transposed convolution's own backward; the
+// weight gradient of larger inputs as that conv2d's; the direct convolution and its backward as
+// they are.
 #include "convolution.h"
 
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
 #include <cstdlib>
 
 #include "common.h"
 #include "gemm.h"
+#include "scratch.h"
 
 namespace fastgan::cpu {
 namespace {
 
-// The largest small side (H * W) that takes the GEMM path. The transposed convolution: 16 (the 1x1
-// and 4x4 generator blocks). The direct one (the discriminator's 8x8 -> 4x4): 16 on Intel CPUs,
-// 0 elsewhere: on the AMD EPYC machines oneDNN's conv2d ran it without writing out the im2col
+// The largest small side (H * W) that takes the GEMM path. The transposed convolution: 1 (the first
+// generator block). The direct one (the discriminator's 8x8 -> 4x4): 16 on Intel CPUs, 0
+// elsewhere: on the AMD EPYC machines oneDNN's conv2d ran it without writing out the im2col
 // rows, faster than im2col + GEMM (batch 128: 42 ms against 58 forward; backward a tie).
 // FASTGAN_CPU_CONV2D_GEMM_MAX_PIXELS, read once, overrides the direct one (the tests run both).
 int64_t gemm_max_pixels(bool direct) {
@@ -44,8 +54,12 @@ int64_t gemm_max_pixels(bool direct) {
     __builtin_cpu_init();
     return int64_t{__builtin_cpu_is("intel") ? 16 : 0};
   }();
-  return direct ? direct_max : 16;
+  return direct ? direct_max : 1;
 }
+
+// The transposed convolution's weight gradient as a GEMM up to this many input pixels (the 4x4
+// block), with grad_x from oneDNN's conv2d.
+constexpr int64_t kWeightGemmMaxPixels = 16;
 
 struct Geometry {
   int64_t n, c_in, h, w, c_out, kh, kw, oh, ow, sh, sw, ph, pw;
@@ -76,10 +90,14 @@ Geometry direct_geometry(const at::Tensor& x, const at::Tensor& weight, at::IntA
 
 // `small` is the tensor on the small side (x of the transposed convolution, z of the direct one),
 // or a tensor in the layout it will have.
-bool use_gemm(const at::Tensor& small, const Geometry& g, bool direct) {
+bool use_gemm(const at::Tensor& small, const Geometry& g, int64_t max_pixels) {
   const bool dtype_ok = small.scalar_type() == at::kFloat || small.scalar_type() == at::kDouble;
   const bool layout_ok = small.is_contiguous(at::MemoryFormat::ChannelsLast) || (g.h == 1 && g.w == 1);
-  return dtype_ok && layout_ok && g.h > 0 && g.w > 0 && g.h * g.w <= gemm_max_pixels(direct);
+  return dtype_ok && layout_ok && g.h > 0 && g.w > 0 && g.h * g.w <= max_pixels;
+}
+
+bool use_gemm(const at::Tensor& small, const Geometry& g, bool direct) {
+  return use_gemm(small, g, gemm_max_pixels(direct));
 }
 
 // x channels-last as rows [N * H * W, C_in] (a view).
@@ -107,6 +125,25 @@ std::vector<std::vector<int64_t>> all_tap_offsets(const Geometry& g) {
   return offsets;
 }
 
+// A row of cols holds [C_out, taps]; z and the gathered gradient hold a tap's channels
+// contiguously. Both directions go through [taps, 16 channels] tiles transposed in registers
+// (at::vec::transpose_mxn: AVX-512 shuffles for float, its scalar loop for double): element by
+// element, every write (im2col) or read (col2im) of a row strode by `taps` values, and im2col of
+// the 4x4 block's 16 MB gradient took ~5 ms here against ~1 ms in tiles.
+constexpr int64_t kTile = 16;
+
+// dst[c] = src[c] + (add ? dst[c] : 0) for c < count <= kTile (src zeros where null), in vectors.
+template <typename T>
+void put_row(T* dst, const T* src, int64_t count, bool add) {
+  using Vec = at::vec::Vectorized<T>;
+  for (int64_t c = 0; c < count; c += Vec::size()) {
+    const int64_t m = std::min<int64_t>(Vec::size(), count - c);
+    auto v = src ? Vec::loadu(src + c, m) : Vec(T(0));
+    if (add) v = v + Vec::loadu(dst + c, m);
+    v.store(dst + c, m);
+  }
+}
+
 // z[n] (channels-last) = bias + the sum of its taps' cols, then relu; image by image, the
 // image's z (C_out * oH * oW values) staying in cache.
 template <typename T>
@@ -114,6 +151,7 @@ void col2im(const T* cols, const T* bias, T* z, const Geometry& g, bool relu) {
   const int64_t taps = g.taps(), row = g.row(), image = g.oh * g.ow * g.c_out;
   const auto offsets = all_tap_offsets(g);
   at::parallel_for(0, g.n, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) T tile[kTile * kTile];
     for (int64_t n = begin; n < end; ++n) {
       T* zn = z + n * image;
       for (int64_t p = 0; p < g.oh * g.ow; ++p)
@@ -121,10 +159,17 @@ void col2im(const T* cols, const T* bias, T* z, const Geometry& g, bool relu) {
       for (int64_t pix = 0; pix < g.h * g.w; ++pix) {
         const T* src = cols + (n * g.h * g.w + pix) * row;
         const auto& off = offsets[pix];
-        for (int64_t k = 0; k < taps; ++k) {
-          if (off[k] < 0) continue;
-          T* dst = zn + off[k];
-          for (int64_t co = 0; co < g.c_out; ++co) dst[co] += src[co * taps + k];
+        for (int64_t co0 = 0; co0 < g.c_out; co0 += kTile) {
+          const int64_t cn = std::min(kTile, g.c_out - co0);
+          for (int64_t k0 = 0; k0 < taps; k0 += kTile) {
+            const int64_t kn = std::min(kTile, taps - k0);
+            // tile[k][c] = src[(co0 + c) * taps + k0 + k]
+            at::vec::transpose_mxn<T>(src + co0 * taps + k0, taps, tile, kTile, int(cn), int(kn));
+            for (int64_t k = 0; k < kn; ++k) {
+              if (off[k0 + k] < 0) continue;
+              put_row(zn + off[k0 + k] + co0, tile + k * kTile, cn, true);
+            }
+          }
         }
       }
       if (relu) {
@@ -141,18 +186,22 @@ void im2col(const T* grad, T* gcols, const Geometry& g) {
   const int64_t taps = g.taps(), row = g.row(), image = g.oh * g.ow * g.c_out;
   const auto offsets = all_tap_offsets(g);
   at::parallel_for(0, g.n, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) T tile[kTile * kTile];
     for (int64_t n = begin; n < end; ++n) {
       const T* gn = grad + n * image;
       for (int64_t pix = 0; pix < g.h * g.w; ++pix) {
         T* dst = gcols + (n * g.h * g.w + pix) * row;
         const auto& off = offsets[pix];
-        for (int64_t k = 0; k < taps; ++k) {
-          if (off[k] < 0) {
-            for (int64_t co = 0; co < g.c_out; ++co) dst[co * taps + k] = T(0);
-            continue;
+        for (int64_t co0 = 0; co0 < g.c_out; co0 += kTile) {
+          const int64_t cn = std::min(kTile, g.c_out - co0);
+          for (int64_t k0 = 0; k0 < taps; k0 += kTile) {
+            const int64_t kn = std::min(kTile, taps - k0);
+            for (int64_t k = 0; k < kn; ++k) {  // tile[k][c] = tap k0 + k's channel co0 + c, or 0
+              const int64_t o = off[k0 + k];
+              put_row(tile + k * kTile, o < 0 ? nullptr : gn + o + co0, cn, false);
+            }
+            at::vec::transpose_mxn<T>(tile, kTile, dst + co0 * taps + k0, taps, int(kn), int(cn));
           }
-          const T* src = gn + off[k];
-          for (int64_t co = 0; co < g.c_out; ++co) dst[co * taps + k] = src[co];
         }
       }
     }
@@ -176,11 +225,13 @@ at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& weight, const std
   return z;
 }
 
-// im2col of an output-shaped tensor: rows [N * H * W, C_out * kH * kW].
-at::Tensor im2col_rows(const at::Tensor& t, const Geometry& g) {
+// im2col of an output-shaped tensor: rows [N * H * W, C_out * kH * kW], in this thread's scratch
+// buffer when `scratch` (valid until the next im2col_rows into scratch on this thread).
+at::Tensor im2col_rows(const at::Tensor& t, const Geometry& g, bool scratch = false) {
   if (g.cols_is_z()) return t.contiguous().view({g.n, g.row()});
   const auto tl = t.contiguous(at::MemoryFormat::ChannelsLast);
-  auto cols = at::empty({g.n * g.h * g.w, g.row()}, t.options());
+  auto cols = scratch ? scratch_buffer(g.n * g.h * g.w * g.row(), t.options()).view({g.n * g.h * g.w, g.row()})
+                      : at::empty({g.n * g.h * g.w, g.row()}, t.options());
   AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "fastgan_cpu::im2col", [&] {
     im2col(tl.const_data_ptr<scalar_t>(), cols.mutable_data_ptr<scalar_t>(), g);
   });
@@ -222,12 +273,14 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& gra
     const auto w2 = weight.reshape({g.c_in, g.row()});
     if (need_x) grad_x = from_rows(gemm(gcols, w2.t()), g);
     if (need_weight) grad_w = gemm(rows_of(x).t(), gcols).view(weight.sizes());
-  } else if (g.h * g.w >= 64) {
+  } else if (g.h * g.w >= 64 || use_gemm(x, g, kWeightGemmMaxPixels)) {
     // The direct convolution this one is the adjoint of, channels-last.
     const auto cl = at::MemoryFormat::ChannelsLast;
     const auto gl = grad.contiguous(cl), xl = x.contiguous(cl), wl = weight.contiguous(cl);
     if (need_x) grad_x = at::conv2d(gl, wl, {}, stride, padding);
-    if (need_weight) {
+    if (need_weight && g.h * g.w <= kWeightGemmMaxPixels) {
+      grad_w = gemm(rows_of(xl).t(), im2col_rows(gl, g, true)).view(weight.sizes());
+    } else if (need_weight) {
       grad_w = std::get<1>(at::convolution_backward(xl, gl, wl, c10::nullopt, stride, padding, {1, 1}, false,
                                                     {0, 0}, 1, {false, true, false}));
     }

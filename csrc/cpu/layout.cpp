@@ -73,6 +73,13 @@ void transpose_plane(const void* src, void* dst, int64_t rows, int64_t cols, int
   });
 }
 
+void transpose(const void* src, void* dst, int64_t rows, int64_t cols, int64_t elem_size) {
+  by_size(elem_size, [&](auto e) {
+    using E = decltype(e);
+    transpose_blocks(static_cast<const E*>(src), static_cast<E*>(dst), 1, rows, cols);
+  });
+}
+
 at::Tensor dense_as(const at::Tensor& t, at::MemoryFormat fmt) {
   if (t.is_contiguous(fmt)) return t;
   const auto cl = at::MemoryFormat::ChannelsLast;
