@@ -12,6 +12,10 @@
 namespace fastgan {
 
 inline void define_kernel_schemas(torch::Library& m) {
+  // A 4-D t dense in channels-last (channels_last) or NCHW layout: t itself when it already is,
+  // else a converted copy (the public ops convert their NCHW inputs with it; CPU: register-tile
+  // transposes, where PyTorch's strided copy goes element by element).
+  m.def("to_layout(Tensor t, bool channels_last) -> Tensor");
   // SPEC 4: y = x * rsqrt(mean over dim 1 of x^2 + eps), x of rank >= 2.
   m.def("pixel_norm(Tensor x, float eps) -> Tensor");
   // grad_x = r * g - x * r^3 * sum_c(g * x) / C, r = rsqrt(mean_c(x^2) + eps).

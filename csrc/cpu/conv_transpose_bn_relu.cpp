@@ -533,7 +533,7 @@ std::optional<at::Tensor> conv_transpose_pointwise_relu(const at::Tensor& x, con
                                                   std::optional<std::string_view>)>();
   c10::List<std::optional<at::Scalar>> scalars;
   scalars.push_back(std::nullopt);
-  return op.call(x, w, bias, padding, output_padding, stride, {1, 1}, 1, "relu", scalars, std::nullopt);
+  return op.call(x, weight_for(x, w), bias, padding, output_padding, stride, {1, 1}, 1, "relu", scalars, std::nullopt);
 }
 
 at::Tensor conv_transpose_bias_relu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,

@@ -38,6 +38,7 @@
 
 #include "common.h"
 #include "gemm.h"
+#include "layout.h"
 #include "scratch.h"
 
 namespace fastgan::cpu {
@@ -229,7 +230,7 @@ at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& weight, const std
 // buffer when `scratch` (valid until the next im2col_rows into scratch on this thread).
 at::Tensor im2col_rows(const at::Tensor& t, const Geometry& g, bool scratch = false) {
   if (g.cols_is_z()) return t.contiguous().view({g.n, g.row()});
-  const auto tl = t.contiguous(at::MemoryFormat::ChannelsLast);
+  const auto tl = dense_as(t, at::MemoryFormat::ChannelsLast);
   auto cols = scratch ? scratch_buffer(g.n * g.h * g.w * g.row(), t.options()).view({g.n * g.h * g.w, g.row()})
                       : at::empty({g.n * g.h * g.w, g.row()}, t.options());
   AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "fastgan_cpu::im2col", [&] {
@@ -276,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& gra
   } else if (g.h * g.w >= 64 || use_gemm(x, g, kWeightGemmMaxPixels)) {
     // The direct convolution this one is the adjoint of, channels-last.
     const auto cl = at::MemoryFormat::ChannelsLast;
-    const auto gl = grad.contiguous(cl), xl = x.contiguous(cl), wl = weight.contiguous(cl);
+    const auto gl = dense_as(grad, cl), xl = dense_as(x, cl), wl = dense_as(weight, cl);
     if (need_x) grad_x = at::conv2d(gl, wl, {}, stride, padding);
     if (need_weight && g.h * g.w <= kWeightGemmMaxPixels) {
       grad_w = gemm(rows_of(xl).t(), im2col_rows(gl, g, true)).view(weight.sizes());
@@ -338,6 +339,11 @@ std::tuple<at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad, const
 
 }  // namespace
 
+at::Tensor weight_for(const at::Tensor& x, const at::Tensor& weight) {
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  return x.is_contiguous(cl) && !x.is_contiguous() ? dense_as(weight, cl) : weight;
+}
+
 bool conv_transpose_uses_gemm(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef output_padding) {
   return use_gemm(x, geometry(x, weight, stride, padding, output_padding), false);
@@ -349,7 +355,7 @@ at::Tensor conv_transpose_forward(const at::Tensor& x, const at::Tensor& weight,
   check_args(x, weight, "conv_transpose");
   const auto g = geometry(x, weight, stride, padding, output_padding);
   if (use_gemm(x, g, false)) return forward_gemm(x, weight.contiguous(), bias, g, relu);
-  auto z = at::conv_transpose2d(x, weight, bias, stride, padding, output_padding, 1, {1, 1});
+  auto z = at::conv_transpose2d(x, weight_for(x, weight), bias, stride, padding, output_padding, 1, {1, 1});
   if (!z.is_contiguous() && !z.is_contiguous(at::MemoryFormat::ChannelsLast)) z = z.contiguous();
   return relu ? z.relu_() : z;
 }

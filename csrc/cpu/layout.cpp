@@ -99,4 +99,15 @@ at::Tensor dense_as(const at::Tensor& t, at::MemoryFormat fmt) {
   return out;
 }
 
+namespace {
+
+at::Tensor to_layout(const at::Tensor& t, bool channels_last) {
+  TORCH_CHECK(t.dim() == 4, "fastgan_cpu::to_layout: t must be 4-D, got ", t.sizes());
+  return dense_as(t, channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan_cpu, CPU, m) { m.impl("to_layout", &to_layout); }
+
 }  // namespace fastgan::cpu

@@ -58,6 +58,12 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_backward_cuda(const at::Tensor
                   "conv_transpose_backward");
 }
 
+at::Tensor to_layout_cuda(const at::Tensor& t, bool channels_last) {
+  TORCH_CHECK(t.dim() == 4, "fastgan_cuda::to_layout: t must be 4-D, got ", t.sizes());
+  c10::cuda::CUDAGuard guard(t.device());
+  return t.contiguous(channels_last ? kCL : at::MemoryFormat::Contiguous);
+}
+
 }  // namespace
 }  // namespace fastgan::cuda
 
@@ -65,4 +71,5 @@ TORCH_LIBRARY_IMPL(fastgan_cuda, CUDA, m) {
   m.impl("conv2d", &fastgan::cuda::conv2d_cuda);
   m.impl("conv2d_backward", &fastgan::cuda::conv2d_backward_cuda);
   m.impl("conv_transpose_backward", &fastgan::cuda::conv_transpose_backward_cuda);
+  m.impl("to_layout", &fastgan::cuda::to_layout_cuda);
 }

@@ -30,7 +30,7 @@ from .._checks import as_layout, check_eps, empty
 from ._batch_norm import (LAYOUT, bn_relu_backward, call, check_batch, check_block_arguments, folded, layout_of,
                           momentum_factor, needs_grad, pair, saved_input, saved_input_fake, scale_shift, stats_dtype,
                           update_running_stats)
-from ._dispatch import fused_op, kernels
+from ._dispatch import fused_op, kernels, to_layout
 
 
 def conv2d_bn_leaky_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training,
@@ -102,7 +102,7 @@ def _train_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                   negative_slope: float, impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                              torch.Tensor]:
     k = kernels(impl)
-    x_cl = as_layout(x, LAYOUT)
+    x_cl = to_layout(k, x, LAYOUT)
     z = as_layout(k.conv2d(x_cl, weight.contiguous(), stride, padding), LAYOUT)
     mean, var = k.batch_stats(z)
     y = k.bn_relu(z, mean, *scale_shift(var, gamma, beta, eps), negative_slope)
@@ -166,9 +166,10 @@ def _train_bwd_fused(ctx, grad_y):
 def _conv2d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: list[int], padding: list[int],
                      need_x: bool, need_weight: bool, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel op (csrc/schemas.h) as a traceable op: (grad_x, grad_weight), [0] where not asked for."""
-    grad_x, grad_w = kernels(impl).conv2d_backward(as_layout(grad, layout_of(x)), x, weight.contiguous(), stride,
-                                                   padding, need_x, need_weight)
-    return as_layout(grad_x, layout_of(x)) if need_x else grad_x, grad_w
+    k = kernels(impl)
+    grad_x, grad_w = k.conv2d_backward(to_layout(k, grad, layout_of(x)), x, weight.contiguous(), stride, padding,
+                                       need_x, need_weight)
+    return to_layout(k, grad_x, layout_of(x)) if need_x else grad_x, grad_w
 
 
 @_conv2d_backward.register_fake

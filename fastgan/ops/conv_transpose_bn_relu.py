@@ -31,7 +31,7 @@ from .._checks import as_layout, check_eps, empty
 from ._batch_norm import (LAYOUT, bn_relu_backward, call, check_batch, check_block_arguments, folded, layout_of,
                           momentum_factor, needs_grad, pair, saved_input, saved_input_fake, scale_shift, stats_dtype,
                           update_running_stats)
-from ._dispatch import fused_op, kernels
+from ._dispatch import fused_op, kernels, to_layout
 
 
 def _layout_for(x):
@@ -125,7 +125,7 @@ def _train_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                                                                  torch.Tensor]:
     k = kernels(impl)
     fmt = _layout_for(x)
-    x_fmt = as_layout(x, fmt)
+    x_fmt = to_layout(k, x, fmt)
     z, mean, var = k.conv_transpose_stats(x_fmt, _dense(weight), stride, padding, output_padding)
     z = as_layout(z, fmt)
     scale, shift = scale_shift(var, gamma, beta, eps)
@@ -179,7 +179,7 @@ def _conv_transpose_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.
     """The kernel op (csrc/schemas.h) as a traceable op: (grad_x, grad_weight), [0] where not asked for."""
     grad_x, grad_w = kernels(impl).conv_transpose_backward(grad, x, _dense(weight), stride, padding, output_padding,
                                                            need_x, need_weight)
-    return as_layout(grad_x, layout_of(x)) if need_x else grad_x, grad_w
+    return to_layout(kernels(impl), grad_x, layout_of(x)) if need_x else grad_x, grad_w
 
 
 @_conv_transpose_backward.register_fake
@@ -199,7 +199,7 @@ def _train_inplace(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.
     """Training forward when no gradient is needed: normalizes z in place (one tensor fewer)."""
     k = kernels(impl)
     fmt = _layout_for(x)
-    z, mean, var = k.conv_transpose_stats(as_layout(x, fmt), _dense(weight), stride, padding, output_padding)
+    z, mean, var = k.conv_transpose_stats(to_layout(k, x, fmt), _dense(weight), stride, padding, output_padding)
     z = as_layout(z, fmt)
     k.bn_relu_(z, mean, *scale_shift(var, gamma, beta, eps), 0.0)
     return z, mean, var
@@ -229,7 +229,7 @@ def _eval_unfolded(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     (the statistics conv_transpose_stats also computes go unused)."""
     k = kernels(impl)
     fmt = _layout_for(x)
-    z, _, _ = k.conv_transpose_stats(as_layout(x, fmt), _dense(weight), stride, padding, output_padding)
+    z, _, _ = k.conv_transpose_stats(to_layout(k, x, fmt), _dense(weight), stride, padding, output_padding)
     z = as_layout(z, fmt)
     mean = running_mean if bias is None else running_mean - bias
     k.bn_relu_(z, mean, *scale_shift(running_var, gamma, beta, eps), 0.0)
@@ -244,8 +244,8 @@ def _(x, weight, bias, gamma, beta, running_mean, running_var, eps, stride, padd
 def _bias_relu_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: list[int],
                       padding: list[int], output_padding: list[int], impl: str) -> torch.Tensor:
     fmt = _layout_for(x)
-    y = kernels(impl).conv_transpose_bias_relu(as_layout(x, fmt), _dense(weight), bias, stride, padding,
-                                               output_padding)
+    k = kernels(impl)
+    y = k.conv_transpose_bias_relu(to_layout(k, x, fmt), _dense(weight), bias, stride, padding, output_padding)
     return as_layout(y, fmt)
 
 

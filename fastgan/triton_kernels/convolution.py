@@ -1,5 +1,6 @@
 """The convolutions' ATen-backed kernel ops (csrc/schemas.h) for the triton backend: the
-discriminator's direct convolution and its backward, and the transposed convolution's backward.
+discriminator's direct convolution and its backward, and the transposed convolution's backward
+(and to_layout, a plain copy on the GPU).
 cuDNN does them, channels-last, results in x's layout. No Triton kernel: a GEMM library's job (the
 fused work around them, statistics and normalize + activation, is Triton's; so is the generator's
 forward GEMM, which carries the statistics in its epilogue)."""
@@ -20,6 +21,12 @@ def _backward(grad, x, weight, stride, padding, transposed, output_padding, need
     none = x.new_empty((0,))
     return (grad_x.contiguous(memory_format=_format_of(x)) if need_x else none,
             grad_w.contiguous() if need_weight else none)
+
+
+def to_layout(t, channels_last):
+    if t.dim() != 4:
+        raise ValueError(f"fastgan: to_layout: t must be 4-D, got {tuple(t.shape)}")
+    return t.contiguous(memory_format=CL if channels_last else torch.contiguous_format)
 
 
 def conv2d(x, weight, stride, padding):
