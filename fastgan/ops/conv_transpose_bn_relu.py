@@ -156,7 +156,10 @@ def _train_bwd(ctx, grad_y, *_):
     invstd = torch.rsqrt(var + ctx.eps)
     grad_z, grad_gamma, grad_beta = call(bn_relu_backward, grad_y, z, mean, invstd, gamma, beta, 0.0, ctx.impl)
     need = ctx.needs_input_grad
-    grad_x, grad_w, grad_b = _conv_backward(grad_z, x, weight, ctx, need[0], need[1], ctx.has_bias and need[2])
+    grad_x, grad_w, _ = _conv_backward(grad_z, x, weight, ctx, need[0], need[1], False)
+    # Exactly zero: batch statistics remove any per-channel shift of z, so the conv bias does not
+    # reach y (eager's sum over grad_z gives rounding noise, and costs a pass over it).
+    grad_b = weight.new_zeros(weight.shape[1]) if ctx.has_bias and need[2] else None
     return (grad_x, grad_w, grad_b, grad_gamma if ctx.has_gamma else None, grad_beta if ctx.has_beta else None,
             None, None, None, None, None)
 
