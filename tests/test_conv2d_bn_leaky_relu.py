@@ -199,9 +199,10 @@ def test_opcheck(impl):
 
 
 # (batch, C_in, H = W, C_out, kernel, stride, padding): the CPU's GEMM path (at most 16 output
-# pixels; 1x1 outputs with and without padding, a dropped last row, odd kernels) and oneDNN's.
+# pixels; 1x1 outputs with and without padding, a dropped last row, odd kernels, C_in across
+# several 16-channel tiles; elsewhere the weight gradient alone, up to 16 pixels) and oneDNN's.
 CONV_SHAPES = [(3, 6, 4, 5, 4, 1, 0), (3, 6, 2, 5, 4, 2, 1), (2, 9, 8, 12, 4, 2, 1), (2, 7, 9, 5, 5, 2, 2),
-               (2, 5, 6, 6, 3, 1, 1), (2, 6, 10, 5, 4, 2, 1)]
+               (2, 21, 8, 6, 4, 2, 1), (2, 5, 6, 6, 3, 1, 1), (2, 6, 10, 5, 4, 2, 1)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -19,8 +19,10 @@
 //   for its backward on the Xeon against 0.9 as two GEMMs, and the GEMMs win 2-2.5x on EPYC too;
 // - the weight gradient of the 4x4 transposed convolution (64x512x4x4 -> 64x256x8x8): 20.6 ms
 //   against oneDNN's 34.5 on EPYC (b128: 42 against 56), 29 against 47-49 with grad_x on the Xeon;
-// - the direct convolution with a small output (the discriminator's 8x8 -> 4x4) on Intel CPUs
-//   only (gemm_max_pixels).
+// - the weight gradient of the direct convolution with a small output (the discriminator's
+//   8x8 -> 4x4, the adjoint of the 4x4 block above): oneDNN's also converts its result with
+//   ATen's strided copy (2.6-3.3 ms of 8 MB here); on Intel CPUs its forward and grad_x too
+//   (gemm_max_pixels).
 // The rest is oneDNN, channels-last: the transposed forward as conv_transpose2d (on EPYC the 4x4
 // block ran 22.5 ms there against 24.3 as GEMM + col2im at batch 64, and 43 against 59 at 128,
 // where the fresh 32 MB cols buffer alone cost ~9 ms of page faults); its data gradient as the
@@ -58,8 +60,8 @@ int64_t gemm_max_pixels(bool direct) {
   return direct ? direct_max : 1;
 }
 
-// The transposed convolution's weight gradient as a GEMM up to this many input pixels (the 4x4
-// block), with grad_x from oneDNN's conv2d.
+// The weight gradient as a GEMM up to this many pixels on the small side (the 4x4 generator block,
+// the discriminator's 8x8 -> 4x4), the data gradient from oneDNN.
 constexpr int64_t kWeightGemmMaxPixels = 16;
 
 struct Geometry {
@@ -255,7 +257,8 @@ std::tuple<at::Tensor, at::Tensor> finish_backward(const at::Tensor& grad_x, con
                                                    const at::Tensor& x) {
   const auto fmt = x.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
   const auto none = at::empty({0}, x.options());
-  return {grad_x.defined() ? grad_x.contiguous(fmt) : none, grad_w.defined() ? grad_w.contiguous() : none};
+  return {grad_x.defined() ? dense_as(grad_x, fmt) : none,
+          grad_w.defined() ? dense_as(grad_w, at::MemoryFormat::Contiguous) : none};
 }
 
 std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& grad, const at::Tensor& x,
@@ -311,9 +314,9 @@ at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef
   if (use_gemm(x, g, true)) {
     z = from_rows(gemm(im2col_rows(x, g), weight.reshape({g.c_in, g.row()}).t()), g);
   } else {
-    z = at::conv2d(x, weight, {}, stride, padding);
+    z = at::conv2d(x, weight_for(x, weight), {}, stride, padding);
   }
-  return z.contiguous(x.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
+  return dense_as(z, x.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
 }
 
 std::tuple<at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad, const at::Tensor& x,
@@ -326,13 +329,16 @@ std::tuple<at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad, const
               "fastgan_cpu::conv2d_backward: grad must have the output's shape [", g.n, ", ", g.c_in, ", ", g.h, ", ",
               g.w, "], got ", grad.sizes());
   at::Tensor grad_x, grad_w;
-  if (use_gemm(x, g, true)) {
-    const auto gl = grad.contiguous(g.h * g.w == 1 ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
-    if (need_x) grad_x = forward_gemm(gl, weight.contiguous(), c10::nullopt, g, false);
-    if (need_weight) grad_w = gemm(rows_of(gl).t(), im2col_rows(x, g)).view(weight.sizes());
-  } else {
-    std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
-        grad, x, weight, c10::nullopt, stride, padding, {1, 1}, false, {0, 0}, 1, {need_x, need_weight, false});
+  const bool all_gemm = use_gemm(x, g, true), weight_gemm = need_weight && use_gemm(x, g, kWeightGemmMaxPixels);
+  if (!all_gemm) {
+    std::tie(grad_x, grad_w, std::ignore) =
+        at::convolution_backward(grad, x, weight_for(x, weight), c10::nullopt, stride, padding, {1, 1}, false, {0, 0},
+                                 1, {need_x, need_weight && !weight_gemm, false});
+  }
+  if (all_gemm || weight_gemm) {
+    const auto gl = dense_as(grad, g.h * g.w == 1 ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
+    if (need_x && all_gemm) grad_x = forward_gemm(gl, weight.contiguous(), c10::nullopt, g, false);
+    if (need_weight) grad_w = gemm(rows_of(gl).t(), im2col_rows(x, g, true)).view(weight.sizes());
   }
   return finish_backward(grad_x, grad_w, x);
 }
