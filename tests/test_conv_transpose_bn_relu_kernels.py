@@ -57,6 +57,10 @@ def check_stats(ops, x, weight, stride, padding, output_padding):
     tol = TOLERANCES[acc]
     torch.testing.assert_close(mean.to(torch.float64), mean_z, **tol)
     torch.testing.assert_close(var.to(torch.float64), var_z, **tol)
+    # conv_transpose: the same z without the statistics, in the same layout.
+    z_alone = ops.conv_transpose(x, weight, stride, padding, output_padding)
+    assert z_alone.dtype == z.dtype and z_alone.stride() == z.stride()
+    assert_close(z_alone, z_ref.to(expected_in(x.dtype)), x.dtype)
     return z, mean, var
 
 

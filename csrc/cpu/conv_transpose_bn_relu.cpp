@@ -418,12 +418,22 @@ at::MemoryFormat check_z(const at::Tensor& z, const char* op) {
   return layout_of(z, "z");
 }
 
+void check_conv_transpose_args(const at::Tensor& x, const at::Tensor& weight, const char* op) {
+  TORCH_CHECK(weight.dim() == 4 && x.dim() == 4 && weight.size(0) == x.size(1), "fastgan_cpu::", op,
+              ": weight must be [C_in, C_out, kH, kW] with C_in = x.size(1), got x ", x.sizes(), " and weight ",
+              weight.sizes());
+}
+
+at::Tensor conv_transpose(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef output_padding) {
+  check_conv_transpose_args(x, weight, "conv_transpose");
+  return conv_transpose_forward(x, weight, c10::nullopt, stride, padding, output_padding, false);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_stats(const at::Tensor& x, const at::Tensor& weight,
                                                                     at::IntArrayRef stride, at::IntArrayRef padding,
                                                                     at::IntArrayRef output_padding) {
-  TORCH_CHECK(weight.dim() == 4 && x.dim() == 4 && weight.size(0) == x.size(1),
-              "fastgan_cpu::conv_transpose_stats: weight must be [C_in, C_out, kH, kW] with C_in = x.size(1), got x ",
-              x.sizes(), " and weight ", weight.sizes());
+  check_conv_transpose_args(x, weight, "conv_transpose_stats");
   auto z = conv_transpose_forward(x, weight, c10::nullopt, stride, padding, output_padding, false);
   const auto fmt = layout_of(z, "z");
   const int64_t c = z.size(1);
@@ -558,6 +568,7 @@ at::Tensor conv_transpose_bias_relu(const at::Tensor& x, const at::Tensor& weigh
 
 TORCH_LIBRARY_IMPL(fastgan_cpu, CPU, m) {
   m.impl("conv_transpose_stats", &conv_transpose_stats);
+  m.impl("conv_transpose", &conv_transpose);
   m.impl("batch_stats", &batch_stats);
   m.impl("bn_relu", &bn_relu);
   m.impl("bn_relu_", &bn_relu_);

@@ -427,6 +427,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_stats_cuda(const a
   return {z, mean, var};
 }
 
+at::Tensor conv_transpose_cuda(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef output_padding) {
+  c10::cuda::CUDAGuard guard(x.device());
+  return conv_transpose_nhwc(x, weight, at::Tensor(), stride, padding, output_padding, "conv_transpose");
+}
+
 // The statistics of a convolution run elsewhere (the discriminator's Conv2d, SPEC 7), in z's layout.
 std::tuple<at::Tensor, at::Tensor> batch_stats_cuda(const at::Tensor& z) {
   const char* op = "batch_stats";
@@ -571,6 +577,7 @@ at::Tensor conv_transpose_bias_relu_cuda(const at::Tensor& x, const at::Tensor& 
 
 TORCH_LIBRARY_IMPL(fastgan_cuda, CUDA, m) {
   m.impl("conv_transpose_stats", &fastgan::cuda::conv_transpose_stats_cuda);
+  m.impl("conv_transpose", &fastgan::cuda::conv_transpose_cuda);
   m.impl("bn_relu", &fastgan::cuda::bn_relu_cuda);
   m.impl("bn_relu_", &fastgan::cuda::bn_relu_inplace_cuda);
   m.impl("bn_relu_backward", &fastgan::cuda::bn_relu_backward_cuda);

@@ -228,11 +228,10 @@ def _eval_unfolded(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
                    beta: Optional[torch.Tensor], running_mean: torch.Tensor, running_var: torch.Tensor, eps: float,
                    stride: list[int], padding: list[int], output_padding: list[int], impl: str) -> torch.Tensor:
     """Eval forward without gradients where the weight is larger than the output (the first DCGAN
-    blocks at small batches): folding would cost more than normalizing z in place, which this does
-    (the statistics conv_transpose_stats also computes go unused)."""
+    blocks at small batches): folding would cost more than normalizing z in place, which this does."""
     k = kernels(impl)
     fmt = _layout_for(x)
-    z, _, _ = k.conv_transpose_stats(to_layout(k, x, fmt), _dense(weight), stride, padding, output_padding)
+    z = k.conv_transpose(to_layout(k, x, fmt), _dense(weight), stride, padding, output_padding)
     z = as_layout(z, fmt)
     mean = running_mean if bias is None else running_mean - bias
     k.bn_relu_(z, mean, *scale_shift(running_var, gamma, beta, eps), 0.0)

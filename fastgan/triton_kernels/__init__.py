@@ -18,7 +18,7 @@ from .blend_reals import KERNEL_SPECS as _BLEND_REALS_SPECS
 from .blend_reals import blend_reals
 from .conv_transpose_bn_relu import KERNEL_SPECS as _CONV_TRANSPOSE_BN_RELU_SPECS
 from .conv_transpose_bn_relu import (batch_stats, bn_relu, bn_relu_, bn_relu_backward,
-                                     conv_transpose_bias_relu, conv_transpose_stats)
+                                     conv_transpose, conv_transpose_bias_relu, conv_transpose_stats)
 from .convolution import conv2d, conv2d_backward, conv_transpose_backward, to_layout
 from .fade_in import KERNEL_SPECS as _FADE_IN_SPECS
 from .fade_in import fade_in, fade_in_backward
@@ -52,6 +52,7 @@ __all__ = [
     "KERNEL_SPECS",
     "KernelSpec",
     "conv_transpose_stats",
+    "conv_transpose",
     "bn_relu",
     "bn_relu_",
     "bn_relu_backward",

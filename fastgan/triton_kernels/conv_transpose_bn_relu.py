@@ -13,6 +13,7 @@ sum of squares; the tile mean is kept as a rounded shift plus a small offset), a
 kernel merges them (Chan) into mean and biased variance.
 The statistics are those of z as stored (rounded to its dtype), as the reference computes them.
 
+conv_transpose: z alone, from the same kernel (eval with the running statistics applied after).
 conv_transpose_bias_relu: the same GEMM with a bias + ReLU epilogue (eval, BN folded by the caller).
 
 batch_stats: the per-channel mean and biased variance of a given z, in the same (count, shift,
@@ -279,6 +280,12 @@ def conv_transpose_stats(x, weight, stride, padding, output_padding):
     biased variance of z over (N, H, W)."""
     z, part, tiles = _launch_conv(x, weight, None, stride, padding, output_padding, stats=True)
     return (z, *_finalize_stats(z, part, tiles))
+
+
+def conv_transpose(x, weight, stride, padding, output_padding):
+    """z = conv_transpose2d(x, weight) channels-last: conv_transpose_stats's kernel (its statistics
+    epilogue costs little next to the GEMM), the partials left unmerged."""
+    return _launch_conv(x, weight, None, stride, padding, output_padding, stats=True)[0]
 
 
 def _finalize_stats(z, part, tiles):
