@@ -418,15 +418,8 @@ at::MemoryFormat check_z(const at::Tensor& z, const char* op) {
   return layout_of(z, "z");
 }
 
-void check_conv_transpose_args(const at::Tensor& x, const at::Tensor& weight, const char* op) {
-  TORCH_CHECK(weight.dim() == 4 && x.dim() == 4 && weight.size(0) == x.size(1), "fastgan_cpu::", op,
-              ": weight must be [C_in, C_out, kH, kW] with C_in = x.size(1), got x ", x.sizes(), " and weight ",
-              weight.sizes());
-}
-
 at::Tensor conv_transpose(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
                           at::IntArrayRef padding, at::IntArrayRef output_padding) {
-  check_conv_transpose_args(x, weight, "conv_transpose");
   return conv_transpose_forward(x, weight, c10::nullopt, stride, padding, output_padding, false);
 }
 
@@ -548,9 +541,7 @@ std::optional<at::Tensor> conv_transpose_pointwise_relu(const at::Tensor& x, con
 
 at::Tensor conv_transpose_bias_relu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding) {
-  TORCH_CHECK(weight.dim() == 4 && x.dim() == 4 && weight.size(0) == x.size(1),
-              "fastgan_cpu::conv_transpose_bias_relu: weight must be [C_in, C_out, kH, kW] with C_in = x.size(1), got x ",
-              x.sizes(), " and weight ", weight.sizes());
+  check_conv_transpose_args(x, weight, "conv_transpose_bias_relu");
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(1) && bias.scalar_type() == x.scalar_type(),
               "fastgan_cpu::conv_transpose_bias_relu: bias must be [", weight.size(1), "] of x's dtype, got ",
               bias.sizes(), " ", bias.scalar_type());

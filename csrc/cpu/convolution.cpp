@@ -246,12 +246,6 @@ at::Tensor from_rows(const at::Tensor& rows, const Geometry& g) {
   return rows.view({g.n, g.h, g.w, rows.size(1)}).permute({0, 3, 1, 2});
 }
 
-void check_args(const at::Tensor& x, const at::Tensor& weight, const char* op) {
-  TORCH_CHECK(weight.dim() == 4 && x.dim() == 4 && weight.size(0) == x.size(1), "fastgan_cpu::", op,
-              ": weight must be [C_in, C_out, kH, kW] with C_in = x.size(1), got x ", x.sizes(), " and weight ",
-              weight.sizes());
-}
-
 // (grad_x in x's layout, grad_weight contiguous), [0] for a gradient not computed.
 std::tuple<at::Tensor, at::Tensor> finish_backward(const at::Tensor& grad_x, const at::Tensor& grad_w,
                                                    const at::Tensor& x) {
@@ -265,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& gra
                                                            const at::Tensor& weight, at::IntArrayRef stride,
                                                            at::IntArrayRef padding, at::IntArrayRef output_padding,
                                                            bool need_x, bool need_weight) {
-  check_args(x, weight, "conv_transpose_backward");
+  check_conv_transpose_args(x, weight, "conv_transpose_backward");
   const auto g = geometry(x, weight, stride, padding, output_padding);
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == g.n && grad.size(1) == g.c_out && grad.size(2) == g.oh &&
                   grad.size(3) == g.ow,
@@ -277,16 +271,16 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& gra
     const auto w2 = weight.reshape({g.c_in, g.row()});
     if (need_x) grad_x = from_rows(gemm(gcols, w2.t()), g);
     if (need_weight) grad_w = gemm(rows_of(x).t(), gcols).view(weight.sizes());
-  } else if (g.h * g.w >= 64 || use_gemm(x, g, kWeightGemmMaxPixels)) {
+  } else if (const bool weight_gemm = use_gemm(x, g, kWeightGemmMaxPixels); weight_gemm || g.h * g.w >= 64) {
     // The direct convolution this one is the adjoint of, channels-last.
     const auto cl = at::MemoryFormat::ChannelsLast;
-    const auto gl = dense_as(grad, cl), xl = dense_as(x, cl), wl = dense_as(weight, cl);
-    if (need_x) grad_x = at::conv2d(gl, wl, {}, stride, padding);
-    if (need_weight && g.h * g.w <= kWeightGemmMaxPixels) {
+    const auto gl = dense_as(grad, cl), xl = dense_as(x, cl);
+    if (need_x) grad_x = at::conv2d(gl, weight_for(xl, weight), {}, stride, padding);
+    if (need_weight && weight_gemm) {
       grad_w = gemm(rows_of(xl).t(), im2col_rows(gl, g, true)).view(weight.sizes());
     } else if (need_weight) {
-      grad_w = std::get<1>(at::convolution_backward(xl, gl, wl, c10::nullopt, stride, padding, {1, 1}, false,
-                                                    {0, 0}, 1, {false, true, false}));
+      grad_w = std::get<1>(at::convolution_backward(xl, gl, weight_for(xl, weight), c10::nullopt, stride, padding,
+                                                    {1, 1}, false, {0, 0}, 1, {false, true, false}));
     }
   } else {
     std::tie(grad_x, grad_w, std::ignore) =
@@ -345,6 +339,12 @@ std::tuple<at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad, const
 
 }  // namespace
 
+void check_conv_transpose_args(const at::Tensor& x, const at::Tensor& weight, const char* op) {
+  TORCH_CHECK(weight.dim() == 4 && x.dim() == 4 && weight.size(0) == x.size(1), "fastgan_cpu::", op,
+              ": weight must be [C_in, C_out, kH, kW] with C_in = x.size(1), got x ", x.sizes(), " and weight ",
+              weight.sizes());
+}
+
 at::Tensor weight_for(const at::Tensor& x, const at::Tensor& weight) {
   const auto cl = at::MemoryFormat::ChannelsLast;
   return x.is_contiguous(cl) && !x.is_contiguous() ? dense_as(weight, cl) : weight;
@@ -358,7 +358,7 @@ bool conv_transpose_uses_gemm(const at::Tensor& x, const at::Tensor& weight, at:
 at::Tensor conv_transpose_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
                                   bool relu) {
-  check_args(x, weight, "conv_transpose");
+  check_conv_transpose_args(x, weight, "conv_transpose");
   const auto g = geometry(x, weight, stride, padding, output_padding);
   if (use_gemm(x, g, false)) return forward_gemm(x, weight.contiguous(), bias, g, relu);
   auto z = at::conv_transpose2d(x, weight_for(x, weight), bias, stride, padding, output_padding, 1, {1, 1});

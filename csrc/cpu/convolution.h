@@ -8,6 +8,10 @@
 
 namespace fastgan::cpu {
 
+// x [N, C_in, H, W] and weight [C_in, C_out, kH, kW] of a transposed convolution, else an error
+// naming `op`.
+void check_conv_transpose_args(const at::Tensor& x, const at::Tensor& weight, const char* op);
+
 // The weight in the layout oneDNN's convolution of x wants: channels-last for a channels-last x.
 // ATen would convert it itself, with its element-wise strided copy (2.5 ms per call for the 4x4
 // block's 8 MB weight here); this uses register tiles (layout.h).

@@ -8,11 +8,11 @@
 // rounding; only the speed differs).
 #include "gemm.h"
 
-#include "layout.h"
-
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <optional>
+
+#include "layout.h"
 
 namespace fastgan::cpu {
 namespace {
