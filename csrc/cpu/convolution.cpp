@@ -130,9 +130,9 @@ std::vector<std::vector<int64_t>> all_tap_offsets(const Geometry& g) {
 
 // A row of cols holds [C_out, taps]; z and the gathered gradient hold a tap's channels
 // contiguously. Both directions go through [taps, 16 channels] tiles transposed in registers
-// (at::vec::transpose_mxn: AVX-512 shuffles for float, its scalar loop for double): element by
-// element, every write (im2col) or read (col2im) of a row strode by `taps` values, and im2col of
-// the 4x4 block's 16 MB gradient took ~5 ms here against ~1 ms in tiles.
+// (transpose_tile, layout.h): element by element, every write (im2col) or read (col2im) of a row
+// strode by `taps` values, and im2col of the 4x4 block's 16 MB gradient took ~5 ms here against
+// ~1 ms in tiles.
 constexpr int64_t kTile = 16;
 
 // dst[c] = src[c] + (add ? dst[c] : 0) for c < count <= kTile (src zeros where null), in vectors.
@@ -167,7 +167,7 @@ void col2im(const T* cols, const T* bias, T* z, const Geometry& g, bool relu) {
           for (int64_t k0 = 0; k0 < taps; k0 += kTile) {
             const int64_t kn = std::min(kTile, taps - k0);
             // tile[k][c] = src[(co0 + c) * taps + k0 + k]
-            at::vec::transpose_mxn<T>(src + co0 * taps + k0, taps, tile, kTile, int(cn), int(kn));
+            transpose_tile<T>(src + co0 * taps + k0, taps, tile, kTile, cn, kn);
             for (int64_t k = 0; k < kn; ++k) {
               if (off[k0 + k] < 0) continue;
               put_row(zn + off[k0 + k] + co0, tile + k * kTile, cn, true);
@@ -203,7 +203,7 @@ void im2col(const T* grad, T* gcols, const Geometry& g) {
               const int64_t o = off[k0 + k];
               put_row(tile + k * kTile, o < 0 ? nullptr : gn + o + co0, cn, false);
             }
-            at::vec::transpose_mxn<T>(tile, kTile, dst + co0 * taps + k0, taps, int(kn), int(cn));
+            transpose_tile<T>(tile, kTile, dst + co0 * taps + k0, taps, kn, cn);
           }
         }
       }

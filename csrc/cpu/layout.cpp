@@ -19,13 +19,11 @@ namespace {
 constexpr int64_t kTile = 16;
 
 // dst[q * ld_dst + p] = src[p * ld_src + q] for p < m <= 16 rows, q < cols: a band of 16 x 16
-// tiles, each transposed in registers by at::vec::transpose_mxn (AVX-512 shuffles for float and
-// bfloat16; other types and ISAs get its scalar loop).
+// tiles, each transposed in registers (transpose_tile).
 template <typename E>
 void transpose_band(const E* src, int64_t ld_src, E* dst, int64_t ld_dst, int64_t m, int64_t cols) {
   for (int64_t q0 = 0; q0 < cols; q0 += kTile) {
-    at::vec::transpose_mxn<E>(src + q0, ld_src, dst + q0 * ld_dst, ld_dst, static_cast<int>(m),
-                              static_cast<int>(std::min(kTile, cols - q0)));
+    transpose_tile<E>(src + q0, ld_src, dst + q0 * ld_dst, ld_dst, m, std::min(kTile, cols - q0));
   }
 }
 
