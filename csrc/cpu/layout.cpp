@@ -1,8 +1,8 @@
 // NCHW <-> channels-last as a transpose per sample, [C, H*W] <-> [H*W, C], in 16 x 16 tiles done
 // in vector registers. PyTorch's strided copy_ gathers element by element: measured here (AMD EPYC,
-// 2 threads) ~6.5 ms for a 64x64x32x32 float32 tensor NCHW -> channels-last, the tiles 3-4 ms out
-// of cache; bn_relu_backward instead transposes one sample at a time into a buffer that stays in
-// L2 (transpose_plane), 1.5-2 ms over its channels-last time for that tensor.
+// 2 threads) 6-7 ms for a 64x64x32x32 float32 tensor NCHW -> channels-last, the tiles 1.6-2.4 ms
+// out of cache (3.4-3.8 with ATen's run-time transpose_mxn, see transpose_tile); bn_relu_backward
+// instead transposes one sample at a time into a buffer that stays in L2 (transpose_plane).
 #include "layout.h"
 
 #include <ATen/Parallel.h>
