@@ -93,14 +93,14 @@ Geometry direct_geometry(const at::Tensor& x, const at::Tensor& weight, at::IntA
 
 // `small` is the tensor on the small side (x of the transposed convolution, z of the direct one),
 // or a tensor in the layout it will have.
-bool use_gemm(const at::Tensor& small, const Geometry& g, int64_t max_pixels) {
+bool use_gemm_up_to(const at::Tensor& small, const Geometry& g, int64_t max_pixels) {
   const bool dtype_ok = small.scalar_type() == at::kFloat || small.scalar_type() == at::kDouble;
   const bool layout_ok = small.is_contiguous(at::MemoryFormat::ChannelsLast) || (g.h == 1 && g.w == 1);
   return dtype_ok && layout_ok && g.h > 0 && g.w > 0 && g.h * g.w <= max_pixels;
 }
 
 bool use_gemm(const at::Tensor& small, const Geometry& g, bool direct) {
-  return use_gemm(small, g, gemm_max_pixels(direct));
+  return use_gemm_up_to(small, g, gemm_max_pixels(direct));
 }
 
 // x channels-last as rows [N * H * W, C_in] (a view).
@@ -133,7 +133,7 @@ std::vector<std::vector<int64_t>> all_tap_offsets(const Geometry& g) {
 // (transpose_tile, layout.h): element by element, every write (im2col) or read (col2im) of a row
 // strode by `taps` values, and im2col of the 4x4 block's 16 MB gradient took ~5 ms here against
 // ~1 ms in tiles.
-constexpr int64_t kTile = 16;
+constexpr int64_t kTile = kTransposeTile;
 
 // dst[c] = src[c] + (add ? dst[c] : 0) for c < count <= kTile (src zeros where null), in vectors.
 template <typename T>
@@ -271,7 +271,7 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& gra
     const auto w2 = weight.reshape({g.c_in, g.row()});
     if (need_x) grad_x = from_rows(gemm(gcols, w2.t()), g);
     if (need_weight) grad_w = gemm(rows_of(x).t(), gcols).view(weight.sizes());
-  } else if (const bool weight_gemm = use_gemm(x, g, kWeightGemmMaxPixels); weight_gemm || g.h * g.w >= 64) {
+  } else if (const bool weight_gemm = use_gemm_up_to(x, g, kWeightGemmMaxPixels); weight_gemm || g.h * g.w >= 64) {
     // The direct convolution this one is the adjoint of, channels-last.
     const auto cl = at::MemoryFormat::ChannelsLast;
     const auto gl = dense_as(grad, cl), xl = dense_as(x, cl);
@@ -323,7 +323,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad, const
               "fastgan_cpu::conv2d_backward: grad must have the output's shape [", g.n, ", ", g.c_in, ", ", g.h, ", ",
               g.w, "], got ", grad.sizes());
   at::Tensor grad_x, grad_w;
-  const bool all_gemm = use_gemm(x, g, true), weight_gemm = need_weight && use_gemm(x, g, kWeightGemmMaxPixels);
+  const bool all_gemm = use_gemm(x, g, true), weight_gemm = need_weight && use_gemm_up_to(x, g, kWeightGemmMaxPixels);
   if (!all_gemm) {
     std::tie(grad_x, grad_w, std::ignore) =
         at::convolution_backward(grad, x, weight_for(x, weight), c10::nullopt, stride, padding, {1, 1}, false, {0, 0},

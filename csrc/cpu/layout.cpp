@@ -16,7 +16,7 @@
 namespace fastgan::cpu {
 namespace {
 
-constexpr int64_t kTile = 16;
+constexpr int64_t kTile = kTransposeTile;
 
 // dst[q * ld_dst + p] = src[p * ld_src + q] for p < m <= 16 rows, q < cols: a band of 16 x 16
 // tiles, each transposed in registers (transpose_tile).

@@ -46,6 +46,9 @@ inline void transpose_16x16(const float* src, int64_t ld_src, float* dst, int64_
 }
 #endif
 
+// The largest tile transpose_tile takes, rows and columns.
+constexpr int64_t kTransposeTile = 16;
+
 // dst[q * ld_dst + p] = src[p * ld_src + q] for p < m <= 16, q < n <= 16, in registers: full
 // float tiles by transpose_16x16, full 2-byte ones by ATen's compile-time 16 x 16 kernel, the rest
 // by its run-time transpose_mxn (AVX-512 shuffles for float and bfloat16, a scalar loop otherwise).

@@ -107,6 +107,13 @@ def layout_of(t):
     return torch.contiguous_format if t.is_contiguous() else LAYOUT
 
 
+def cancelled_bias_grad(weight, channels):
+    """The conv bias gradient of a training block: exactly zero, as batch statistics remove any
+    per-channel shift of z, so the bias does not reach y (eager's sum over grad_z gives rounding
+    noise, and costs a pass over it)."""
+    return weight.new_zeros(channels)
+
+
 def scale_shift(var, gamma, beta, eps):
     invstd = torch.rsqrt(var + eps)
     scale = invstd if gamma is None else gamma * invstd

@@ -27,9 +27,9 @@ from torch.autograd.function import once_differentiable
 
 from .._backend import resolve
 from .._checks import as_layout, check_eps, empty
-from ._batch_norm import (LAYOUT, bn_relu_backward, call, check_batch, check_block_arguments, folded, layout_of,
-                          momentum_factor, needs_grad, pair, saved_input, saved_input_fake, scale_shift, stats_dtype,
-                          update_running_stats)
+from ._batch_norm import (LAYOUT, bn_relu_backward, call, cancelled_bias_grad, check_batch, check_block_arguments,
+                          folded, layout_of, momentum_factor, needs_grad, pair, saved_input, saved_input_fake,
+                          scale_shift, stats_dtype, update_running_stats)
 from ._dispatch import fused_op, kernels, to_layout
 
 
@@ -157,9 +157,7 @@ def _train_bwd_fused(ctx, grad_y):
     grad_x = grad_w = None
     if need_x or need_w:
         grad_x, grad_w = call(_conv2d_backward, grad_z, x, weight, ctx.stride, ctx.padding, need_x, need_w, ctx.impl)
-    # Exactly zero: batch statistics remove any per-channel shift of z, so the conv bias does not
-    # reach y (eager's sum over grad_z gives rounding noise, and costs a pass over it).
-    grad_b = weight.new_zeros(weight.shape[0]) if ctx.has_bias and need_b else None
+    grad_b = cancelled_bias_grad(weight, weight.shape[0]) if ctx.has_bias and need_b else None
     return (grad_x if need_x else None, grad_w if need_w else None, grad_b, grad_gamma if ctx.has_gamma else None,
             grad_beta if ctx.has_beta else None, None, None, None, None, None)
 
