@@ -1,4 +1,5 @@
 import functools
+import importlib
 
 import pytest
 import torch
@@ -144,3 +145,26 @@ def test_batch_not_divisible_by_group_size(impl):
 def test_bad_input(kwargs, error, words):
     with pytest.raises(error, match=words):
         fastgan.ops.minibatch_stddev(**kwargs, impl="cpu")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_triton_partials_do_not_depend_on_block(layout):
+    """Triton's autotuner runs every config of `_stats` on the same buffers before the chosen one, so each
+    config alone must write every partial sum (one per CHUNK values), equal to the float64 sum of s over
+    its chunk: a slot left unwritten keeps another config's value (here: NaN poison)."""
+    mod = importlib.import_module("fastgan.triton_kernels.minibatch_stddev")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = randn((8, 37, 5, 7), layout, F64, device)  # K = 1295: a partial last chunk and last block
+    geo, fmt = mod._geometry(x, 4, 1)
+    m, k, chunk = geo["M"], geo["K"], mod._CHUNK
+    chunks = -(-k // chunk)
+    s = (x.reshape(4, m, *x.shape[1:]).var(0, unbiased=False) + 1e-8).sqrt()
+    s = (s if fmt == "nchw" else s.permute(0, 2, 3, 1)).reshape(m, k)  # in the kernel's order of values
+    want = torch.nn.functional.pad(s, (0, chunks * chunk - k)).reshape(m, chunks, chunk).sum(-1).flatten()
+    for config in mod.CONFIGS:
+        block = config.kwargs["BLOCK"]
+        out = torch.empty((8, 38, 5, 7), dtype=F64, device=device)
+        partial = torch.full((m * chunks,), float("nan"), dtype=F64, device=device)
+        mod._stats.fn[mod._program_grid(geo)({"BLOCK": block})](
+            x, out, partial, **geo, CHUNKS=chunks, CHANNELS_LAST=fmt == "channels_last", BLOCK=block, CHUNK=chunk)
+        assert_close(partial, want)

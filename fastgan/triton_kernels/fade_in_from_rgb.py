@@ -5,10 +5,15 @@
           grad_weight = w_mul * sum gz p^T,  grad_bias = b_mul * sum gz
 
 A program owns BLOCK_P low-resolution pixels (flattened over N, H, W) and pools their
-Ci colours into p [CI_PAD, BLOCK_P]; the 1x1 conv is a broadcast product summed over the
-colour axis. The forward's programs also split the Co channels in BLOCK_O blocks; a
-backward program walks them all, accumulates grad_p, writes grad_img, and stores its sums
-for the weight and bias in a row of partials that `_reduce_kernel` adds up in order.
+Ci colours. The 1x1 conv is unrolled over the CI colours as 2-D multiply-adds on
+[BLOCK_O, BLOCK_P] tiles, z = bias + sum_i W[:, i] p_i; not a broadcast product summed
+over the colour axis, tl.sum(w[:, :, None] * p[None], axis=1): Triton's combine pass
+rewrites that into a tl.dot in TF32, which Triton 3.6 lowers (K = CI_PAD = 4) to a k = 8
+MMA fed the 4 values twice, doubling the sum on GPU (the interpreter runs it as written).
+The forward's programs also split the Co channels in BLOCK_O blocks; a backward program
+keeps p [CI_PAD, BLOCK_P], walks all the channel blocks, accumulates grad_p, writes
+grad_img, and stores its sums for the weight and bias in a row of partials that
+`_reduce_kernel` adds up in order.
 Tensors are addressed through their strides (either layout); a stride of 1 is
 specialized by Triton, so the contiguous axis is known at compile time.
 """
@@ -19,8 +24,7 @@ import triton.language as tl
 
 from ._common import INTERPRET, KernelSpec, autotune, check_like, compute_dtype, device_guard, fp64_scalar, layout
 
-# [BLOCK_O, BLOCK_P] output tiles; the conv's [BLOCK_O, CI_PAD, BLOCK_P] product is 4x that
-# (wider tiles spill registers in float16 channels-last).
+# [BLOCK_O, BLOCK_P] output tiles.
 CONFIGS = [
     triton.Config({"BLOCK_O": 16, "BLOCK_P": 64}, num_warps=4),
     triton.Config({"BLOCK_O": 32, "BLOCK_P": 32}, num_warps=4),
@@ -30,9 +34,10 @@ _REDUCE_BLOCK = 64
 
 
 @triton.jit
-def _pooled(img_ptr, q, q_mask, HW, W, is_n, is_c, is_h, is_w, CI: tl.constexpr, CI_PAD: tl.constexpr, acc_t):
-    """p [CI_PAD, BLOCK_P] of pixels q, the offsets and mask of the top-left image values of
-    their 2x2 blocks, and the pixels' (n, h, w)."""
+def _pooled(img_ptr, q, q_mask, HW, W, is_n, is_c, is_h, is_w, CI: tl.constexpr, CI_PAD: tl.constexpr,
+            acc_t: tl.constexpr):
+    """p [CI_PAD, BLOCK_P] of pixels q (zero in the padding rows), the offsets and mask of the
+    top-left image values of their 2x2 blocks, and the pixels' (n, h, w)."""
     n = q // HW
     hw = q % HW
     h = hw // W
@@ -48,14 +53,42 @@ def _pooled(img_ptr, q, q_mask, HW, W, is_n, is_c, is_h, is_w, CI: tl.constexpr,
 
 
 @triton.jit
-def _conv(w_ptr, b_ptr, p, o, CO, w_mul, b_mul, CI: tl.constexpr, CI_PAD: tl.constexpr, acc_t):
-    """z [BLOCK_O, BLOCK_P] of channels o, and the scaled weight block [BLOCK_O, CI_PAD]."""
-    i = tl.arange(0, CI_PAD)
-    o_mask = o < CO
-    wv = w_mul * tl.load(w_ptr + o[:, None] * CI + i[None, :], mask=o_mask[:, None] & (i < CI)[None, :],
-                         other=0.0).to(acc_t)
-    bias = b_mul * tl.load(b_ptr + o, mask=o_mask, other=0.0).to(acc_t)
-    return tl.sum(wv[:, :, None] * p[None, :, :], axis=1) + bias[:, None], wv
+def _pooled_row(img_ptr, top, is_h, is_w, mask, acc_t: tl.constexpr):
+    """avg_pool_2x2 of one colour, [BLOCK_P]: `top` holds the offsets of the 2x2 blocks' top-left values."""
+    total = tl.load(img_ptr + top, mask=mask, other=0.0).to(acc_t)
+    total += tl.load(img_ptr + top + is_w, mask=mask, other=0.0).to(acc_t)
+    total += tl.load(img_ptr + top + is_h, mask=mask, other=0.0).to(acc_t)
+    total += tl.load(img_ptr + top + is_h + is_w, mask=mask, other=0.0).to(acc_t)
+    return 0.25 * total
+
+
+@triton.jit
+def _row(t, r, ROWS: tl.constexpr):
+    """Row r of a [ROWS, BLOCK] tile, as a [BLOCK] vector."""
+    return tl.sum(tl.where(tl.arange(0, ROWS)[:, None] == r, t, 0.0), axis=0)
+
+
+@triton.jit
+def _weight(w_ptr, o, i, CO, w_mul, CI: tl.constexpr, acc_t: tl.constexpr):
+    """w_mul * W[o, i], [BLOCK_O] (zero for o >= CO)."""
+    return w_mul * tl.load(w_ptr + o * CI + i, mask=o < CO, other=0.0).to(acc_t)
+
+
+@triton.jit
+def _bias_tile(b_ptr, o, CO, b_mul, BLOCK_P: tl.constexpr, acc_t: tl.constexpr):
+    """b_mul * bias[o] broadcast to [BLOCK_O, BLOCK_P]."""
+    bias = b_mul * tl.load(b_ptr + o, mask=o < CO, other=0.0).to(acc_t)
+    return bias[:, None] + tl.zeros([1, BLOCK_P], dtype=acc_t)
+
+
+@triton.jit
+def _conv(w_ptr, b_ptr, p, o, CO, w_mul, b_mul, CI: tl.constexpr, CI_PAD: tl.constexpr, BLOCK_P: tl.constexpr,
+          acc_t: tl.constexpr):
+    """z [BLOCK_O, BLOCK_P] of channels o from the tile p: b_mul * bias + sum_i w_mul * W[:, i] p_i."""
+    z = _bias_tile(b_ptr, o, CO, b_mul, BLOCK_P, acc_t)
+    for i in tl.static_range(CI):
+        z += _weight(w_ptr, o, i, CO, w_mul, CI, acc_t)[:, None] * _row(p, i, CI_PAD)[None, :]
+    return z
 
 
 @triton.jit
@@ -67,8 +100,14 @@ def _forward_kernel(img_ptr, xh_ptr, w_ptr, b_ptr, out_ptr, P, HW, W, CO,
     q = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     q_mask = q < P
-    p, _, _, n, h, w = _pooled(img_ptr, q, q_mask, HW, W, is_n, is_c, is_h, is_w, CI, CI_PAD, acc_t)
-    z, _ = _conv(w_ptr, b_ptr, p, o, CO, tl.cast(w_mul, acc_t), tl.cast(b_mul, acc_t), CI, CI_PAD, acc_t)
+    n = q // HW
+    h = q % HW // W
+    w = q % W
+    top = n * is_n + 2 * h * is_h + 2 * w * is_w
+    z = _bias_tile(b_ptr, o, CO, tl.cast(b_mul, acc_t), BLOCK_P, acc_t)
+    for i in tl.static_range(CI):  # colour by colour: with a [CI_PAD, BLOCK_P] tile, ptxas spills (float16)
+        pi = _pooled_row(img_ptr, top + i * is_c, is_h, is_w, q_mask, acc_t)
+        z += _weight(w_ptr, o, i, CO, tl.cast(w_mul, acc_t), CI, acc_t)[:, None] * pi[None, :]
     y = tl.where(z > 0, z, z * tl.cast(slope, acc_t))
     offs = o[:, None].to(tl.int64) * xs_c + (n * xs_n + h * xs_h + w * xs_w)[None, :]
     mask = (o < CO)[:, None] & q_mask[None, :]
@@ -91,21 +130,24 @@ def _backward_kernel(grad_ptr, img_ptr, w_ptr, b_ptr, gimg_ptr, gxh_ptr, partial
     sl = tl.cast(slope, acc_t)
     wm = tl.cast(w_mul, acc_t)
     pix = (n * xs_n + h * xs_h + w * xs_w)[None, :]
-    i = tl.arange(0, CI_PAD)
+    rows = tl.arange(0, CI_PAD)[:, None]
     row = partial_ptr + pid.to(tl.int64) * CO * (CI + 1)  # [o * (CI + 1) + i]: weight sums; + CI: bias
     gp = tl.zeros([CI_PAD, BLOCK_P], dtype=acc_t)
     for o0 in range(0, CO, BLOCK_O):
         o = o0 + tl.arange(0, BLOCK_O)
-        z, wv = _conv(w_ptr, b_ptr, p, o, CO, wm, tl.cast(b_mul, acc_t), CI, CI_PAD, acc_t)
+        o_mask = o < CO
+        z = _conv(w_ptr, b_ptr, p, o, CO, wm, tl.cast(b_mul, acc_t), CI, CI_PAD, BLOCK_P, acc_t)
         offs = o[:, None].to(tl.int64) * xs_c + pix
-        mask = (o < CO)[:, None] & q_mask[None, :]
+        mask = o_mask[:, None] & q_mask[None, :]
         g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(acc_t)
         tl.store(gxh_ptr + offs, (a * g).to(gxh_ptr.dtype.element_ty), mask=mask)
         gz = (1.0 - a) * g * tl.where(z > 0, 1.0, sl)  # zero outside the mask, as g is
-        gp += tl.sum(wv[:, :, None] * gz[:, None, :], axis=0)
-        sums = tl.sum(gz[:, None, :] * p[None, :, :], axis=2)
-        tl.store(row + o[:, None] * (CI + 1) + i[None, :], sums, mask=(o < CO)[:, None] & (i < CI)[None, :])
-        tl.store(row + o * (CI + 1) + CI, tl.sum(gz, axis=1), mask=o < CO)
+        o_sums = row + o.to(tl.int64) * (CI + 1)
+        for i in tl.static_range(CI):
+            gp_i = tl.sum(_weight(w_ptr, o, i, CO, wm, CI, acc_t)[:, None] * gz, axis=0)
+            gp += tl.where(rows == i, gp_i[None, :], 0.0)
+            tl.store(o_sums + i, tl.sum(gz * _row(p, i, CI_PAD)[None, :], axis=1), mask=o_mask)
+        tl.store(o_sums + CI, tl.sum(gz, axis=1), mask=o_mask)
     v = (0.25 * gp).to(gimg_ptr.dtype.element_ty)
     tl.store(gimg_ptr + img_offs, v, mask=img_mask)
     tl.store(gimg_ptr + img_offs + is_w, v, mask=img_mask)
@@ -132,7 +174,6 @@ def _reduce_kernel(partial_ptr, gw_ptr, gb_ptr, ROWS, CO, w_mul: "fp64", b_mul: 
 
 _forward = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["P", "CO", "is_c", "xs_c"])(_forward_kernel)
 # The backward is not autotuned: its grid and its partials (one row a program) depend on BLOCK_P.
-# It holds two [BLOCK_O, CI_PAD, BLOCK_P] products: 8 warps (ptxas spills with 4 in some dtypes).
 _BACKWARD_GPU_CONFIG = triton.Config({"BLOCK_O": 16, "BLOCK_P": 32}, num_warps=8)
 _BACKWARD_CONFIG = _INTERPRETER_CONFIG if INTERPRET else _BACKWARD_GPU_CONFIG
 

@@ -5,8 +5,8 @@ channel groups of K = C/F * H * W values each. A program of the statistics kerne
 BLOCK values k of channel group j in the G samples of group m: it reads them once for
 the mean and again (from L1/L2) for the squared deviations (two-pass).
 
-  forward:  `_stats` copies x into out and writes per-program sums of s; `_fill` adds
-            them up into f[m, j] and writes the F new channels.
+  forward:  `_stats` copies x into out and writes the sums of s over each CHUNK of values;
+            `_fill` adds them up into f[m, j] and writes the F new channels.
   backward: `_grad_f` sums the gradient of the new channels per (m, j); `_backward`
             recomputes mean and s and writes grad_x = grad[:, :C] + A * d / (G * s).
 
@@ -18,12 +18,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import KernelSpec, autotune, compute_dtype, device_guard, layout
+from ._common import INTERPRET, KernelSpec, autotune, compute_dtype, device_guard, layout
 
 EPS = tl.constexpr(1e-8)  # a constexpr: jitted code reads no other globals
 # A thread holds 2 or 4 values of each loop-carried vector (8 spill registers in float32 on sm_80).
 CONFIGS = [triton.Config({"BLOCK": 256}, num_warps=4), triton.Config({"BLOCK": 1024}, num_warps=8)]
 _INTERPRETER_CONFIG = triton.Config({"BLOCK": 8})
+# `_stats` writes one partial sum per CHUNK values, whatever its BLOCK: Triton's autotuner runs every
+# config on the real buffers, and so each config writes every slot and none leaves stale sums behind
+# for `_fill` (with one partial a program, a wide BLOCK left the narrow one's extra slots). CHUNK is
+# the narrowest BLOCK that can run here: the interpreter's, or (GPU) the narrowest of CONFIGS.
+_CHUNK = _INTERPRETER_CONFIG.kwargs["BLOCK"] if INTERPRET else min(c.kwargs["BLOCK"] for c in CONFIGS)
+assert all(c.kwargs["BLOCK"] % _CHUNK == 0 for c in CONFIGS)
 _FILL_BLOCK = 256  # pixels, or partial sums, a step of `_fill` and `_grad_f`
 _LAYOUT_FLAG = {"nchw": False, "channels_last": True}
 
@@ -78,8 +84,9 @@ def _program_values(C, HW, F, K, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexp
 
 
 @triton.jit
-def _stats_kernel(x_ptr, out_ptr, partial_ptr, C, HW, M, G, F, K, BLOCKS,
-                  CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+def _stats_kernel(x_ptr, out_ptr, partial_ptr, C, HW, M, G, F, K, CHUNKS,
+                  CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    """Partial c of row (m, j) (of CHUNKS = cdiv(K, CHUNK)): the sum of s over values [c * CHUNK, (c + 1) * CHUNK)."""
     acc_t: tl.constexpr = compute_dtype(x_ptr.dtype.element_ty)
     m, j, blk, e, e_out, mask, sample, out_sample = _program_values(C, HW, F, K, CHANNELS_LAST, BLOCK)
     for gi in range(G):  # the copy of x into out (the statistics re-read these values from cache)
@@ -87,13 +94,15 @@ def _stats_kernel(x_ptr, out_ptr, partial_ptr, C, HW, M, G, F, K, BLOCKS,
         v = tl.load(x_ptr + n * sample + e, mask=mask)
         tl.store(out_ptr + n * out_sample + e_out, v, mask=mask)
     _, s = _group_stats(x_ptr, m, e, mask, M, G, sample, acc_t)
-    tl.store(partial_ptr + (m * F + j) * BLOCKS + blk, tl.sum(tl.where(mask, s, 0.0), axis=0))
+    sums = tl.sum(tl.reshape(tl.where(mask, s, 0.0), (BLOCK // CHUNK, CHUNK)), axis=1)
+    c = blk * (BLOCK // CHUNK) + tl.arange(0, BLOCK // CHUNK)
+    tl.store(partial_ptr + (m * F + j) * CHUNKS + c, sums, mask=c < CHUNKS)
 
 
 @triton.jit
-def _fill_kernel(partial_ptr, out_ptr, C, HW, M, F, K, BLOCKS,
+def _fill_kernel(partial_ptr, out_ptr, C, HW, M, F, K, CHUNKS,
                  CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
-    """Program (n, j): f[n mod M, j] = sum of its partials / K, written over the HW pixels."""
+    """Program (n, j): f[n mod M, j] = sum of its CHUNKS partials / K, written over the HW pixels."""
     acc_t: tl.constexpr = partial_ptr.dtype.element_ty
     pid = tl.program_id(0)
     n = pid // F
@@ -101,8 +110,8 @@ def _fill_kernel(partial_ptr, out_ptr, C, HW, M, F, K, BLOCKS,
     m = n % M
     i = tl.arange(0, BLOCK)
     total = tl.zeros([BLOCK], dtype=acc_t)
-    for b0 in range(0, BLOCKS, BLOCK):
-        total += tl.load(partial_ptr + (m * F + j) * BLOCKS + b0 + i, mask=b0 + i < BLOCKS, other=0.0)
+    for c0 in range(0, CHUNKS, BLOCK):
+        total += tl.load(partial_ptr + (m * F + j) * CHUNKS + c0 + i, mask=c0 + i < CHUNKS, other=0.0)
     f = (tl.sum(total, axis=0) / K).to(out_ptr.dtype.element_ty)
     for p0 in range(0, HW, BLOCK):
         p = p0 + i
@@ -174,13 +183,11 @@ def minibatch_stddev(x, group_size, num_channels):
     if x.numel() == 0:
         return out
     flag = _LAYOUT_FLAG[fmt]
-    # Room for one partial sum per program of the narrowest config; the autotuned one may fill
-    # a prefix of each (m, j) row, the rest stays zero.
-    blocks = triton.cdiv(geo["K"], min(c.kwargs["BLOCK"] for c in CONFIGS + [_INTERPRETER_CONFIG]))
-    partial = torch.zeros(geo["M"] * geo["F"] * blocks, dtype=_acc_dtype(x), device=x.device)
+    chunks = triton.cdiv(geo["K"], _CHUNK)
+    partial = torch.empty(geo["M"] * geo["F"] * chunks, dtype=_acc_dtype(x), device=x.device)  # every slot written
     with device_guard(x):
-        _stats[_program_grid(geo)](x, out, partial, **geo, BLOCKS=blocks, CHANNELS_LAST=flag)
-        _fill_kernel[(n * num_channels,)](partial, out, geo["C"], geo["HW"], geo["M"], geo["F"], geo["K"], blocks,
+        _stats[_program_grid(geo)](x, out, partial, **geo, CHUNKS=chunks, CHANNELS_LAST=flag, CHUNK=_CHUNK)
+        _fill_kernel[(n * num_channels,)](partial, out, geo["C"], geo["HW"], geo["M"], geo["F"], geo["K"], chunks,
                                           CHANNELS_LAST=flag, BLOCK=_FILL_BLOCK)
     return out
 
@@ -197,16 +204,19 @@ def minibatch_stddev_backward(grad, x, group_size, num_channels):
         return gx
     flag = _LAYOUT_FLAG[fmt]
     a = torch.empty(geo["M"] * geo["F"], dtype=_acc_dtype(x), device=x.device)
+    # `_backward` only reads grad, x and a and overwrites all of gx: the autotuner's runs of each
+    # config leave nothing that changes the final one.
     with device_guard(x):
         _grad_f_kernel[(geo["M"] * geo["F"],)](grad, a, **geo, CHANNELS_LAST=flag, BLOCK=_FILL_BLOCK)
         _backward[_program_grid(geo)](grad, x, a, gx, **geo, CHANNELS_LAST=flag)
     return gx
 
 
-def _kernel_spec(name, fn, signature_order, configs):
-    """`signature_order`: (argument, type) in the kernel's order."""
+def _kernel_spec(name, fn, signature_order, configs, constexprs=None):
+    """`signature_order`: (argument, type) in the kernel's order; `constexprs`: those fixed on every path."""
     return KernelSpec(name, fn, dict(signature_order),
-                      tuple((lay, {"CHANNELS_LAST": flag}, configs) for lay, flag in _LAYOUT_FLAG.items()))
+                      tuple((lay, {"CHANNELS_LAST": flag, **(constexprs or {})}, configs)
+                            for lay, flag in _LAYOUT_FLAG.items()))
 
 
 _GEOMETRY = [("C", "i32"), ("HW", "i32"), ("M", "i32"), ("G", "i32"), ("F", "i32"), ("K", "i32")]
@@ -216,12 +226,12 @@ _FILL_CONFIGS = [triton.Config({"BLOCK": _FILL_BLOCK}, num_warps=4)]
 # in every dtype (the kernels only add and store through them).
 KERNEL_SPECS = [
     _kernel_spec("minibatch_stddev_stats", _stats_kernel,
-                 [("x_ptr", "*{dtype}"), ("out_ptr", "*{dtype}"), ("partial_ptr", "*fp32"), *_GEOMETRY, ("BLOCKS", "i32"),
-                  *_CONSTEXPRS],
-                 CONFIGS),
+                 [("x_ptr", "*{dtype}"), ("out_ptr", "*{dtype}"), ("partial_ptr", "*fp32"), *_GEOMETRY,
+                  ("CHUNKS", "i32"), *_CONSTEXPRS, ("CHUNK", "constexpr")],
+                 CONFIGS, {"CHUNK": _CHUNK}),
     _kernel_spec("minibatch_stddev_fill", _fill_kernel,
                  [("partial_ptr", "*fp32"), ("out_ptr", "*{dtype}"), ("C", "i32"), ("HW", "i32"), ("M", "i32"),
-                  ("F", "i32"), ("K", "i32"), ("BLOCKS", "i32"), *_CONSTEXPRS], _FILL_CONFIGS),
+                  ("F", "i32"), ("K", "i32"), ("CHUNKS", "i32"), *_CONSTEXPRS], _FILL_CONFIGS),
     _kernel_spec("minibatch_stddev_grad_f", _grad_f_kernel,
                  [("grad_ptr", "*{dtype}"), ("a_ptr", "*fp32"), *_GEOMETRY, *_CONSTEXPRS], _FILL_CONFIGS),
     _kernel_spec("minibatch_stddev_backward", _backward_kernel,
