@@ -60,7 +60,7 @@ def _progan(batch, resolution=64, fmap_max=128, alpha=0.5):
     def make(impl, device, compile_=False):
         torch.manual_seed(0)
         impl = impl or "reference"
-        kw = dict(fmap_base=fmap_max * 32, fmap_max=fmap_max, impl=impl)
+        kw = dict(fmap_base=fmap_max * 16, fmap_max=fmap_max, impl=impl)
         gen = ProGANGenerator(resolution, 128, 3, **kw).to(device)
         disc = ProGANDiscriminator(resolution, 3, **kw).to(device)
         if compile_:

@@ -58,9 +58,9 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     data = datasets.shapes(64 if args.smoke else 4096, 64, seed=args.seed)
     data = F.avg_pool2d(data, 64 // args.resolution)
-    gen = ProGANGenerator(args.resolution, args.latent, 3, fmap_base=8 * args.fmap_max * 4,
+    gen = ProGANGenerator(args.resolution, args.latent, 3, fmap_base=16 * args.fmap_max,
                           fmap_max=args.fmap_max, impl=args.impl)
-    disc = ProGANDiscriminator(args.resolution, 3, fmap_base=8 * args.fmap_max * 4, fmap_max=args.fmap_max,
+    disc = ProGANDiscriminator(args.resolution, 3, fmap_base=16 * args.fmap_max, fmap_max=args.fmap_max,
                                impl=args.impl)
     opt_g, opt_d = progan_optimizers(gen, disc)
     fixed_z = torch.randn(36, args.latent, generator=torch.Generator().manual_seed(1234))

@@ -32,8 +32,9 @@ def _layout(x, impl):
 
 
 def channels(level, fmap_base, fmap_max):
-    """Feature maps at a level (resolution 4 * 2^level), as ProGAN's nf(): fmap_base / res, capped."""
-    return min(fmap_base // (4 * 2 ** level), fmap_max)
+    """Feature maps at a level (resolution 4 * 2^level), ProGAN's nf(stage) = fmap_base / 2^stage capped at
+    fmap_max, with stage = log2(resolution) - 1 = level + 1."""
+    return min(fmap_base // 2 ** (level + 1), fmap_max)
 
 
 class _ConvPixelNorm(nn.Module):
