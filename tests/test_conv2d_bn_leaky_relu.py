@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from fastgan.nn import Conv2dBNLeakyReLU
 from fastgan.ops import conv2d_bn_leaky_relu, conv2d_bn_leaky_relu_reference
 from fastgan.ops._dispatch import kernels
-from helpers import CPU_BACKENDS, LAYOUTS, TOLERANCES, randn
+from helpers import CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, TOLERANCES, check_block_against_float64, randn
 
 # (batch, C_in, H = W, C_out, kernel, stride, padding)
 DCGAN = (2, 8, 8, 6, 4, 2, 1)
@@ -25,12 +25,12 @@ VARIANTS = {
 ALL = ["reference"] + CPU_BACKENDS
 
 
-def make_pair(shape, impl, dtype=torch.float32, slope=0.2, **options):
+def make_pair(shape, impl, dtype=torch.float32, slope=0.2, device="cpu", **options):
     """The Sequential and the fused block with the same random state (nothing 0 or 1)."""
     _, cin, _, cout, k, s, p = shape
     bias = options.pop("bias", True)
     seq = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, s, p, bias=bias), torch.nn.BatchNorm2d(cout, **options),
-                              torch.nn.LeakyReLU(slope)).to(dtype)
+                              torch.nn.LeakyReLU(slope)).to(device, dtype)
     bn = seq[1]
     with torch.no_grad():
         if bn.affine:
@@ -40,7 +40,8 @@ def make_pair(shape, impl, dtype=torch.float32, slope=0.2, **options):
             bn.running_mean.normal_(0, 0.3)
             bn.running_var.uniform_(0.5, 2.0)
             bn.num_batches_tracked.fill_(3)
-    fused = Conv2dBNLeakyReLU(cin, cout, k, s, p, bias=bias, negative_slope=slope, impl=impl, **options).to(dtype)
+    fused = Conv2dBNLeakyReLU(cin, cout, k, s, p, bias=bias, negative_slope=slope, impl=impl,
+                              **options).to(device, dtype)
     fused.load_state_dict(seq.state_dict())
     return seq, fused
 
@@ -332,3 +333,27 @@ def test_cpu_conv2d_both_paths(max_pixels):
                           env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+# ---- on a CUDA device: the cuda and triton backends against float64 (TF32 convolutions in float32) ----
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_parity_gpu(impl, training, dtype):
+    for shape in SHAPES + [(16, 32, 16, 64, 4, 2, 1)]:
+        seq, fused = make_pair(shape, impl, device="cuda")
+        check_block_against_float64(seq, fused, randn(shape[:3] + shape[2:3], device="cuda"), training, dtype, 0.2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_parity_gpu_variants(impl, variant):
+    """The module options and both layouts of x, in float32, with slopes 0.2 and 0 (ReLU)."""
+    for training in (True, False):
+        for layout, slope in (("contiguous", 0.2), ("channels_last", 0.0)):
+            seq, fused = make_pair(DCGAN, impl, slope=slope, device="cuda", **VARIANTS[variant])
+            check_block_against_float64(seq, fused, randn((2, 8, 8, 8), layout, device="cuda"), training,
+                                        torch.float32, slope)

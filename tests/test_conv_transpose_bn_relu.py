@@ -12,7 +12,7 @@ import fastgan
 from fastgan.nn import ConvTransposeBNReLU2d
 from fastgan.ops import conv_transpose_bn_relu, conv_transpose_bn_relu_reference
 from fastgan.ops._dispatch import kernels
-from helpers import CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, TOLERANCES, randn
+from helpers import CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, TOLERANCES, check_block_against_float64, randn
 
 # (batch, C_in, H = W, C_out, kernel, stride, padding, output_padding)
 DCGAN = (2, 8, 4, 6, 4, 2, 1, 0)
@@ -493,19 +493,15 @@ def test_cpu_stats_kernel(fmt):
 def test_parity_gpu(impl, training, dtype):
     for shape in SHAPES + [(16, 64, 8, 32, 4, 2, 1, 0)]:
         seq, fused = make_pair(shape, impl, device="cuda")
-        fused = fused.to(dtype)
-        seq.train(training)
-        fused.train(training)
-        x = randn(shape[:3] + shape[2:3], device="cuda")
-        tol = TOLERANCES[dtype]
-        torch.testing.assert_close(fused(x.to(dtype)).float(), seq(x), rtol=tol["rtol"] * 5, atol=tol["atol"] * 5)
-        for a, b in zip(fused.state_dict().values(), seq.state_dict().values()):
-            torch.testing.assert_close(a.to(b.dtype), b, rtol=tol["rtol"] * 5, atol=tol["atol"] * 5)
+        check_block_against_float64(seq, fused, randn(shape[:3] + shape[2:3], device="cuda"), training, dtype)
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("impl", GPU_BACKENDS)
-def test_parity_gpu_float32_backward(impl, training):
-    seq, fused = make_pair(DCGAN, impl, device="cuda")
-    run_both(seq, fused, randn((2, 8, 4, 4), device="cuda"), training, torch.float32)
+def test_parity_gpu_float32_backward(impl, training, variant):
+    """The module options on the DCGAN block, channels-last and NCHW input."""
+    for layout in ("contiguous", "channels_last"):
+        seq, fused = make_pair(DCGAN, impl, device="cuda", **VARIANTS[variant])
+        check_block_against_float64(seq, fused, randn((2, 8, 4, 4), layout, device="cuda"), training, torch.float32)

@@ -16,7 +16,7 @@ Derivatives: the backward is the fused op `bias_act_backward(grad, y)`, which
 reads the output y (its signs are those of the pre-activation, gain > 0 and
 slope >= 0). It is linear in grad and piecewise constant in y, so its own
 backward is the same op applied to the incoming gradient: every order fused.
-grad_bias is torch.sum of grad_x (times b_mul / x_mul).
+grad_bias is torch.sum of grad_x (times b_mul / x_mul), in float32 (sum_except).
 """
 
 import math
@@ -54,10 +54,14 @@ def bias_shape(x, dim):
     return [-1 if i == dim else 1 for i in range(x.dim())]
 
 
-def sum_except(t, dim):
-    """The sum of t over all dims but `dim` (t itself when it is 1-D: sum([]) would sum everything)."""
+def sum_except(t, dim, scale=1.0):
+    """The sum of t over all dims but `dim`, times scale (t itself when it is 1-D: sum([]) would sum
+    everything). Accumulated and scaled in float32 (float64 for float64), rounded to t's dtype once:
+    a float16 / bfloat16 sum rounded before the scale would be rounded twice."""
     dims = [i for i in range(t.dim()) if i != dim]
-    return t.sum(dims) if dims else t
+    acc_t = torch.float64 if t.dtype == torch.float64 else torch.float32
+    s = t.sum(dims, dtype=acc_t) if dims else t.to(acc_t)
+    return (s * scale if scale != 1 else s).to(t.dtype)
 
 
 def bias_act_reference(x, bias=None, act="linear", alpha=None, gain=None, clamp=None, dim=1, x_mul=1.0, b_mul=1.0):
@@ -147,9 +151,7 @@ def _bias_act_bwd(ctx, grad):
         # The bias gets grad_x / x_mul * b_mul (a second fused pass only for x_mul == 0).
         grad_v = (grad_x if ctx.x_mul != 0 else
                   _bias_act_backward(grad, y, ctx.slope, ctx.gain, 1.0, ctx.clamp, ctx.impl))
-        scale = ctx.b_mul / (ctx.x_mul if ctx.x_mul != 0 else 1.0)
-        grad_bias = sum_except(grad_v, ctx.dim)
-        grad_bias = grad_bias * scale if scale != 1 else grad_bias
+        grad_bias = sum_except(grad_v, ctx.dim, ctx.b_mul / (ctx.x_mul if ctx.x_mul != 0 else 1.0))
     return grad_x, grad_bias, None, None, None, None, None, None, None
 
 
