@@ -4,7 +4,12 @@
   (AVX-512 or AVX2 for ATen's `at::vec`, and -march=native for the compiler).
 - `fastgan._C_cuda`: CUDA kernels, built when nvcc and a CUDA build of torch are
   present. FASTGAN_BUILD_CUDA=1 forces it (and fails loudly if it cannot),
-  FASTGAN_BUILD_CUDA=0 skips it. Architectures: TORCH_CUDA_ARCH_LIST, default "8.0;9.0".
+  FASTGAN_BUILD_CUDA=0 skips it. Architectures: TORCH_CUDA_ARCH_LIST, default "8.0;9.0+PTX":
+  SASS for sm_80 and sm_90, plus compute_90 PTX that the driver JIT-compiles on newer GPUs
+  (sm_100, sm_120), which SASS alone cannot run on.
+
+Supported versions: Python >= 3.10, torch >= 2.11, triton >= 3.6 (the GPU target runs torch 2.11 +
+triton 3.6; CI runs the newest). See README.md, "Supported versions".
 """
 
 import glob
@@ -38,7 +43,7 @@ if _want_cuda != "0":
     _root = _cuda_toolkit_root()
     if _root:
         os.environ["CUDA_HOME"] = _root  # read by torch.utils.cpp_extension at import
-os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")  # PTX of the newest: runs on later GPUs too
 
 import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
@@ -106,7 +111,7 @@ setup(
     description="Fused GAN operations for PyTorch: reference, cpu, triton and cuda backends",
     packages=find_packages(include=["fastgan", "fastgan.*"]),
     python_requires=">=3.10",
-    install_requires=["torch", "numpy"],
+    install_requires=["torch>=2.11", "numpy", "triton>=3.6; platform_system == 'Linux'"],
     ext_modules=extensions,
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -2,7 +2,9 @@
 
 Providers: "eager" (the op's `*_reference`), "compile" (`torch.compile` of it) and the fastgan
 backends "cpu", "triton", "cuda" ("reference" is left out: it is eager). A provider that fails
-becomes a row with `error` set ("n/a (reason)" in the tables); the run goes on.
+becomes a row with `error` set ("n/a (reason)" in the tables); the run goes on. A failing fastgan
+backend is a bug, so run.py then exits non-zero (`backend_failures`); eager and compile rows may
+stay n/a (out of memory, torch.compile unsupported) with their reason.
 
 Modes: "forward" runs the op on inputs that require grad, as in training (it records the
 autograd graph), or under torch.no_grad for an inference case. "backward" times
@@ -72,6 +74,15 @@ def unavailable(device, wanted, forced=()):
             why = "runs only under the Triton interpreter on CPU; not timed unless named in --backends"
         if why is not None:
             out[name] = why
+    return out
+
+
+def backend_failures(rows, missing, forced=()):
+    """Lines naming every fastgan backend that failed: a row of a fastgan backend with an error,
+    or a backend named in --backends (`forced`) that cannot run on the device."""
+    out = [f"{name}: cannot run: {why}" for name, why in missing.items() if name in forced]
+    out += [f"{r['op']} {r['shape']} {r['mode']} {r['provider']}: {r['error']}"
+            for r in rows if r["provider"] in BACKENDS and r["error"]]
     return out
 
 

@@ -6,6 +6,8 @@
     python benchmarks/run.py --model [--quick] ... # GPU traffic model, no timing (traffic.py)
 
 Prints a table and writes results.json, results.md and speedup.png to --out. See README.md.
+Exits 1 after all that if a fastgan backend (cpu, triton, cuda) failed anywhere, or one named in
+--backends cannot run here; eager and compile rows that fail stay n/a with their reason.
 """
 
 import argparse
@@ -65,6 +67,7 @@ def main(argv=None):
     missing = harness.unavailable(device, wanted, forced=args.backends or ())
     providers = [p for p in wanted if p not in missing]
     cases = [c for c in CASES if not args.ops or c.name in args.ops]
+    forced = [b for b in args.backends or () if b in harness.BACKENDS]
     if args.model:
         print(f"GPU traffic model ({args.dtype}; H100: {traffic.H100_BYTES_PER_S / 1e12:.2f} TB/s, "
               f"{traffic.H100_TENSOR_FLOPS / 1e12:.0f} TFLOP/s; launch {traffic.LAUNCH_US} us):\n")
@@ -102,6 +105,10 @@ def main(argv=None):
     info["run_seconds"] = round(time.perf_counter() - start, 1)
     harness.write_results(args.out, rows, info, missing)
     print(f"\nwrote {args.out}/results.json, results.md, speedup.png; the run took {info['run_seconds']:.0f} s")
+    failures = harness.backend_failures(rows, missing, forced)
+    if failures:
+        print(f"\nFAILED: {len(failures)} fastgan backend failure(s):", *failures, sep="\n  ", file=sys.stderr)
+        return 1
     return 0
 
 

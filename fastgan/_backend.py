@@ -8,7 +8,9 @@ saying why and how to fix it; nothing ever falls back silently.
 """
 
 import contextlib
+import functools
 import os
+import re
 import threading
 
 import torch
@@ -57,6 +59,29 @@ def triton_interpreted():
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _version_tuple(version):
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+
+
+@functools.cache
+def triton_interpreter_problem():
+    """Why the Triton interpreter (TRITON_INTERPRET=1) cannot run fastgan's kernels here, or None.
+
+    triton < 3.7's interpreter calls int() on a 1-element array for a loop bound that is a runtime
+    argument (`for i in range(n)`, most kernels); numpy >= 2.4 refuses that. Compiled kernels are
+    not affected. Checked: 3.6.0 fails with numpy 2.4.6 and runs with 2.3.5; 3.7.0, 3.7.1, 3.8 run."""
+    try:
+        import numpy
+        import triton
+    except ImportError:
+        return None
+    if _version_tuple(triton.__version__) < (3, 7) and _version_tuple(numpy.__version__) >= (2, 4):
+        return (f"triton {triton.__version__}'s interpreter cannot run loops with a runtime bound under numpy "
+                f"{numpy.__version__} (TypeError: only 0-dimensional arrays can be converted to Python scalars): "
+                f"use triton >= 3.7 or numpy < 2.4")
+    return None
+
+
 def _extension_error(module, name):
     from . import _extensions
 
@@ -90,6 +115,8 @@ def availability(name, device_type):
         if device_type == "cpu" and not triton_interpreted():
             return ("the triton backend runs on CPU tensors only under the Triton interpreter: "
                     "set TRITON_INTERPRET=1 before importing fastgan")
+        if device_type == "cpu" and triton_interpreter_problem():
+            return triton_interpreter_problem()
         if device_type not in ("cpu", "cuda"):
             return f"the triton backend does not support {device_type} tensors"
         return None

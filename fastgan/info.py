@@ -5,7 +5,7 @@ import platform
 import torch
 
 from . import _extensions
-from ._backend import BACKENDS, availability, triton_interpreted
+from ._backend import BACKENDS, availability, triton_interpreted, triton_interpreter_problem
 
 # Public op -> the kernel op whose registration says a backend has it (csrc/schemas.h).
 OPS = {
@@ -64,8 +64,10 @@ def report():
             "_C", lambda m: f"vector ISA {m.cpu_capability}, OpenMP {'on' if m.openmp else 'OFF'}, "
                             f"{torch.get_num_threads()} threads"),
         f"cuda extension fastgan._C_cuda: " + _extension_line(
-            "_C_cuda", lambda m: f"SASS for sm {m.cuda_archs}"),
+            "_C_cuda", lambda m: f"TORCH_CUDA_ARCH_LIST {m.cuda_archs}: SASS for each, PTX for +PTX"),
     ]
+    if triton_interpreted() and triton_interpreter_problem():
+        lines.append(f"WARNING: {triton_interpreter_problem()}")
     if torch.cuda.is_available():
         cap = torch.cuda.get_device_capability()
         lines.append(f"GPU: {torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]})")

@@ -22,9 +22,16 @@ def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
+    from fastgan._backend import availability
+
+    why = availability("triton", "cpu")  # e.g. an interpreter too old for this numpy (README, Supported versions)
+    skip_interpreted = pytest.mark.skip(reason=f"Triton interpreter: {why}")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+        elif why and any(isinstance(v, str) and v == "triton"
+                         for v in getattr(getattr(item, "callspec", None), "params", {}).values()):
+            item.add_marker(skip_interpreted)
 
 
 @pytest.fixture(autouse=True)
