@@ -17,11 +17,28 @@ from .._backend import triton_interpreted
 INTERPRET = triton_interpreted()
 
 
-def autotune(configs, interpreter_config, key):
+# Every kernel `autotune` made, for tests/test_triton_autotune.py (which runs each one with its GPU configs).
+AUTOTUNED = []
+
+
+def autotune(configs, interpreter_config, key, restore_value=None, reset_to_zero=None):
     """`triton.autotune` over `configs` keyed by `key` on GPU. The interpreter cannot
     benchmark, so it runs the one small `interpreter_config` (small blocks also make
-    tiny test shapes span several blocks and loop iterations)."""
-    return triton.autotune(configs=[interpreter_config] if INTERPRET else configs, key=key)
+    tiny test shapes span several blocks and loop iterations).
+
+    The first call of each key runs every config on the real arguments: a kernel that
+    writes one of its inputs names it in `restore_value`, one whose output another
+    config could leave dirty in `reset_to_zero` (or writes all of it every time).
+    The returned Autotuner keeps `configs` as `gpu_configs` and is listed in AUTOTUNED."""
+
+    def decorator(kernel):
+        tuner = triton.autotune(configs=[interpreter_config] if INTERPRET else list(configs), key=key,
+                                restore_value=restore_value, reset_to_zero=reset_to_zero)(kernel)
+        tuner.gpu_configs = list(configs)
+        AUTOTUNED.append(tuner)
+        return tuner
+
+    return decorator
 
 
 @triton.constexpr_function

@@ -59,7 +59,9 @@ FMA_CONFIGS = [
 ]
 _CONV_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 8, "BLOCK_K": 4})
 # The most tiles a conv launch can have per phase: partial statistics are allocated for it.
-_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in ([_CONV_INTERPRETER_CONFIG] if INTERPRET else MMA_CONFIGS + FMA_CONFIGS))
+_CONV_LAUNCHED = [_CONV_INTERPRETER_CONFIG] if INTERPRET else MMA_CONFIGS + FMA_CONFIGS
+_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in _CONV_LAUNCHED)
+_MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in _CONV_LAUNCHED)
 
 # [BLOCK_R, BLOCK_K] tiles of the elementwise and reduction passes, long along the contiguous K;
 # 8 warps: with 4, ptxas spills a few bytes in float64 without 16-byte alignment.
@@ -253,6 +255,9 @@ def _launch_conv(x, weight, bias, stride, padding, output_padding, stats):
     part = torch.empty((max_tiles, 4, c_out) if stats else (0,), dtype=_acc_dtype(x), device=x.device)
     if z.numel() == 0:
         return z, part, 0
+    # Channel blocks go on grid axis 1, which allows 65535 programs (a flat grid spilled registers in float64).
+    if triton.cdiv(c_out, _MIN_BLOCK_N) > 65535:
+        raise ValueError(f"fastgan triton: weight has {c_out} output channels; at most {65535 * _MIN_BLOCK_N}")
     if x.numel() >= 2**31 or weight.numel() >= 2**31:
         raise ValueError(f"fastgan triton: x and weight must have fewer than 2**31 elements, got {x.numel()} "
                          f"and {weight.numel()}")
@@ -317,9 +322,12 @@ def conv_transpose_bias_relu(x, weight, bias, stride, padding, output_padding):
 @triton.jit
 def _row_tile(R, K, C, CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """Offsets, mask and channels of this program's [BLOCK_R, BLOCK_K] tile (channels broadcastable
-    to the tile: along K for channels-last, along R for NCHW)."""
-    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    to the tile: along K for channels-last, along R for NCHW). Program i + (R / BLOCK_R) * j has row
+    block i and column block j: one grid axis, as the others allow only 65535 programs."""
+    pid = tl.program_id(0)
+    r_blocks = tl.cdiv(R, BLOCK_R)
+    r = (pid % r_blocks).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    k = (pid // r_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
     offs = r[:, None] * K + k[None, :]
     mask = (r < R)[:, None] & (k < K)[None, :]
     if CHANNELS_LAST:
@@ -532,13 +540,14 @@ def _batch_stats_kernel(z_ptr, part_ptr, R, K, C, chunk_rows,
     tl.store(part + 3 * C, m2, mask=ok)
 
 
-def _rows_autotuned(kernel, row_configs=ROW_CONFIGS):
+def _rows_autotuned(kernel, row_configs=ROW_CONFIGS, restore_value=None):
     """{layout: `kernel` autotuned over that layout's row tiles}."""
-    return {name: autotune(configs, _ROW_INTERPRETER_CONFIG, key=["R", "K", "C"])(kernel)
+    return {name: autotune(configs, _ROW_INTERPRETER_CONFIG, key=["R", "K", "C"], restore_value=restore_value)(kernel)
             for name, configs in row_configs.items()}
 
 
-_bn_relu = _rows_autotuned(_bn_relu_kernel)
+# bn_relu_ passes y = z: autotuning runs every config on it, so each must start from the same z.
+_bn_relu = _rows_autotuned(_bn_relu_kernel, restore_value=["y_ptr"])
 _bn_relu_sums = _rows_autotuned(_bn_relu_sums_kernel)
 _bn_relu_grad = _rows_autotuned(_bn_relu_grad_kernel)
 _batch_stats = _rows_autotuned(_batch_stats_kernel, STATS_ROW_CONFIGS)
@@ -562,7 +571,21 @@ def _check_vectors(z, **vectors):
 
 
 def _row_grid(r, k):
-    return lambda meta: (triton.cdiv(r, meta["BLOCK_R"]), triton.cdiv(k, meta["BLOCK_K"]))
+    """The grid of `_row_tile`'s programs over [r, k] rows."""
+    return lambda meta: (triton.cdiv(r, meta["BLOCK_R"]) * triton.cdiv(k, meta["BLOCK_K"]),)
+
+
+# The channels-last chunk kernels (batch_stats, the backward's pass 1): t chunks of rows on grid axis 0,
+# channel blocks on axis 1, which allows 65535 programs (a flat grid spilled registers in float64 on sm_80).
+_MAX_CHUNK_CHANNELS = 65535 * min(c.kwargs["BLOCK_K"] for c in
+                                  ([_ROW_INTERPRETER_CONFIG] if INTERPRET else ROW_CONFIGS["channels_last"]))
+
+
+def _chunk_grid(t, k, name):
+    if k > _MAX_CHUNK_CHANNELS:
+        raise ValueError(f"fastgan triton: {name} has {k} channels; channels-last batch statistics and their "
+                         f"backward take at most {_MAX_CHUNK_CHANNELS}")
+    return lambda meta: (t, triton.cdiv(k, meta["BLOCK_K"]))
 
 
 def _bn_relu_into(z, y, mean, scale, shift, negative_slope):
@@ -593,9 +616,7 @@ def batch_stats(z):
         raise ValueError(f"fastgan triton: z must be a floating-point tensor, got {z.dtype}")
     if zl == "channels_last":
         t = triton.cdiv(r, _CHUNK_ROWS)
-
-        def grid(meta):
-            return (t, triton.cdiv(k, meta["BLOCK_K"]))
+        grid = _chunk_grid(t, k, "z")
     else:
         t = z.shape[0]
 
@@ -632,16 +653,18 @@ def bn_relu_backward(grad_y, z, mean, invstd, gamma, beta, negative_slope):
         return grad_z, grad_gamma, grad_beta
     if zl == "channels_last":
         t = triton.cdiv(r, _CHUNK_ROWS)
-        sums_grid = (t, lambda meta: triton.cdiv(k, meta["BLOCK_K"]))
+        sums_grid = _chunk_grid(t, k, "z")
     else:
         t = z.shape[0]
-        sums_grid = (lambda meta: triton.cdiv(r, meta["BLOCK_R"]), 1)
+
+        def sums_grid(meta):
+            return (triton.cdiv(r, meta["BLOCK_R"]),)
     part = torch.empty((t, 2, c), dtype=mean.dtype, device=z.device)
     coef = torch.empty((3, c), dtype=mean.dtype, device=z.device)
     flag = _LAYOUT_FLAG[zl]
     slope = fp64_scalar(negative_slope)
     with device_guard(z):
-        _bn_relu_sums[zl][lambda meta: tuple(d(meta) if callable(d) else d for d in sums_grid)](
+        _bn_relu_sums[zl][sums_grid](
             grad_y, z, mean, invstd, gamma, beta, part, r, k, c, _CHUNK_ROWS, slope, AFFINE=affine,
             CHANNELS_LAST=flag)
         _finalize_backward_kernel[(triton.cdiv(c, _FINALIZE_LAUNCH.kwargs["BLOCK_C"]),)](

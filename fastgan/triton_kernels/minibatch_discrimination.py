@@ -29,6 +29,15 @@ _INTERPRETER_CONFIG = triton.Config({"BLOCK_I": 4, "BLOCK_J": 4, "BLOCK_B": 2})
 
 
 @triton.jit
+def _program_rows(N, BLOCK_I: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Rows i and kernels b of program i_block + (N / BLOCK_I) * b_block: one grid axis, as the
+    others allow only 65535 programs (B / BLOCK_B would cap B at 65535 kernels)."""
+    pid = tl.program_id(0)
+    i_blocks = tl.cdiv(N, BLOCK_I)
+    return (pid % i_blocks) * BLOCK_I + tl.arange(0, BLOCK_I), (pid // i_blocks) * BLOCK_B + tl.arange(0, BLOCK_B)
+
+
+@triton.jit
 def _column(m_ptr, rows, b, c, N, B, C: tl.constexpr):
     """M[rows, b, c] of one coordinate c as a [BLOCK_R, BLOCK_B] tile in the compute dtype, zero outside."""
     offs = (rows[:, None].to(tl.int64) * B + b[None, :]) * C + c
@@ -57,8 +66,7 @@ def _pair_terms(m_ptr, i, j0, b, N, B, C: tl.constexpr, BLOCK_J: tl.constexpr):
 @triton.jit
 def _features_kernel(m_ptr, o_ptr, N, B, C: tl.constexpr,
                      BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_B: tl.constexpr, INCLUDE_SELF: tl.constexpr):
-    i = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
-    b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    i, b = _program_rows(N, BLOCK_I, BLOCK_B)
     acc = tl.zeros([BLOCK_I, BLOCK_B], dtype=compute_dtype(m_ptr.dtype.element_ty))
     for j0 in range(0, N, BLOCK_J):
         e, _ = _pair_terms(m_ptr, i, j0, b, N, B, C, BLOCK_J)
@@ -72,8 +80,7 @@ def _features_kernel(m_ptr, o_ptr, N, B, C: tl.constexpr,
 @triton.jit
 def _features_backward_kernel(g_ptr, m_ptr, dm_ptr, N, B, C: tl.constexpr, BLOCK_C: tl.constexpr,
                               BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_B: tl.constexpr):
-    i = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
-    b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    i, b = _program_rows(N, BLOCK_I, BLOCK_B)
     acc_t: tl.constexpr = compute_dtype(m_ptr.dtype.element_ty)
     gi = _column(g_ptr, i, b, 0, N, B, 1)[:, None, :]
     lane = tl.arange(0, BLOCK_C)[None, None, :]
@@ -104,7 +111,7 @@ def _check_m(M):
 def _launch(kernel, M, tensors, **constexprs):
     n, b, c = M.shape
     with device_guard(M):
-        kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_I"]), triton.cdiv(b, meta["BLOCK_B"]))](
+        kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_I"]) * triton.cdiv(b, meta["BLOCK_B"]),)](
             *tensors, n, b, C=c, **constexprs)
 
 
