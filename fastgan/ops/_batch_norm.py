@@ -148,12 +148,12 @@ def _update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,
                           num_batches_tracked: Optional[torch.Tensor], mean: torch.Tensor, var: torch.Tensor,
                           bias: Optional[torch.Tensor], n: int, momentum: Optional[float]) -> None:
     """nn.BatchNorm2d's update from the batch mean (of z without the conv bias) and biased variance:
-    running = (1 - m) * running + m * batch value, the variance unbiased, in float64."""
+    running = running + m * (batch value - running), the variance unbiased, in the statistics' dtype
+    as eager's kernels do; one foreach lerp for both (on a GPU: 2-3 launches, not a dozen)."""
     m = momentum_factor(True, running_mean, momentum, num_batches_tracked)
-    batch_mean = mean.double() if bias is None else mean.double() + bias.double()
-    unbiased = var.double() * (n / (n - 1))
-    for running, batch in ((running_mean, batch_mean), (running_var, unbiased)):
-        running.copy_(m * batch + (1.0 - m) * running.double())
+    batch_mean = mean if bias is None else mean + bias.to(mean.dtype)
+    batch = [batch_mean.to(running_mean.dtype), (var * (n / (n - 1))).to(running_var.dtype)]
+    torch._foreach_lerp_([running_mean, running_var], batch, m)
 
 
 @_update_running_stats.register_fake
