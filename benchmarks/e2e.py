@@ -38,19 +38,20 @@ def _compiled(module):
     return module
 
 
-def _dcgan(batch, minibatch_features=0):
+def _dcgan(batch, minibatch_features=0, width=64, nz=100, kernel_dim=5):
+    """DCGAN at 64x64 (the architecture fixes it), ngf = ndf = `width`."""
     def make(impl, device, compile_=False):
         torch.manual_seed(0)
         fused = impl not in (None, "reference")
-        gen = DCGANGenerator(fused=fused, impl=impl).to(device)
-        disc = DCGANDiscriminator(minibatch_features=minibatch_features, fused=fused,
-                                  impl=impl or "reference").to(device)
+        gen = DCGANGenerator(nz=nz, ngf=width, fused=fused, impl=impl).to(device)
+        disc = DCGANDiscriminator(ndf=width, minibatch_features=minibatch_features, kernel_dim=kernel_dim,
+                                  fused=fused, impl=impl or "reference").to(device)
         if compile_:
             _compiled(gen)
             _compiled(disc)
         opt_g, opt_d = dcgan_optimizers(gen, disc)
         real = torch.rand(batch, 3, 64, 64, device=device) * 2 - 1
-        z = torch.randn(batch, 100, 1, 1, device=device)
+        z = torch.randn(batch, nz, 1, 1, device=device)
         return lambda: dcgan_step(gen, disc, opt_g, opt_d, real, z)
     return make
 

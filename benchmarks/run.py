@@ -4,6 +4,7 @@
                              [--device cpu|cuda] [--dtype float32] [--out DIR]
     python benchmarks/run.py --e2e [--quick] ...   # whole training steps (e2e.py)
     python benchmarks/run.py --model [--quick] ... # GPU traffic model, no timing (traffic.py)
+    python benchmarks/run.py --overhead [--quick] ...  # host us and dispatched ops per call (overhead.py)
 
 Prints a table and writes results.json, results.md and speedup.png to --out. See README.md.
 Exits 1 after all that if a fastgan backend (cpu, triton, cuda) failed anywhere, or one named in
@@ -23,6 +24,7 @@ from tqdm import tqdm  # noqa: E402
 
 import e2e  # noqa: E402
 import harness  # noqa: E402
+import overhead  # noqa: E402
 import traffic  # noqa: E402
 from cases import CASES  # noqa: E402
 
@@ -52,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--e2e", action="store_true", help="time whole training steps instead of the ops")
     p.add_argument("--model", action="store_true",
                    help="print the GPU traffic model of the ops (bytes, launches, H100 floor) and exit")
+    p.add_argument("--overhead", action="store_true",
+                   help="host us and dispatched ops per call of the ops and steps on tiny tensors (overhead.py)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
@@ -73,6 +77,10 @@ def main(argv=None):
               f"{traffic.H100_TENSOR_FLOPS / 1e12:.0f} TFLOP/s; launch {traffic.LAUNCH_US} us):\n")
         print(traffic.format_model(traffic.model_rows(cases, args.quick, dtype)))
         return 0
+    if args.overhead:  # eager and the fastgan backends; compile has no place in a per-call host figure
+        providers = [p for p in providers if p == "eager" or p in harness.BACKENDS]
+        rc = overhead.run(cases, providers, missing, device, dtype, args.quick, args.out, steps=not args.ops)
+        return rc or int(bool(forced and any(b in missing for b in forced)))
     if args.e2e:
         steps = e2e.QUICK_STEPS if args.quick else e2e.STEPS
         work = [(step, None) for step in steps]
