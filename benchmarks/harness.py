@@ -20,9 +20,11 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -510,37 +512,178 @@ def format_markdown(rows, info, missing):
     return "\n".join(out) + "\n"
 
 
-def plot_speedup(rows, path):
-    """Bar chart of the speed-up over eager, one panel per op, a bar per provider."""
+TRAIN_STEP = "train step"  # the mode of e2e.py's rows: whole training steps
+PLOT_COLORS = {"compile": "#8c8c8c", "cpu": "#1f77b4", "triton": "#ff7f0e", "cuda": "#2ca02c"}
+BAR_IN = 0.16  # bar thickness in inches, so that bars stay readable however many groups a panel has
+
+
+def _speedups(rows):
+    """{(op, shape, mode): {provider: eager median / its median}} for every timed row, the yardstick's
+    included, and {(op, shape, mode): [(provider, why)]} for providers without a time (just [("eager", why)]
+    where eager has none)."""
+    by = {(r["op"], r["shape"], r["mode"], r["provider"]): r for r in rows}
+    out, missing = {}, {}
+    for r in rows:
+        key = (r["op"], r["shape"], r["mode"])
+        out.setdefault(key, {})
+        if r["provider"] in ("eager", COPY):
+            continue
+        eager = by.get(key + ("eager",)) or {}
+        if not eager.get("median_ms"):  # then no provider of the group has a speed-up: one note for all
+            missing[key] = [("eager", eager.get("error") or "not run")]
+            continue
+        if r["error"] or not r["median_ms"]:
+            missing.setdefault(key, []).append((r["provider"], r["error"] or "not timed"))
+            continue
+        out[key][r["provider"]] = eager["median_ms"] / r["median_ms"]
+    return out, missing
+
+
+def _na_note(missing, groups, where, providers):
+    """A few short lines for a panel: where each provider has no bar (`where[i]` names groups[i]: its
+    mode, or its step; the shape where eager has no time), and the first reason."""
+    parts = []
+    for p in ["eager"] + providers:
+        hit = [(g[1] if p == "eager" else w, why) for g, w in zip(groups, where)
+               for q, why in missing.get(g, []) if q == p]
+        if hit:
+            why = re.sub(r"^\w+(Error|Exception): ", "", hit[0][1])  # the exception's type: too long for a note
+            why = why[:110] + "..." if len(why) > 110 else why
+            places = "any" if len(hit) == len(groups) else ", ".join(dict.fromkeys(w for w, _ in hit))
+            parts.append(f"no eager time, so no bars, for {places}: {why}" if p == "eager"
+                         else f"no {p} bar for {places}: {why}")
+    return "\n".join(textwrap.fill(line, 90) for line in parts)
+
+
+def _log_ticks(ax, lo, hi):
+    """Ticks 1-2-5 per decade labelled like "2x" on a log axis from lo to hi."""
+    ticks = [m * 10.0 ** e for e in range(-3, 4) for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}x" for t in ticks])
+    ax.minorticks_off()
+
+
+def _speedup_panel(ax, groups, labels, speed, providers, yard, title, note):
+    """Horizontal bars from the 1.0 line, one band per (shape, mode) group, a bar per provider (the
+    same color in every panel), the yardstick as a black tick across its group's band."""
+    n = max(1, len(providers))
+    h = 0.8 / n
+    vals = [v for g in groups for p, v in speed[g].items() if p in providers or p in yard]
+    lo, hi = min(vals + [1.0]), max(vals + [1.0])
+    log = hi / lo > 4  # wide ranges (and any slow-down) read better as ratios
+    for i, p in enumerate(providers):
+        ys = [gi + (i - (n - 1) / 2) * h for gi, g in enumerate(groups) if p in speed[g]]
+        xs = [speed[g][p] for g in groups if p in speed[g]]
+        ax.barh(ys, [x - 1 for x in xs], h * 0.9, left=1, color=PLOT_COLORS.get(p), label=p)
+        for x, y in zip(xs, ys):
+            ax.text(x, y, f" {x:.2f}x " if x < 10 else f" {x:.0f}x ", va="center", ha="left" if x >= 1 else "right",
+                    fontsize=7, bbox=dict(fc="white", ec="none", alpha=0.6, pad=0))  # legible over a tick
+    for gi, g in enumerate(groups):
+        for y, x in speed[g].items():
+            if y in yard:
+                ax.plot([x, x], [gi - 0.45, gi + 0.45], color="k", lw=2.2, solid_capstyle="butt")
+    ax.axvline(1.0, color="k", lw=0.9)
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(lo / 1.6, hi * 1.6)
+        _log_ticks(ax, lo / 1.6, hi * 1.6)
+    else:
+        ax.set_xlim(min(lo, 1.0) - 0.05 * hi, hi * 1.18)
+        ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}x")
+    ax.set_ylim(len(groups) - 0.5, -0.5)  # first group on top
+    ax.set_yticks(range(len(groups)))
+    ax.set_yticklabels(labels, fontsize=8)
+    for gi in range(1, len(groups)):  # a rule between shapes
+        if groups[gi][1] != groups[gi - 1][1]:
+            ax.axhline(gi - 0.5, color="0.85", lw=0.8)
+    ax.grid(axis="x", color="0.92", lw=0.6)
+    ax.set_axisbelow(True)
+    ax.set_title(title, fontsize=10, loc="left", fontweight="bold")
+    ax.set_xlabel("speed-up over eager (eager time / its time; right of 1x is faster)"
+                  + (f"\n{note}" if note else ""), fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+
+
+def speedup_figure(rows):
+    """A chart of the speed-up over eager (eager median / provider median, per shape and mode).
+
+    Rows of whole training steps (e2e.py, mode "train step") make a headline panel across the top;
+    every op then has a panel of its own, two columns of them. One color per provider, the same in
+    every panel, and one legend for the figure. A case's yardstick (a row whose provider is its
+    label, e.g. "matmul 64x100x8192": the op's GEMM alone, forward only) is a black tick: the
+    speed-up the op would have if it took only its GEMM's time. Providers without a time get no bar
+    but one note per panel; the axis is logarithmic where the speed-ups span more than 4x.
+    Returns the matplotlib figure, or None when no row has a speed-up to show."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    ops = list(dict.fromkeys(r["op"] for r in rows))
-    providers = [p for p in dict.fromkeys(r["provider"] for r in rows) if p not in ("eager", COPY)]
-    fig, axes = plt.subplots(len(ops), 1, figsize=(12, 3.6 * len(ops)), squeeze=False)
-    for ax, op in zip(axes[:, 0], ops):
-        groups = list(dict.fromkeys((r["shape"], r["mode"]) for r in rows if r["op"] == op))
-        by = {(r["shape"], r["mode"], r["provider"]): r for r in rows if r["op"] == op}
-        width = 0.8 / max(1, len(providers))
-        for i, p in enumerate(providers):
-            xs = [g + (i - (len(providers) - 1) / 2) * width for g in range(len(groups))]
-            ys = [(by.get((s, m, p)) or {}).get("x_eager") for s, m in groups]
-            ax.bar(xs, [y or 0 for y in ys], width, label=p)
-            for x, y in zip(xs, ys):
-                if y is None:
-                    ax.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
-        ax.axhline(1.0, color="k", lw=0.8, ls="--")
-        ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{s}\n{m}" for s, m in groups], fontsize=7)
-        ax.set_ylabel("speed-up vs eager (x)")
-        ax.set_title(op)
-        if providers:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    speed, missing = _speedups(rows)
+    known = PROVIDERS + (COPY,)
+    yard = {r["provider"] for r in rows if r["provider"] not in known}
+    shown = [p for p in PROVIDERS if p != "eager" and any(r["provider"] == p for r in rows)]
+
+    steps = [g for g in speed if g[2] == TRAIN_STEP]
+    panels = []  # (title, groups, tick labels, what the n/a note names each group by)
+    if steps:
+        eager = {(r["op"], r["shape"], r["mode"]): r["median_ms"] for r in rows
+                 if r["provider"] == "eager" and r["median_ms"]}
+        names = [f"{op.removesuffix(' step')}, batch {s}" for op, s, _ in steps]
+        labels = [n + (f" (eager {eager[g]:.0f} ms)" if g in eager else "") for n, g in zip(names, steps)]
+        panels.append(("Whole training steps: G and D forward, backward and Adam steps", steps, labels, names))
+    for op in dict.fromkeys(g[0] for g in speed if g[2] != TRAIN_STEP):
+        groups = [g for g in speed if g[0] == op and g[2] != TRAIN_STEP]
+        panels.append((op, groups, [f"{s}  {m}" for _, s, m in groups], [m for *_, m in groups]))
+    if not panels:
+        return None
+
+    def height(groups):  # inches: bars, gaps, title and axis labels
+        return len(groups) * (max(1, len(shown)) * BAR_IN + 0.12) + 1.3
+
+    # The headline spans the figure. The op panels go, in order, to the shorter of two columns,
+    # each panel as tall as its bars need, so that bars are as thick in every panel.
+    head, ops = (panels[:1], panels[1:]) if steps else ([], panels)
+    cols = [[] for _ in range(2 if len(ops) > 1 else 1)]
+    for panel in ops:
+        min(cols, key=lambda c: sum(height(q[1]) for q in c)).append(panel)
+    col_h = max([sum(height(q[1]) for q in c) for c in cols] + [0])
+    head_h = sum(height(q[1]) for q in head)
+    fig = plt.figure(figsize=(8 * len(cols) if ops else 10, head_h + col_h + 0.5), layout="constrained")
+    parts = fig.subfigures(2, 1, height_ratios=[head_h, col_h]) if head and ops else [fig]
+    places = []  # (subfigure or figure, gridspec cell, panel)
+    if head:
+        places.append((parts[0], parts[0].add_gridspec(1, 1)[0, 0], head[0]))
+    if ops:
+        subs = parts[-1].subfigures(1, len(cols)) if len(cols) > 1 else [parts[-1]]
+        for sub, col in zip(subs, cols):
+            hs = [height(q[1]) for q in col]
+            grid = sub.add_gridspec(len(col) + 1, 1, height_ratios=hs + [col_h - sum(hs) + 1e-6])
+            places += [(sub, grid[i, 0], q) for i, q in enumerate(col)]
+    for where, cell, (title, groups, labels, names) in places:
+        ax = where.add_subplot(cell)
+        provs = [p for p in shown if any(p in speed[g] or any(q == p for q, _ in missing.get(g, []))
+                                         for g in groups)]
+        _speedup_panel(ax, groups, labels, speed, provs, yard, title, _na_note(missing, groups, names, provs))
+
+    handles = [Patch(color=PLOT_COLORS.get(p), label=p) for p in shown]
+    if yard:
+        handles.append(Line2D([], [], color="k", lw=2.2,
+                              label="yardstick: eager time / the time of the op's GEMM alone (forward)"))
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), fontsize=9, frameon=False)
+    return fig
+
+
+def plot_speedup(rows, path):
+    """Write `speedup_figure(rows)` to `path` (a PNG), if there is anything to show."""
+    import matplotlib.pyplot as plt
+
+    fig = speedup_figure(rows)
+    if fig is not None:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
 
 
 def write_results(out_dir, rows, info, missing):

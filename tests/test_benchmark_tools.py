@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -42,3 +43,85 @@ def test_e2e_step_rows():
     by = {r["provider"]: r for r in rows}
     assert set(by) == {"eager", "cpu"} and not any(r["error"] for r in rows)
     assert by["cpu"]["x_eager"] > 0 and by["eager"]["peak_mb"] > 0
+
+
+def _plot_rows():
+    """Rows as the harness and e2e.py make them: two ops (one with a yardstick row, one where compile
+    fails in double backward and eager is out of memory on one shape) and two training steps."""
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+
+    def add(op, shape, mode, provider, ms=None, error=None):
+        rows.append(harness._row(type("C", (), {"name": op}), shape, mode, provider, median_ms=ms, error=error))
+
+    def ms():
+        return float(torch.empty(()).uniform_(0.1, 20.0, generator=gen))
+
+    for op, modes in (("fade_in", ("forward", "backward")), ("bias_act", ("forward", "double backward"))):
+        for shape in ((2, 3, 8, 8), (4, 3, 16, 16)):
+            for mode in modes:
+                oom = op == "bias_act" and shape[0] == 4
+                add(op, shape, mode, "eager", None if oom else ms(), "out of memory: eager needs 9 GB" if oom else None)
+                no_compile = oom or mode == "double backward"
+                add(op, shape, mode, "compile", None if no_compile else ms(),
+                    "RuntimeError: no double backward" if no_compile else None)
+                add(op, shape, mode, "cpu", ms())
+                add(op, shape, mode, harness.COPY, ms())
+                if op == "fade_in" and mode == "forward":
+                    add(op, shape, mode, "matmul 2x3x4", ms())
+    for step, batch in (("dcgan step", (64,)), ("progan+gp 64x64 step", (32,))):
+        for provider in ("eager", "compile", "cpu"):
+            add(step, batch, "train step", provider, ms())
+    return rows
+
+
+def test_speedup_chart():
+    """The chart: a headline panel of training steps, a panel per op, one legend for the figure with one
+    color per provider, bars from 1.0 to eager time / provider time, the yardstick as a line, and no bar
+    or label for a provider without a time."""
+    from matplotlib.patches import Rectangle
+
+    rows = _plot_rows()
+    fig = harness.speedup_figure(rows)
+    axes = fig.axes
+    assert [ax.get_title(loc="left") for ax in axes] == [
+        "Whole training steps: G and D forward, backward and Adam steps", "fade_in", "bias_act"]
+    assert len(fig.legends) == 1 and not any(ax.get_legend() for ax in axes)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[:2] == ["compile", "cpu"] and len(legend) == 3 and legend[2].startswith("yardstick")
+
+    ms = {(r["op"], r["shape"], r["mode"], r["provider"]): r["median_ms"] for r in rows}
+    timed = {k for k, v in ms.items() if v and k[3] not in ("eager", harness.COPY, "matmul 2x3x4")
+             and ms[k[:3] + ("eager",)]}
+    want = {k: ms[k[:3] + ("eager",)] / ms[k] for k in timed}
+    colors = {}
+    for ax in axes:
+        bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+        values = {t.get_position(): t.get_text().strip() for t in ax.texts}
+        assert len(values) == len(bars)  # a value label per bar, none where there is no bar
+        for bar in bars:
+            assert bar.get_x() == 1.0  # bars start at the 1.0 line
+            end, mid = bar.get_x() + bar.get_width(), bar.get_y() + bar.get_height() / 2
+            (label,) = [v for (x, y), v in values.items() if abs(x - end) < 1e-12 * end and abs(y - mid) < 1e-9]
+            assert label == (f"{end:.2f}x" if end < 10 else f"{end:.0f}x")
+        assert not any("n/a" in t.get_text() for t in ax.texts)
+        for bars in ax.containers:  # a provider's bars in this panel
+            colors.setdefault(bars.get_label(), set()).update(tuple(b.get_facecolor()) for b in bars)
+    key = {h.get_label(): {tuple(h.get_facecolor())} for h in fig.legends[0].legend_handles[:2]}
+    assert colors == key  # one color per provider, the legend's, in every panel
+    assert len({c for cs in colors.values() for c in cs}) == len(colors)  # and no two alike
+    ends = sorted(b.get_x() + b.get_width() for ax in axes for b in ax.patches)
+    assert ends == pytest.approx(sorted(want.values()), rel=1e-12)  # exactly one bar per timed provider
+
+    # The yardstick: a vertical line at eager time / its time, in fade_in's forward groups only.
+    yard = sorted(line.get_xdata()[0] for line in axes[1].lines if line.get_linewidth() > 2)
+    assert yard == pytest.approx(sorted(ms[k[:3] + ("eager",)] / v for k, v in ms.items() if k[3] == "matmul 2x3x4"))
+    notes = axes[2].get_xlabel()
+    assert "no eager time, so no bars, for 4x3x16x16: out of memory" in notes
+    assert "no compile bar for double backward: no double backward" in notes
+    fig.clf()
+
+
+def test_plot_speedup_writes_png(tmp_path):
+    harness.plot_speedup(_plot_rows(), tmp_path / "speedup.png")
+    assert (tmp_path / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
