@@ -7,8 +7,8 @@ alignment Triton specializes on at launch both present (pointers and integers
 divisible by 16: the vectorized code) and absent. (Integer arguments equal to
 1 become constants at launch too; that only folds code and is compiled here
 only where a variant always passes 1, as NCHW's K of the 2x2-block kernels.)
-Each must fit the architecture's shared memory and spill no registers
-(`ptxas -v`, run as Triton runs it).
+Each must fit the architecture's shared memory, spill no registers (`ptxas -v`, run
+as Triton runs it), and have a tt.dot only if it calls tl.dot (KernelSpec.dots).
 
 The compiles run in one subprocess without TRITON_INTERPRET: conftest turns the
 interpreter on for CPU-only machines, and `triton.jit` decides at definition
@@ -82,6 +82,10 @@ def test_compiles_within_limits(case, results):
     arch = CASES[case][-1]
     assert result["shared"] <= ARCHS[arch], f"{result['shared']} bytes of shared memory"
     assert result["spill_stores"] == 0 and result["spill_loads"] == 0, result["ptxas"]
+    spec = CASES[case][0]
+    assert (result["dots"] > 0) == spec.dots, (
+        f"{result['dots']} tt.dot in the TTIR of a kernel that {'calls' if spec.dots else 'does not call'} tl.dot: "
+        "a broadcast product summed over an axis becomes a TF32 dot on GPU (KernelSpec.dots)")
 
 
 # ---------------------------------------------------------------------------
@@ -127,7 +131,7 @@ def _run(case):
         return {"error": f"{type(e).__name__}: {e}"}
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
     return {"error": None, "shared": compiled.metadata.shared, "spill_stores": int(spills[1]),
-            "spill_loads": int(spills[2]), "ptxas": report}
+            "spill_loads": int(spills[2]), "ptxas": report, "dots": compiled.asm["ttir"].count("tt.dot")}
 
 
 if __name__ == "__main__":

@@ -99,12 +99,15 @@ class KernelSpec:
     tensor dtype ("fp32", "bf16", ...). `variants` holds (name, constexprs, configs)
     per host path: the arguments that path fixes (a layout, or an integer Triton
     specializes to a constant because it is always 1) and the autotune configs it
-    tunes over."""
+    tunes over. `dots`: the kernel calls tl.dot; any other must compile to no tt.dot (Triton
+    rewrites a broadcast product summed over an axis into one: with K = 4, triton 3.6 fed its
+    TF32 MMA the values twice, the fade_in_from_rgb bug, which the interpreter cannot show)."""
 
     name: str
     fn: object
     signature: dict
     variants: tuple
+    dots: bool = False
 
 
 # ---------------------------------------------------------------------------

@@ -717,7 +717,7 @@ KERNEL_SPECS = [
                           constexprs=("STATS", "FP32_MMA", "BLOCK_M", "BLOCK_N", "BLOCK_K")),
                tuple((f"{'stats' if stats else 'bias_relu'}-{'tf32' if mma else 'fp32'}",
                       {"STATS": stats, "FP32_MMA": mma}, MMA_CONFIGS if mma else FMA_CONFIGS)
-                     for stats in (True, False) for mma in (True, False))),
+                     for stats in (True, False) for mma in (True, False)), dots=True),
     KernelSpec("conv_transpose_finalize_stats", _finalize_stats_kernel,
                _signature((), ("T", "C"), vector_pointers=("part_ptr", "mean_ptr", "var_ptr"),
                           constexprs=("BLOCK_T", "BLOCK_C")),

@@ -173,6 +173,7 @@ def _reduce_kernel(partial_ptr, gw_ptr, gb_ptr, ROWS, CO, w_mul: "fp64", b_mul: 
 
 
 _forward = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["P", "CO", "is_c", "xs_c"])(_forward_kernel)
+_MAX_CO = 65535 * min(c.kwargs["BLOCK_O"] for c in CONFIGS)  # channel blocks on grid axis 1: 65535 programs
 # The backward is not autotuned: its grid and its partials (one row a program) depend on BLOCK_P.
 _BACKWARD_GPU_CONFIG = triton.Config({"BLOCK_O": 16, "BLOCK_P": 32}, num_warps=8)
 _BACKWARD_CONFIG = _INTERPRETER_CONFIG if INTERPRET else _BACKWARD_GPU_CONFIG
@@ -203,6 +204,8 @@ def fade_in_from_rgb(img, x_high, weight, bias, alpha, w_mul, b_mul, slope):
     out = torch.empty_like(x_high)
     if out.numel() == 0:
         return out
+    if co > _MAX_CO:
+        raise ValueError(f"fastgan triton: x_high has {co} channels; at most {_MAX_CO}")
     with device_guard(x_high):
         _forward[lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(co, meta["BLOCK_O"]))](
             img, x_high, weight, bias, out, p, hw, w, co, *img.stride(), *x_high.stride(),

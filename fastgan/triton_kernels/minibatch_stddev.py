@@ -151,8 +151,8 @@ def _backward_kernel(grad_ptr, x_ptr, a_ptr, gx_ptr, C, HW, M, G, F, K,
         tl.store(gx_ptr + n * sample + e, (g + coef * (x - mean)).to(gx_ptr.dtype.element_ty), mask=mask)
 
 
-_stats = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["C", "HW", "G", "F"])(_stats_kernel)
-_backward = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["C", "HW", "G", "F"])(_backward_kernel)
+_stats = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["C", "HW", "G", "F", "CHANNELS_LAST"])(_stats_kernel)
+_backward = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["C", "HW", "G", "F", "CHANNELS_LAST"])(_backward_kernel)
 
 
 def _geometry(x, group_size, num_channels):
