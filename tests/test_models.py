@@ -206,12 +206,19 @@ def paper_params(state, to_paper_names):
 
 
 # fastgan's feature maps 8, 8, 4 at 4x4, 8x8, 16x16 (the independent networks take theirs from the parameters).
-PROGAN_KW = dict(fmap_base=64, fmap_max=8)
+PROGAN_KW = dict(fmap_base=32, fmap_max=8)
 # (level, alpha): each resolution once stable, and both fade-ins at an alpha in (0, 1). The Triton interpreter
 # takes ~30 s for the 16x16 stages (a program per few pixels): triton runs up to 8x8 (its first fade-in
 # included; the fade-in kernels do not depend on the level), and with lr_mul != 1 only (the general fold).
 PROGAN_STAGES = [(0, 1.0), (1, 0.3), (1, 1.0), (2, 0.6), (2, 1.0)]
 PROGAN_CASES = [("reference", 1.0), ("reference", 0.25), ("cpu", 1.0), ("cpu", 0.25), ("triton", 0.25)]
+
+
+def progan_model(model, lr_mul, dtype):
+    """`model` with random biases and every equalized layer at lr_mul, in dtype."""
+    random_biases(model)
+    set_lr_mul(model, lr_mul)
+    return model.to(dtype)
 
 
 def progan_stages(impl):
@@ -222,10 +229,7 @@ def progan_stages(impl):
 @pytest.mark.parametrize("impl, lr_mul", PROGAN_CASES)
 def test_progan_generator_matches_paper(impl, lr_mul, dtype):
     from progan_reference import progan_generator, progan_params
-    gen = ProGANGenerator(16, 8, 3, **PROGAN_KW, impl=impl)
-    random_biases(gen)
-    set_lr_mul(gen, lr_mul)
-    gen = gen.to(dtype)
+    gen = progan_model(ProGANGenerator(16, 8, 3, **PROGAN_KW, impl=impl), lr_mul, dtype)
     names = lambda state: progan_params(state, "G", gen.levels)  # noqa: E731
     params = paper_params(gen.state_dict(), names)
     for level, alpha in progan_stages(impl):
@@ -246,10 +250,7 @@ def penalty(scores, x):
 def test_progan_discriminator_matches_paper(impl, lr_mul, dtype):
     """Scores and first derivatives, and the gradient penalty's parameter gradients (second derivatives)."""
     from progan_reference import progan_discriminator, progan_params
-    disc = ProGANDiscriminator(16, 3, **PROGAN_KW, impl=impl)
-    random_biases(disc)
-    set_lr_mul(disc, lr_mul)
-    disc = disc.to(dtype)
+    disc = progan_model(ProGANDiscriminator(16, 3, **PROGAN_KW, impl=impl), lr_mul, dtype)
     names = lambda state: progan_params(state, "D", disc.levels)  # noqa: E731
     params = paper_params(disc.state_dict(), names)
     for level, alpha in progan_stages(impl):
