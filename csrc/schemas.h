@@ -48,6 +48,18 @@ inline void define_kernel_schemas(torch::Library& m) {
   m.def("bn_relu(Tensor z, Tensor mean, Tensor scale, Tensor shift, float negative_slope) -> Tensor");
   // The same in place, z <- y (when nothing needs z for the backward).
   m.def("bn_relu_(Tensor(a!) z, Tensor mean, Tensor scale, Tensor shift, float negative_slope) -> ()");
+  // The per-channel step between the batch statistics and the normalization, one launch (on a GPU
+  // the eager formula is ~6): invstd = rsqrt(var + eps), scale = gamma * invstd (invstd without
+  // gamma), shift = beta (0 without), so bn_relu(z, mean, scale, shift) normalizes and
+  // bn_relu_backward takes invstd. With running_mean / running_var (training) it also applies
+  // nn.BatchNorm2d's update in place: num_batches_tracked += 1 (when given); m = momentum, or
+  // 1 / num_batches_tracked (read on the device, no host sync) when momentum < 0 (momentum=None,
+  // the cumulative average); running_mean += m * (mean + bias - running_mean) (bias: the conv bias
+  // left out of z, or undefined), running_var += m * (var * count / (count - 1) - running_var),
+  // computed in the statistics' dtype and stored in the running statistics' own.
+  m.def("bn_finalize(Tensor mean, Tensor var, Tensor? gamma, Tensor? beta, float eps, Tensor(a!)? running_mean, "
+        "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, Tensor? bias, float momentum, int count) "
+        "-> (Tensor invstd, Tensor scale, Tensor shift)");
   // Backward of y = act(u), u = xhat * gamma + beta, xhat = (z - mean) * invstd, with the batch
   // statistics: gm = grad_y * (u > 0 ? 1 : negative_slope) (u recomputed from z), and in one pass
   // over (grad_y, z) both sums s1 = sum(gm), s2 = sum(gm * xhat) per channel, then
@@ -65,8 +77,9 @@ inline void define_kernel_schemas(torch::Library& m) {
         "int[2] padding, int[2] output_padding) -> Tensor");
 
   // The convolution's backward from grad, the gradient of z = conv_transpose2d(x, weight)
-  // (bias-free; the caller sums grad for a bias): (grad_x in x's layout, grad_weight contiguous),
-  // a gradient not asked for coming back empty ([0]).
+  // (bias-free; the caller sums grad for a bias): (grad_x in x's layout, grad_weight in weight's),
+  // a gradient not asked for coming back empty ([0]). The convolutions take weights dense in either
+  // layout: cuDNN runs channels-last, so a channels-last weight costs it no copy per call.
   m.def("conv_transpose_backward(Tensor grad, Tensor x, Tensor weight, int[2] stride, int[2] padding, "
         "int[2] output_padding, bool need_x, bool need_weight) -> (Tensor, Tensor)");
 

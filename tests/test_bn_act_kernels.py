@@ -5,7 +5,9 @@ and the discriminator block's SPEC 7), called directly on every backend:
   for slope 0 (ReLU) and 0.2 (LeakyReLU), against eager F.batch_norm + F.leaky_relu in float64
   (the backward differentiated by autograd);
 - batch_stats against the float64 mean and biased variance, also far from zero (z + 1e4), where
-  E[z^2] - E[z]^2 in float32 would be useless.
+  E[z^2] - E[z]^2 in float32 would be useless;
+- bn_finalize (invstd, scale, shift and the running-statistics update) against float64 and against
+  eager F.batch_norm's own update of running statistics, momentum given and None (cumulative).
 
 NCHW and channels-last z, outputs in the input's layout. The cpu and triton (interpreted) backends
 run here; the gpu-marked tests run the cuda and triton kernels on a CUDA device.
@@ -145,8 +147,73 @@ def check_large_offset(ops, shape, layout, device="cpu"):
     assert (naive.double() - var64).abs().max() > 0.5
 
 
+# The update variants of bn_finalize: (momentum, with num_batches_tracked).
+UPDATES = {"momentum": (0.1, True), "momentum-no-count": (0.3, False), "cumulative": (None, True)}
+
+
+def check_finalize(ops, dtype, affine, update, bias_dtype, running_dtype, device="cpu"):
+    """bn_finalize from the statistics of a z, against eager F.batch_norm's running-statistics update of
+    the same z in float64 (count 4*6*7 values per channel) and invstd/scale/shift in float64. The
+    running statistics are stored in running_dtype: one rounding of the float32 (float64) update."""
+    z, mean, var, _, gamma, beta = bn_inputs((4, 6, 6, 7), "contiguous", dtype, affine, device)
+    c, count = z.shape[1], z.numel() // z.shape[1]
+    acc = acc_dtype(dtype)
+    bias = randn((c,), dtype=bias_dtype, device=device) if bias_dtype is not None else None
+    args = (None, None, None, None, 0.1, 0)
+    if update is not None:
+        momentum, with_count = UPDATES[update]
+        rm, rv = randn((c,), dtype=running_dtype, device=device), torch.rand(c, device=device).to(running_dtype) + 0.5
+        nbt = torch.tensor(4, device=device) if with_count else None
+        want_rm, want_rv = rm.double(), rv.double()
+        factor = momentum if momentum is not None else 1 / 5
+        shifted = z.double() + (0 if bias is None else bias.double().view(1, -1, 1, 1))
+        F.batch_norm(shifted, want_rm, want_rv, None, None, True, factor, EPS)
+        args = (rm, rv, nbt, bias, -1.0 if momentum is None else momentum, count)
+    invstd, scale, shift = ops.bn_finalize(mean, var, gamma, beta, EPS, *args)
+    want_invstd = torch.rsqrt(var.double() + EPS)
+    for got, want in ((invstd, want_invstd), (scale, want_invstd * (gamma.double() if affine else 1)),
+                      (shift, beta.double() if affine else torch.zeros(c, dtype=torch.float64, device=device))):
+        assert got.dtype == acc and got.shape == (c,)
+        torch.testing.assert_close(got.double(), want, **TOLERANCES[acc])
+    if update is not None:
+        assert rm.dtype == running_dtype and rv.dtype == running_dtype
+        torch.testing.assert_close(rm.double(), want_rm, **TOLERANCES[running_dtype])
+        torch.testing.assert_close(rv.double(), want_rv, **TOLERANCES[running_dtype])
+        if nbt is not None:
+            assert nbt.item() == 5
+
+
 # ---------------------------------------------------------------------------
 # cpu and triton (interpreted) on CPU tensors.
+
+
+@pytest.mark.parametrize("running_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias_dtype", [None, torch.float32, torch.float16])
+@pytest.mark.parametrize("update", [None, *UPDATES])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_bn_finalize(impl, dtype, affine, update, bias_dtype, running_dtype):
+    check_finalize(kernels(impl), dtype, affine, update, bias_dtype, running_dtype)
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_bn_finalize_bad_input(impl):
+    ops = kernels(impl)
+    mean, var, rm, rv = torch.randn(4), torch.rand(4), torch.randn(4), torch.rand(4)
+    error = (RuntimeError, ValueError)
+    with pytest.raises(error, match="running_mean and running_var"):
+        ops.bn_finalize(mean, var, None, None, EPS, rm, None, None, None, 0.1, 8)
+    with pytest.raises(error, match="num_batches_tracked"):
+        ops.bn_finalize(mean, var, None, None, EPS, rm, rv, None, None, -1.0, 8)
+    with pytest.raises(error, match="count"):
+        ops.bn_finalize(mean, var, None, None, EPS, rm, rv, None, None, 0.1, 1)
+    with pytest.raises(error, match="gamma"):
+        ops.bn_finalize(mean, var, torch.ones(3), None, EPS, None, None, None, None, 0.1, 8)
+    with pytest.raises(error, match="var"):
+        ops.bn_finalize(mean, var.double(), None, None, EPS, None, None, None, None, 0.1, 8)
+    with pytest.raises(error, match="mean"):
+        ops.bn_finalize(mean.half(), var, None, None, EPS, None, None, None, None, 0.1, 8)
 
 
 @pytest.mark.parametrize("slope", SLOPES)
@@ -266,6 +333,39 @@ def test_batch_stats_gpu(impl, layout, dtype):
         check_batch_stats(kernels(impl), make_z(shape, layout, dtype, "cuda"))
     for shape in [(64, 64, 16, 16), (3, 5, 9, 11)]:
         check_large_offset(kernels(impl), shape, layout, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_bn_finalize_gpu(impl):
+    for dtype, affine, update, bias_dtype, running_dtype in [
+            (torch.float32, True, "momentum", torch.float32, torch.float32),
+            (torch.float32, True, "cumulative", torch.bfloat16, torch.float32),
+            (torch.float32, False, "momentum-no-count", None, torch.bfloat16),
+            (torch.float64, True, "cumulative", torch.float64, torch.float64),
+            (torch.float32, True, None, None, torch.float32)]:
+        check_finalize(kernels(impl), dtype, affine, update, bias_dtype, running_dtype, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_bn_finalize_in_cuda_graph(impl):
+    """The cumulative average reads num_batches_tracked on the device: capturable, and each replay
+    counts one more batch."""
+    ops = kernels(impl)
+    mean, var = torch.randn(300, device="cuda"), torch.rand(300, device="cuda") + 0.5
+    rm, rv, nbt = torch.zeros(300, device="cuda"), torch.ones(300, device="cuda"), torch.tensor(0, device="cuda")
+    ops.bn_finalize(mean, var, None, None, EPS, rm, rv, nbt, None, -1.0, 10)  # compile / autotune outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ops.bn_finalize(mean, var, None, None, EPS, rm, rv, nbt, None, -1.0, 10)
+    rm.zero_(), rv.fill_(1), nbt.zero_()
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    assert nbt.item() == 3
+    torch.testing.assert_close(rm, mean)  # the cumulative average of three equal batches
+    torch.testing.assert_close(rv, var * 10 / 9)
 
 
 @pytest.mark.gpu

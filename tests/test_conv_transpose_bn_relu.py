@@ -2,6 +2,7 @@
 (the reference): output, running statistics, num_batches_tracked and all five gradients."""
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from fastgan.nn import ConvTransposeBNReLU2d
 from fastgan.ops import conv_transpose_bn_relu, conv_transpose_bn_relu_reference
 from fastgan.ops._dispatch import kernels
 from helpers import CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, TOLERANCES, check_block_against_float64, randn
+
+ctbr_module = importlib.import_module("fastgan.ops.conv_transpose_bn_relu")  # the package exports the function
 
 # (batch, C_in, H = W, C_out, kernel, stride, padding, output_padding)
 DCGAN = (2, 8, 4, 6, 4, 2, 1, 0)
@@ -94,6 +97,19 @@ def run_both(seq, fused, x, training, dtype):
 def test_parity(impl, shape, variant, training):
     seq, fused = make_pair(shape, impl, **VARIANTS[variant])
     run_both(seq, fused, randn(shape[:3] + shape[2:3]), training, torch.float32)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_channels_last_weight(impl, training):
+    """A channels-last weight (model.to(memory_format=torch.channels_last), what cuDNN runs without a copy)
+    gives the same results, and its gradient comes back channels-last, so no layout changes per step."""
+    for shape in (DCGAN, (2, 4, 8, 6, 3, 2, 1, 1)):
+        seq, fused = make_pair(shape, impl)
+        fused.to(memory_format=torch.channels_last)
+        assert not fused.get_parameter("0.weight").is_contiguous()
+        run_both(seq, fused, randn(shape[:3] + shape[2:3], "channels_last"), training, torch.float32)
+        assert fused.get_parameter("0.weight").grad.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -236,11 +252,12 @@ def test_opcheck(impl):
     torch.library.opcheck(ops.conv_transpose_bn_relu_eval_unfolded.default,
                           (x.detach(), w.detach(), *vectors, 1e-5, *sizes, impl))
     for need in ([True, True], [True, False], [False, True]):
-        torch.library.opcheck(ops.conv_transpose_backward.default,
-                              (randn((2, 4, 7, 7), "channels_last"), x.detach(), w.detach(), *sizes, *need, impl))
+        for weight in (w.detach(), w.detach().contiguous(memory_format=torch.channels_last)):
+            torch.library.opcheck(ops.conv_transpose_backward.default,
+                                  (randn((2, 4, 7, 7), "channels_last"), x.detach(), weight, *sizes, *need, impl))
     stats = (torch.randn(4), torch.rand(4) + 0.5, torch.tensor(2), torch.randn(4), torch.rand(4), torch.randn(4))
-    torch.library.opcheck(ops.bn_running_stats_update.default, (*stats, 50, 0.1))
-    torch.library.opcheck(ops.bn_running_stats_update.default, (*stats, 50, None))
+    torch.library.opcheck(ops.bn_running_stats_update.default, (*stats, 0.1, 50, impl))
+    torch.library.opcheck(ops.bn_running_stats_update.default, (*stats, -1.0, 50, impl))
 
 
 class Generator(torch.nn.Module):
@@ -302,11 +319,14 @@ def test_reference_is_the_sequential():
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("fold_min_saved", [0, 1 << 30])
 @pytest.mark.parametrize("impl", CPU_BACKENDS)
-def test_eval_without_grad(impl):
-    """Eval under no_grad: folded (weight smaller than the output) or normalized in place (larger)."""
-    for shape in (DCGAN, (2, 40, 1, 8, 4, 1, 0, 0)):  # weight vs output values: 768 <= 768, 5120 > 256
-        seq, fused = make_pair(shape, impl, bias=True)
+def test_eval_without_grad(impl, fold_min_saved, monkeypatch):
+    """Eval under no_grad: normalized in place, or folded where that saves a pass over a large output
+    (_fold_pays; its threshold set so that the small shapes here take each path)."""
+    monkeypatch.setattr(ctbr_module, "_FOLD_MIN_SAVED", fold_min_saved)
+    for shape in (DCGAN, (2, 40, 1, 8, 4, 1, 0, 0), (4, 4, 8, 8, 4, 2, 1, 0)):  # weight/output values:
+        seq, fused = make_pair(shape, impl, bias=True)                            # 768/768, 5120/256, 512/8192
         x = randn(shape[:3] + shape[2:3])
         with torch.no_grad():
             torch.testing.assert_close(fused.eval()(x), seq.eval()(x))

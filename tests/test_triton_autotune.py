@@ -180,8 +180,8 @@ def _conv_transpose_train(layout):
 
 
 def _conv_transpose_eval(layout):
-    # With gradients: folded (the GEMM's bias + ReLU epilogue). Without: the weight is larger than the
-    # output, so z is normalized in place with the running statistics (bn_relu_).
+    # With gradients: folded (the GEMM's bias + ReLU epilogue). Without: z is normalized in place with
+    # the running statistics (bn_relu_).
     running_mean, running_var = _x((70,)), _x((70,)).abs() + 0.5
 
     def op(x, w, b, gamma, beta, impl):

@@ -523,6 +523,91 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(const at::Tensor
   return {grad_z, grad_gamma, grad_beta};
 }
 
+// A per-channel vector of bn_finalize: [C], contiguous, on the CPU, of `dtype` (any floating
+// type when dtype is Undefined: running statistics and the conv bias keep their own).
+void check_finalize_vector(const at::Tensor& t, const char* name, int64_t c, at::ScalarType dtype) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == c, "fastgan_cpu::bn_finalize: ", name, " must have shape [", c,
+              "], got ", t.sizes());
+  TORCH_CHECK(dtype == at::ScalarType::Undefined ? at::isFloatingType(t.scalar_type()) : t.scalar_type() == dtype,
+              "fastgan_cpu::bn_finalize: ", name, " has dtype ", t.scalar_type(), ", expected ",
+              dtype == at::ScalarType::Undefined ? "a floating type" : c10::toString(dtype));
+  TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), "fastgan_cpu::bn_finalize: ", name,
+              " must be a contiguous CPU tensor");
+}
+
+// running += m * (batch - running) in the running statistics' dtype R, batch in A.
+template <typename A>
+void lerp_running(const at::Tensor& running, const std::vector<A>& batch, A m) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running.scalar_type(), "fastgan_cpu::bn_finalize", [&] {
+    auto* r = running.mutable_data_ptr<scalar_t>();
+    for (size_t ch = 0; ch < batch.size(); ++ch) {
+      const A old = static_cast<A>(r[ch]);
+      r[ch] = static_cast<scalar_t>(old + m * (batch[ch] - old));
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize(
+    const at::Tensor& mean, const at::Tensor& var, const c10::optional<at::Tensor>& gamma,
+    const c10::optional<at::Tensor>& beta, double eps, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, const c10::optional<at::Tensor>& num_batches_tracked,
+    const c10::optional<at::Tensor>& bias, double momentum, int64_t count) {
+  const auto defined = [](const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
+  TORCH_CHECK(mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble,
+              "fastgan_cpu::bn_finalize: mean must be float32 or float64, got ", mean.scalar_type());
+  const int64_t c = mean.dim() == 1 ? mean.size(0) : -1;
+  check_finalize_vector(mean, "mean", c, mean.scalar_type());
+  check_finalize_vector(var, "var", c, mean.scalar_type());
+  if (defined(gamma)) check_finalize_vector(*gamma, "gamma", c, mean.scalar_type());
+  if (defined(beta)) check_finalize_vector(*beta, "beta", c, mean.scalar_type());
+  const bool update = defined(running_mean);
+  TORCH_CHECK(update == defined(running_var),
+              "fastgan_cpu::bn_finalize: running_mean and running_var must be given together");
+  if (update) {
+    check_finalize_vector(*running_mean, "running_mean", c, at::ScalarType::Undefined);
+    check_finalize_vector(*running_var, "running_var", c, at::ScalarType::Undefined);
+    TORCH_CHECK(count > 1, "fastgan_cpu::bn_finalize: count must be > 1 to update the running variance, got ",
+                count);
+    TORCH_CHECK(momentum >= 0 || defined(num_batches_tracked),
+                "fastgan_cpu::bn_finalize: momentum < 0 (the cumulative average) needs num_batches_tracked");
+  }
+  if (defined(num_batches_tracked))
+    TORCH_CHECK(num_batches_tracked->numel() == 1 && num_batches_tracked->scalar_type() == at::kLong &&
+                    num_batches_tracked->device().is_cpu(),
+                "fastgan_cpu::bn_finalize: num_batches_tracked must be a one-element int64 CPU tensor");
+  if (defined(bias)) check_finalize_vector(*bias, "bias", c, at::ScalarType::Undefined);
+  auto invstd = at::empty_like(mean), scale = at::empty_like(mean), shift = at::empty_like(mean);
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "fastgan_cpu::bn_finalize", [&] {
+    using A = scalar_t;
+    const std::vector<A> g = channel_values<A>(gamma, c, 1), b = channel_values<A>(beta, c, 0);
+    const A* mu = mean.const_data_ptr<A>();
+    const A* v = var.const_data_ptr<A>();
+    A *is = invstd.mutable_data_ptr<A>(), *sc = scale.mutable_data_ptr<A>(), *sh = shift.mutable_data_ptr<A>();
+    for (int64_t ch = 0; ch < c; ++ch) {
+      is[ch] = A(1) / std::sqrt(v[ch] + static_cast<A>(eps));
+      sc[ch] = g[ch] * is[ch];
+      sh[ch] = b[ch];
+    }
+    if (!update) return;
+    double m = momentum;
+    if (defined(num_batches_tracked)) {
+      int64_t& n = *num_batches_tracked->mutable_data_ptr<int64_t>();
+      n += 1;
+      if (momentum < 0) m = 1.0 / static_cast<double>(n);
+    }
+    std::vector<A> batch_mean(mu, mu + c), batch_var(c);
+    if (defined(bias)) {
+      const at::Tensor bias_acc = bias->to(mean.scalar_type());
+      for (int64_t ch = 0; ch < c; ++ch) batch_mean[ch] += bias_acc.const_data_ptr<A>()[ch];
+    }
+    const A unbias = static_cast<A>(static_cast<double>(count) / static_cast<double>(count - 1));
+    for (int64_t ch = 0; ch < c; ++ch) batch_var[ch] = v[ch] * unbias;
+    lerp_running<A>(*running_mean, batch_mean, static_cast<A>(m));
+    lerp_running<A>(*running_var, batch_var, static_cast<A>(m));
+  });
+  return {invstd, scale, shift};
+}
+
 // oneDNN's transposed convolution with the ReLU as a post-op (what torch.compile's CPU
 // backend calls), when this build of PyTorch has it; float32 and bfloat16 only.
 std::optional<at::Tensor> conv_transpose_pointwise_relu(const at::Tensor& x, const at::Tensor& w,
@@ -564,6 +649,7 @@ TORCH_LIBRARY_IMPL(fastgan_cpu, CPU, m) {
   m.impl("bn_relu", &bn_relu);
   m.impl("bn_relu_", &bn_relu_);
   m.impl("bn_relu_backward", &bn_relu_backward);
+  m.impl("bn_finalize", &bn_finalize);
   m.impl("conv_transpose_bias_relu", &conv_transpose_bias_relu);
 }
 

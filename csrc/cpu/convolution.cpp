@@ -246,13 +246,16 @@ at::Tensor from_rows(const at::Tensor& rows, const Geometry& g) {
   return rows.view({g.n, g.h, g.w, rows.size(1)}).permute({0, 3, 1, 2});
 }
 
-// (grad_x in x's layout, grad_weight contiguous), [0] for a gradient not computed.
+at::MemoryFormat format_of(const at::Tensor& t) {
+  return t.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
+}
+
+// (grad_x in x's layout, grad_weight in the weight's), [0] for a gradient not computed.
 std::tuple<at::Tensor, at::Tensor> finish_backward(const at::Tensor& grad_x, const at::Tensor& grad_w,
-                                                   const at::Tensor& x) {
-  const auto fmt = x.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
+                                                   const at::Tensor& x, const at::Tensor& weight) {
   const auto none = at::empty({0}, x.options());
-  return {grad_x.defined() ? dense_as(grad_x, fmt) : none,
-          grad_w.defined() ? dense_as(grad_w, at::MemoryFormat::Contiguous) : none};
+  return {grad_x.defined() ? dense_as(grad_x, format_of(x)) : none,
+          grad_w.defined() ? dense_as(grad_w, format_of(weight)) : none};
 }
 
 std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& grad, const at::Tensor& x,
@@ -287,7 +290,7 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& gra
         at::convolution_backward(grad.contiguous(), x.contiguous(), weight.contiguous(), c10::nullopt, stride, padding,
                                  {1, 1}, true, output_padding, 1, {need_x, need_weight, false});
   }
-  return finish_backward(grad_x, grad_w, x);
+  return finish_backward(grad_x, grad_w, x, weight);
 }
 
 void check_direct_args(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -334,7 +337,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad, const
     if (need_x && all_gemm) grad_x = forward_gemm(gl, weight.contiguous(), c10::nullopt, g, false);
     if (need_weight) grad_w = gemm(rows_of(gl).t(), im2col_rows(x, g, true)).view(weight.sizes());
   }
-  return finish_backward(grad_x, grad_w, x);
+  return finish_backward(grad_x, grad_w, x, weight);
 }
 
 }  // namespace

@@ -518,9 +518,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cuda(const at::T
   c10::cuda::CUDAGuard guard(z.device());
   const int64_t C = z.size(1), numel = z.numel(), S = z.size(2) * z.size(3);
   at::Tensor grad_z = at::empty_like(z);
-  at::Tensor grad_gamma = at::zeros({C}, mean.options());
-  at::Tensor grad_beta = at::zeros({C}, mean.options());
-  if (numel == 0) return {grad_z, grad_gamma, grad_beta};
+  if (numel == 0) return {grad_z, at::zeros({C}, mean.options()), at::zeros({C}, mean.options())};
+  // Written whole by the finalize kernel: no fill launches.
+  at::Tensor grad_gamma = at::empty({C}, mean.options());
+  at::Tensor grad_beta = at::empty({C}, mean.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::bn_relu_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -556,6 +557,112 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cuda(const at::T
   return {grad_z, grad_gamma, grad_beta};
 }
 
+// bn_finalize (schemas.h) in one block: its threads loop over the channels, and the block reads
+// num_batches_tracked before one thread increments it (a grid of blocks could read it after).
+template <typename acc_t, typename run_t, typename bias_t>
+__global__ void __launch_bounds__(kThreads)
+    bn_finalize_kernel(const acc_t* __restrict__ mean, const acc_t* __restrict__ var, const acc_t* __restrict__ gamma,
+                       const acc_t* __restrict__ beta, acc_t eps, run_t* __restrict__ running_mean,
+                       run_t* __restrict__ running_var, int64_t* __restrict__ num_batches_tracked,
+                       const bias_t* __restrict__ bias, double momentum, acc_t unbias, acc_t* __restrict__ invstd,
+                       acc_t* __restrict__ scale, acc_t* __restrict__ shift, int64_t C) {
+  double m = momentum;
+  if (running_mean != nullptr && num_batches_tracked != nullptr) {
+    const int64_t n = *num_batches_tracked + 1;
+    if (momentum < 0) m = 1.0 / static_cast<double>(n);
+    __syncthreads();  // every thread has read the count before it changes
+    if (threadIdx.x == 0) *num_batches_tracked = n;
+  }
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    const acc_t is = acc_rsqrt(var[c] + eps);
+    invstd[c] = is;
+    scale[c] = gamma ? gamma[c] * is : is;
+    shift[c] = beta ? beta[c] : acc_t(0);
+    if (running_mean != nullptr) {
+      const acc_t a = static_cast<acc_t>(m);
+      const acc_t batch_mean = mean[c] + (bias ? static_cast<acc_t>(bias[c]) : acc_t(0));
+      const acc_t rm = static_cast<acc_t>(running_mean[c]), rv = static_cast<acc_t>(running_var[c]);
+      running_mean[c] = static_cast<run_t>(rm + a * (batch_mean - rm));
+      running_var[c] = static_cast<run_t>(rv + a * (var[c] * unbias - rv));
+    }
+  }
+}
+
+void check_finalize_vector(const at::Tensor& t, const char* name, const at::Tensor& mean, bool own_dtype) {
+  const char* op = "bn_finalize";
+  check_cuda(t, op, name);
+  TORCH_CHECK(t.device() == mean.device(), "fastgan_cuda::bn_finalize: ", name, " is on ", t.device(),
+              " but mean is on ", mean.device());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == mean.size(0) && t.is_contiguous(), "fastgan_cuda::bn_finalize: ", name,
+              " must be a contiguous vector of ", mean.size(0), " values, got shape ", t.sizes());
+  TORCH_CHECK(own_dtype ? at::isFloatingType(t.scalar_type()) : t.scalar_type() == mean.scalar_type(),
+              "fastgan_cuda::bn_finalize: ", name, " has dtype ", t.scalar_type(), ", expected ",
+              own_dtype ? "a floating type" : c10::toString(mean.scalar_type()));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize_cuda(
+    const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& gamma_opt,
+    const std::optional<at::Tensor>& beta_opt, double eps, const std::optional<at::Tensor>& running_mean_opt,
+    const std::optional<at::Tensor>& running_var_opt, const std::optional<at::Tensor>& nbt_opt,
+    const std::optional<at::Tensor>& bias_opt, double momentum, int64_t count) {
+  const auto get = [](const std::optional<at::Tensor>& t) { return t.value_or(at::Tensor()); };
+  const at::Tensor gamma = get(gamma_opt), beta = get(beta_opt), running_mean = get(running_mean_opt),
+                   running_var = get(running_var_opt), nbt = get(nbt_opt), bias = get(bias_opt);
+  check_cuda(mean, "bn_finalize", "mean");
+  TORCH_CHECK(mean.dim() == 1 && (mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble),
+              "fastgan_cuda::bn_finalize: mean must be a float32 or float64 vector, got ", mean.scalar_type(), " ",
+              mean.sizes());
+  check_finalize_vector(mean, "mean", mean, false);
+  check_finalize_vector(var, "var", mean, false);
+  if (gamma.defined()) check_finalize_vector(gamma, "gamma", mean, false);
+  if (beta.defined()) check_finalize_vector(beta, "beta", mean, false);
+  const bool update = running_mean.defined();
+  TORCH_CHECK(update == running_var.defined(),
+              "fastgan_cuda::bn_finalize: running_mean and running_var must be given together");
+  if (update) {
+    check_finalize_vector(running_mean, "running_mean", mean, true);
+    check_finalize_vector(running_var, "running_var", mean, true);
+    TORCH_CHECK(running_mean.scalar_type() == running_var.scalar_type(),
+                "fastgan_cuda::bn_finalize: running_mean and running_var must share a dtype");
+    TORCH_CHECK(count > 1, "fastgan_cuda::bn_finalize: count must be > 1 to update the running variance, got ",
+                count);
+    TORCH_CHECK(momentum >= 0 || nbt.defined(),
+                "fastgan_cuda::bn_finalize: momentum < 0 (the cumulative average) needs num_batches_tracked");
+  }
+  if (nbt.defined())
+    TORCH_CHECK(nbt.numel() == 1 && nbt.scalar_type() == at::kLong && nbt.device() == mean.device(),
+                "fastgan_cuda::bn_finalize: num_batches_tracked must be a one-element int64 tensor on mean's device");
+  if (bias.defined()) check_finalize_vector(bias, "bias", mean, true);
+  c10::cuda::CUDAGuard guard(mean.device());
+  at::Tensor invstd = at::empty_like(mean), scale = at::empty_like(mean), shift = at::empty_like(mean);
+  const int64_t C = mean.size(0);
+  if (C == 0) return {invstd, scale, shift};
+  // Without an update the running-statistics and bias types are unused: the float instantiation.
+  const auto run_type = update ? running_mean.scalar_type() : at::kFloat;
+  const auto bias_type = bias.defined() ? bias.scalar_type() : at::kFloat;
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "fastgan_cuda::bn_finalize", [&] {
+    using acc_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, run_type, "fastgan_cuda::bn_finalize", [&] {
+      using run_t = scalar_t;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bias_type, "fastgan_cuda::bn_finalize", [&] {
+        using bias_t = scalar_t;
+        const acc_t unbias = update ? static_cast<acc_t>(double(count) / double(count - 1)) : acc_t(1);
+        bn_finalize_kernel<acc_t, run_t, bias_t><<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            mean.const_data_ptr<acc_t>(), var.const_data_ptr<acc_t>(),
+            gamma.defined() ? gamma.const_data_ptr<acc_t>() : nullptr,
+            beta.defined() ? beta.const_data_ptr<acc_t>() : nullptr, static_cast<acc_t>(eps),
+            update ? running_mean.mutable_data_ptr<run_t>() : nullptr,
+            update ? running_var.mutable_data_ptr<run_t>() : nullptr,
+            nbt.defined() ? nbt.mutable_data_ptr<int64_t>() : nullptr,
+            bias.defined() ? bias.const_data_ptr<bias_t>() : nullptr, momentum, unbias,
+            invstd.mutable_data_ptr<acc_t>(), scale.mutable_data_ptr<acc_t>(), shift.mutable_data_ptr<acc_t>(), C);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  });
+  return {invstd, scale, shift};
+}
+
 // Eval: relu(conv_transpose2d(x, weight, bias)), the statistics folded into weight and bias.
 at::Tensor conv_transpose_bias_relu_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                          at::IntArrayRef stride, at::IntArrayRef padding,
@@ -582,5 +689,6 @@ TORCH_LIBRARY_IMPL(fastgan_cuda, CUDA, m) {
   m.impl("bn_relu_", &fastgan::cuda::bn_relu_inplace_cuda);
   m.impl("bn_relu_backward", &fastgan::cuda::bn_relu_backward_cuda);
   m.impl("batch_stats", &fastgan::cuda::batch_stats_cuda);
+  m.impl("bn_finalize", &fastgan::cuda::bn_finalize_cuda);
   m.impl("conv_transpose_bias_relu", &fastgan::cuda::conv_transpose_bias_relu_cuda);
 }

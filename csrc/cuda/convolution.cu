@@ -1,6 +1,7 @@
 // The convolutions' kernel ops that are a GEMM library's job (schemas.h): the discriminator's
 // direct convolution and its backward, and the transposed convolution's backward. cuDNN through
-// ATen, channels-last (tensor cores), results in x's layout.
+// ATen, channels-last (tensor cores), results in x's layout, the weight's gradient in the weight's:
+// a channels-last weight (model.to(memory_format=torch.channels_last)) costs no copy either way.
 #include "common.cuh"
 
 namespace fastgan::cuda {
@@ -34,7 +35,8 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad, const at::Te
       at::convolution_backward(grad.contiguous(kCL), x.contiguous(kCL), weight.contiguous(kCL), c10::nullopt, stride,
                                padding, {1, 1}, transposed, output_padding, 1, {need_x, need_weight, false});
   const auto none = at::empty({0}, x.options());
-  return {grad_x.defined() ? grad_x.contiguous(format_of(x)) : none, grad_w.defined() ? grad_w.contiguous() : none};
+  return {grad_x.defined() ? grad_x.contiguous(format_of(x)) : none,
+          grad_w.defined() ? grad_w.contiguous(format_of(weight)) : none};
 }
 
 at::Tensor conv2d_cuda(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding) {

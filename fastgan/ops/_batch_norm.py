@@ -9,10 +9,22 @@ from typing import Optional
 
 import torch
 
-from .._checks import as_layout, check_same, check_tensor, empty
+from .._checks import as_layout, check_same, check_tensor, empty, memory_format
 from ._dispatch import _traced, kernels
 
 LAYOUT = torch.channels_last
+
+
+def dense_weight(weight):
+    """The convolution weight as the kernels take it: dense in its own layout. cuDNN runs channels-last,
+    so a channels-last weight (model.to(memory_format=torch.channels_last)) costs it no copy per call;
+    the kernels give its gradient back in the same layout."""
+    return as_layout(weight, memory_format(weight))
+
+
+def weight_grad_fake(weight):
+    """The gradient of `weight` as the kernel ops return it (in dense_weight's layout)."""
+    return empty(weight.shape, weight, memory_format(weight))
 
 
 def pair(v, name, minimum):
@@ -68,7 +80,8 @@ def check_batch(shape):
 
 
 def momentum_factor(training, running_mean, momentum, num_batches_tracked):
-    """nn.BatchNorm2d's exponential_average_factor; counts the batch in num_batches_tracked."""
+    """nn.BatchNorm2d's exponential_average_factor; counts the batch in num_batches_tracked (the
+    reference's; the fused blocks do both in the bn_finalize kernel, without a host sync)."""
     if not training or running_mean is None:
         return 0.0 if momentum is None else momentum
     if num_batches_tracked is not None:
@@ -76,6 +89,60 @@ def momentum_factor(training, running_mean, momentum, num_batches_tracked):
         if momentum is None:
             return 1.0 / float(num_batches_tracked)
     return 0.0 if momentum is None else momentum
+
+
+NO_UPDATE = (None, None, None, 0.0)
+
+
+def running_update(training, running_mean, running_var, num_batches_tracked, momentum):
+    """bn_finalize's (running_mean, running_var, num_batches_tracked, momentum): what a training call
+    updates in place (momentum -1 for None, the cumulative average), NO_UPDATE when nothing is."""
+    if not training or running_mean is None:
+        return NO_UPDATE
+    return running_mean, running_var, num_batches_tracked, -1.0 if momentum is None else float(momentum)
+
+
+def finalize(k, mean, var, gamma, beta, eps, bias, update, count):
+    """(invstd, scale, shift) from the batch statistics, with the running statistics updated when
+    `update` (running_update) asks: one kernel op."""
+    rm, rv, nbt, momentum = update
+    return k.bn_finalize(mean, var, gamma, beta, eps, rm, rv, nbt, None if bias is None else bias.detach(),
+                         momentum, count)
+
+
+def block_op(name, kernel, eager_kernel, fake, backward, setup_context):
+    """fused_op (see _dispatch) for a block whose training forward updates running statistics.
+
+    A custom op with an autograd formula may not mutate its inputs, so the op (`kernel`, what traced
+    code calls) leaves them alone and its caller updates them with `bn_running_stats_update`; plain
+    calls run `eager_kernel(*args, *update)` in a torch.autograd.Function instead, which updates them
+    in its bn_finalize (running_update): no separate op."""
+    op = torch.library.custom_op(f"fastgan::{name}", kernel, mutates_args=())
+    op.register_fake(fake)
+    op.register_autograd(backward, setup_context=setup_context)
+    n_update = len(NO_UPDATE)
+
+    def forward(ctx, *args):
+        out = eager_kernel(*args)
+        setup_context(ctx, args[:-n_update], out)
+        return out
+
+    def function_backward(ctx, *grads):
+        return (*backward(ctx, *grads), *(None,) * n_update)
+
+    function = type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(function_backward)})
+
+    def run(*args, update=NO_UPDATE, bias=None, count=0):
+        if not _traced():
+            return function.apply(*args, *update)
+        out = op(*args)
+        if update is not NO_UPDATE:
+            update_running_stats(out[2], out[3], bias, update, count, args[-1])
+        return out
+
+    run.op = op
+    return run
 
 
 def saved_input(x, x_kernel):
@@ -114,13 +181,6 @@ def cancelled_bias_grad(weight, channels):
     return weight.new_zeros(channels)
 
 
-def scale_shift(var, gamma, beta, eps):
-    invstd = torch.rsqrt(var + eps)
-    scale = invstd if gamma is None else gamma * invstd
-    shift = torch.zeros_like(var) if beta is None else beta
-    return scale, shift
-
-
 def folded(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, dtype, out_dim):
     """Eval: the running statistics folded into the convolution, W * s over its output-channel
     dim `out_dim` and beta + (bias - running_mean) * s, s = gamma * rsqrt(running_var + eps);
@@ -137,27 +197,38 @@ def folded(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, dty
     return (weight.to(stats) * s.view(view)).to(dtype), shift.to(dtype)
 
 
-def update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, bias, n, momentum):
-    call(_update_running_stats, running_mean, running_var, num_batches_tracked, mean.detach(), var.detach(),
-         None if bias is None else bias.detach(), n, momentum)
+def run_without_grad(op, body, args, bias, update, count):
+    """A block's training forward when no gradient is needed: `body(*args, bias, update)`, which
+    updates the running statistics in its bn_finalize, in plain calls; in traced code the custom op
+    `op` (the body without the update) and then bn_running_stats_update. Returns y."""
+    if not _traced():
+        return body(*args, bias, update)[0]
+    y, mean, var = op(*args)
+    if update is not NO_UPDATE:
+        update_running_stats(mean, var, bias, update, count, args[-1])
+    return y
+
+
+def update_running_stats(mean, var, bias, update, count, impl):
+    """Traced code's running-statistics update (running_update), after the block's op."""
+    rm, rv, nbt, momentum = update
+    call(_update_running_stats, rm, rv, nbt, mean.detach(), var.detach(), None if bias is None else bias.detach(),
+         momentum, count, impl)
 
 
 @torch.library.custom_op("fastgan::bn_running_stats_update",
                          mutates_args=("running_mean", "running_var", "num_batches_tracked"))
 def _update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,
                           num_batches_tracked: Optional[torch.Tensor], mean: torch.Tensor, var: torch.Tensor,
-                          bias: Optional[torch.Tensor], n: int, momentum: Optional[float]) -> None:
+                          bias: Optional[torch.Tensor], momentum: float, count: int, impl: str) -> None:
     """nn.BatchNorm2d's update from the batch mean (of z without the conv bias) and biased variance:
-    running = running + m * (batch value - running), the variance unbiased, in the statistics' dtype
-    as eager's kernels do; one foreach lerp for both (on a GPU: 2-3 launches, not a dozen)."""
-    m = momentum_factor(True, running_mean, momentum, num_batches_tracked)
-    batch_mean = mean if bias is None else mean + bias.to(mean.dtype)
-    batch = [batch_mean.to(running_mean.dtype), (var * (n / (n - 1))).to(running_var.dtype)]
-    torch._foreach_lerp_([running_mean, running_var], batch, m)
+    the update half of the backend's bn_finalize (momentum -1: the cumulative average)."""
+    kernels(impl).bn_finalize(mean, var, None, None, 1.0, running_mean, running_var, num_batches_tracked, bias,
+                              momentum, count)
 
 
 @_update_running_stats.register_fake
-def _(running_mean, running_var, num_batches_tracked, mean, var, bias, n, momentum):
+def _(running_mean, running_var, num_batches_tracked, mean, var, bias, momentum, count, impl):
     return None
 
 

@@ -3,8 +3,8 @@
 The generator block's design (conv_transpose_bn_relu.py) with a direct convolution and a slope.
 Training (batch statistics): z = conv2d(x, W) channels-last, without the conv bias (it cancels in
 the normalization and only moves the running mean); the backend's batch_stats gives the mean and
-variance of z in one pass, bn_relu with negative_slope normalizes + activates in one more, and
-`bn_running_stats_update` updates the running statistics as nn.BatchNorm2d does.
+variance of z in one pass, bn_finalize the scale and shift (and the running statistics' update, as
+nn.BatchNorm2d does), and bn_relu with negative_slope normalizes + activates in one more pass.
 Eval (running statistics): folded into W and the bias, then one convolution and an in-place
 LeakyReLU (ATen ops, so autograd and torch.compile see through them).
 
@@ -27,10 +27,11 @@ from torch.autograd.function import once_differentiable
 
 from .._backend import resolve
 from .._checks import as_layout, check_eps, empty
-from ._batch_norm import (LAYOUT, bn_relu_backward, call, cancelled_bias_grad, check_batch, check_block_arguments,
-                          folded, layout_of, momentum_factor, needs_grad, pair, saved_input, saved_input_fake,
-                          scale_shift, stats_dtype, update_running_stats)
-from ._dispatch import fused_op, kernels, to_layout
+from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call, cancelled_bias_grad, check_batch,
+                          check_block_arguments, dense_weight, finalize, folded, layout_of, momentum_factor,
+                          needs_grad, pair, running_update, saved_input, saved_input_fake, stats_dtype,
+                          weight_grad_fake)
+from ._dispatch import kernels, to_layout
 
 
 def conv2d_bn_leaky_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training,
@@ -59,8 +60,9 @@ def conv2d_bn_leaky_relu(x, weight, bias, bn_weight, bn_bias, running_mean, runn
                    num_batches_tracked, stride, padding, negative_slope)
     eps, slope = check_eps(eps), float(negative_slope)
     use_batch = training or running_mean is None
+    z_shape = _out_shape(x, weight, sizes)
     if use_batch:
-        check_batch(_out_shape(x, weight, sizes))
+        check_batch(z_shape)
     impl = resolve(impl, x.device)
     if impl == "reference":
         return conv2d_bn_leaky_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
@@ -71,11 +73,9 @@ def conv2d_bn_leaky_relu(x, weight, bias, bn_weight, bn_bias, running_mean, runn
         grad = needs_grad(x, weight, bias, bn_weight, bn_bias)
         return F.leaky_relu(z, slope) if grad else F.leaky_relu_(z, slope)
     gamma, beta = (None if t is None else t.to(stats_dtype(x)) for t in (bn_weight, bn_bias))
-    y, _, mean, var, _ = _train(x, weight, bias, gamma, beta, eps, *sizes, slope, impl)
-    if training and running_mean is not None:
-        update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, bias,
-                             y.numel() // y.shape[1], momentum)
-    return y
+    update = running_update(training, running_mean, running_var, num_batches_tracked, momentum)
+    return _train(x, weight, bias, gamma, beta, eps, *sizes, slope, impl, update=update, bias=bias,
+                  count=z_shape[0] * z_shape[2] * z_shape[3])[0]
 
 
 def _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
@@ -97,32 +97,42 @@ def _out_shape(x, weight, sizes):
 
 # ---- training ----
 
+def _train_body(x, weight, bias, gamma, beta, eps, stride, padding, negative_slope, impl, running_mean, running_var,
+                num_batches_tracked, momentum):
+    """The training forward on real tensors: (y, z, mean, var, invstd, x as the kernels took it, if
+    converted). The running statistics are updated in bn_finalize (running_update; NO_UPDATE: not)."""
+    k = kernels(impl)
+    x_cl = to_layout(k, x, LAYOUT)
+    z = as_layout(k.conv2d(x_cl, dense_weight(weight), stride, padding), LAYOUT)
+    mean, var = k.batch_stats(z)
+    invstd, scale, shift = finalize(k, mean, var, gamma, beta, eps, bias,
+                                    (running_mean, running_var, num_batches_tracked, momentum), z.numel() // z.shape[1])
+    y = k.bn_relu(z, mean, scale, shift, negative_slope)
+    return y, z, mean, var, invstd, saved_input(x, x_cl)
+
+
 def _train_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
                   beta: Optional[torch.Tensor], eps: float, stride: list[int], padding: list[int],
                   negative_slope: float, impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                             torch.Tensor]:
-    k = kernels(impl)
-    x_cl = to_layout(k, x, LAYOUT)
-    z = as_layout(k.conv2d(x_cl, weight.contiguous(), stride, padding), LAYOUT)
-    mean, var = k.batch_stats(z)
-    y = k.bn_relu(z, mean, *scale_shift(var, gamma, beta, eps), negative_slope)
-    return y, z, mean, var, saved_input(x, x_cl)
+                                                             torch.Tensor, torch.Tensor]:
+    return _train_body(x, weight, bias, gamma, beta, eps, stride, padding, negative_slope, impl, *NO_UPDATE)
 
 
 def _train_fake(x, weight, bias, gamma, beta, eps, stride, padding, negative_slope, impl):
     shape = _out_shape(x, weight, [stride, padding])
     stats = x.new_empty((shape[1],), dtype=stats_dtype(x))
-    return empty(shape, x, LAYOUT), empty(shape, x, LAYOUT), stats, torch.empty_like(stats), saved_input_fake(x, LAYOUT)
+    return (empty(shape, x, LAYOUT), empty(shape, x, LAYOUT), stats, torch.empty_like(stats), torch.empty_like(stats),
+            saved_input_fake(x, LAYOUT))
 
 
 def _train_setup(ctx, inputs, output):
     x, weight, bias, gamma, beta, ctx.eps, ctx.stride, ctx.padding, ctx.negative_slope, ctx.impl = inputs
-    _, z, mean, var, x_saved = output
-    ctx.mark_non_differentiable(z, mean, var, x_saved)
+    _, z, mean, var, invstd, x_saved = output
+    ctx.mark_non_differentiable(z, mean, var, invstd, x_saved)
     ctx.set_materialize_grads(False)  # else autograd fills zero gradients for z and x_saved (passes over them)
     ctx.has_bias, ctx.has_gamma, ctx.has_beta = bias is not None, gamma is not None, beta is not None
     ctx.x_converted = bool(x_saved.numel())
-    ctx.save_for_backward(x_saved if ctx.x_converted else x, weight, gamma, beta, z, mean, var,
+    ctx.save_for_backward(x_saved if ctx.x_converted else x, weight, gamma, beta, z, mean, invstd,
                           x if ctx.x_converted else None, bias)
 
 
@@ -149,8 +159,7 @@ def _train_bwd_differentiable(ctx, grad_y):
 
 @once_differentiable
 def _train_bwd_fused(ctx, grad_y):
-    x, weight, gamma, beta, z, mean, var, _, _ = ctx.saved_tensors
-    invstd = torch.rsqrt(var + ctx.eps)
+    x, weight, gamma, beta, z, mean, invstd, _, _ = ctx.saved_tensors
     grad_z, grad_gamma, grad_beta = call(bn_relu_backward, grad_y, z, mean, invstd, gamma, beta, ctx.negative_slope,
                                          ctx.impl)
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
@@ -167,7 +176,7 @@ def _conv2d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
                      need_x: bool, need_weight: bool, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel op (csrc/schemas.h) as a traceable op: (grad_x, grad_weight), [0] where not asked for."""
     k = kernels(impl)
-    grad_x, grad_w = k.conv2d_backward(to_layout(k, grad, layout_of(x)), x, weight.contiguous(), stride, padding,
+    grad_x, grad_w = k.conv2d_backward(to_layout(k, grad, layout_of(x)), x, dense_weight(weight), stride, padding,
                                        need_x, need_weight)
     return to_layout(k, grad_x, layout_of(x)) if need_x else grad_x, grad_w
 
@@ -176,7 +185,7 @@ def _conv2d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
 def _(grad, x, weight, stride, padding, need_x, need_weight, impl):
     none = x.new_empty((0,))
     return (empty(x.shape, x, layout_of(x)) if need_x else none,
-            weight.new_empty(weight.shape) if need_weight else none)
+            weight_grad_fake(weight) if need_weight else none)
 
 
-_train = fused_op("conv2d_bn_leaky_relu_train", _train_kernel, _train_fake, _train_bwd, _train_setup)
+_train = block_op("conv2d_bn_leaky_relu_train", _train_kernel, _train_body, _train_fake, _train_bwd, _train_setup)

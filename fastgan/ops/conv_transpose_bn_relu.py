@@ -1,9 +1,10 @@
 """Fused ConvTranspose2d + BatchNorm2d + ReLU, the DCGAN generator block (SPEC 1).
 
 Training (batch statistics): z, mean, var = conv_transpose_stats(x, W) leaves the conv bias out
-(it cancels in the normalization and only moves the running mean), then y = relu((z - mean) *
-gamma * invstd + beta) in one pass, in place over z when no gradient is needed. The running
-statistics are updated by the small op `bn_running_stats_update`, exactly as nn.BatchNorm2d does.
+(it cancels in the normalization and only moves the running mean); the backend's bn_finalize turns
+the statistics into the per-channel scale and shift and updates the running statistics exactly as
+nn.BatchNorm2d does (one launch, no host sync even for momentum=None); then y = relu((z - mean) *
+scale + shift) in one pass, in place over z when no gradient is needed.
 Eval (running statistics): they are folded into the weight and bias, W' = W * gamma * invstd
 over dim 1, b' = beta + (bias - running_mean) * gamma * invstd, and the backend runs
 relu(conv_transpose2d(x, W', b')): no normalization pass at all.
@@ -11,8 +12,8 @@ relu(conv_transpose2d(x, W', b')): no normalization pass at all.
 Backward: training runs the fused BN + ReLU backward (both per-channel sums in one pass) and
 hands grad_z to the backend's conv_transpose_backward kernel op (on CPU: GEMMs for small inputs,
 else oneDNN's direct convolution; see csrc/cpu/convolution.cpp); eval backpropagates through
-the folded formula. Eval without gradients skips the fold where the weight is larger than the
-output (_eval_unfolded). Double backward is not supported:
+the folded formula. Eval without gradients skips the fold where it saves nothing (_fold_pays)
+and normalizes z in place (_eval_unfolded). Double backward is not supported:
 it raises (once_differentiable).
 
 The kernels get x channels-last (except 1x1 inputs, see _layout_for), so z and y come out
@@ -28,9 +29,10 @@ from torch.autograd.function import once_differentiable
 
 from .._backend import resolve
 from .._checks import as_layout, check_eps, empty
-from ._batch_norm import (LAYOUT, bn_relu_backward, call, cancelled_bias_grad, check_batch, check_block_arguments,
-                          folded, layout_of, momentum_factor, needs_grad, pair, saved_input, saved_input_fake,
-                          scale_shift, stats_dtype, update_running_stats)
+from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call, cancelled_bias_grad, check_batch,
+                          check_block_arguments, dense_weight, finalize, folded, layout_of, momentum_factor,
+                          needs_grad, pair, run_without_grad, running_update, saved_input, saved_input_fake,
+                          stats_dtype, weight_grad_fake)
 from ._dispatch import fused_op, kernels, to_layout
 
 
@@ -39,12 +41,6 @@ def _layout_for(x):
     from the latent), where the CPU's GEMM gives z in NCHW directly (and oneDNN, elsewhere, ran
     their transposed convolution 3x faster in NCHW)."""
     return torch.contiguous_format if x.shape[2] * x.shape[3] == 1 else LAYOUT
-
-
-def _dense(weight):
-    """The weight as the kernels take it: dense, in its own layout (oneDNN picks the output's
-    layout from x's; converting the weight cost more than it saved)."""
-    return weight if weight.is_contiguous() else weight.contiguous()
 
 
 def conv_transpose_bn_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training,
@@ -72,29 +68,27 @@ def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, ru
                    num_batches_tracked, stride, padding, output_padding)
     eps = check_eps(eps)
     use_batch = training or running_mean is None
+    z_shape = _out_shape(x, weight, sizes)
     if use_batch:
-        check_batch(_out_shape(x, weight, sizes))
+        check_batch(z_shape)
     impl = resolve(impl, x.device)
     if impl == "reference":
         return conv_transpose_bn_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                                 training, momentum, eps, sizes[0], sizes[1], sizes[2],
                                                 num_batches_tracked)
     if not use_batch:
-        z_numel = torch.Size(_out_shape(x, weight, sizes)).numel()
-        if weight.numel() > z_numel and not needs_grad(x, weight, bias, bn_weight, bn_bias):
+        if not _fold_pays(weight, z_shape, impl) and not needs_grad(x, weight, bias, bn_weight, bn_bias):
             vectors = [None if t is None else t.to(stats_dtype(x))
                        for t in (bias, bn_weight, bn_bias, running_mean, running_var)]
             return call(_eval_unfolded, x, weight, *vectors, eps, *sizes, impl)
         return _eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, sizes, impl)
     gamma, beta = (None if t is None else t.to(stats_dtype(x)) for t in (bn_weight, bn_bias))
+    update = running_update(training, running_mean, running_var, num_batches_tracked, momentum)
+    count = z_shape[0] * z_shape[2] * z_shape[3]
     if needs_grad(x, weight, bias, bn_weight, bn_bias):
-        y, _, mean, var, _ = _train(x, weight, bias, gamma, beta, eps, *sizes, impl)
-    else:
-        y, mean, var = call(_train_inplace, x, weight, gamma, beta, eps, *sizes, impl)
-    if training and running_mean is not None:
-        update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, bias,
-                             y.numel() // y.shape[1], momentum)
-    return y
+        return _train(x, weight, bias, gamma, beta, eps, *sizes, impl, update=update, bias=bias, count=count)[0]
+    return run_without_grad(_train_inplace, _train_inplace_body, (x, weight, gamma, beta, eps, *sizes, impl), bias,
+                            update, count)
 
 
 # ---- checks ----
@@ -119,41 +113,49 @@ def _out_shape(x, weight, sizes):
 
 # ---- training ----
 
-def _train_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
-                  beta: Optional[torch.Tensor], eps: float, stride: list[int], padding: list[int],
-                  output_padding: list[int], impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                 torch.Tensor]:
+def _train_body(x, weight, bias, gamma, beta, eps, stride, padding, output_padding, impl, running_mean, running_var,
+                num_batches_tracked, momentum):
+    """The training forward on real tensors: (y, z, mean, var, invstd, x as the kernels took it, if
+    converted). The running statistics are updated in bn_finalize (running_update; NO_UPDATE: not)."""
     k = kernels(impl)
     fmt = _layout_for(x)
     x_fmt = to_layout(k, x, fmt)
-    z, mean, var = k.conv_transpose_stats(x_fmt, _dense(weight), stride, padding, output_padding)
+    z, mean, var = k.conv_transpose_stats(x_fmt, dense_weight(weight), stride, padding, output_padding)
     z = as_layout(z, fmt)
-    scale, shift = scale_shift(var, gamma, beta, eps)
-    return as_layout(k.bn_relu(z, mean, scale, shift, 0.0), fmt), z, mean, var, saved_input(x, x_fmt)
+    invstd, scale, shift = finalize(k, mean, var, gamma, beta, eps, bias,
+                                    (running_mean, running_var, num_batches_tracked, momentum), z.numel() // z.shape[1])
+    return as_layout(k.bn_relu(z, mean, scale, shift, 0.0), fmt), z, mean, var, invstd, saved_input(x, x_fmt)
+
+
+def _train_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
+                  beta: Optional[torch.Tensor], eps: float, stride: list[int], padding: list[int],
+                  output_padding: list[int], impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                 torch.Tensor, torch.Tensor]:
+    return _train_body(x, weight, bias, gamma, beta, eps, stride, padding, output_padding, impl, *NO_UPDATE)
 
 
 def _train_fake(x, weight, bias, gamma, beta, eps, stride, padding, output_padding, impl):
     shape = _out_shape(x, weight, [stride, padding, output_padding])
     stats = x.new_empty((shape[1],), dtype=stats_dtype(x))
     fmt = _layout_for(x)
-    return empty(shape, x, fmt), empty(shape, x, fmt), stats, torch.empty_like(stats), saved_input_fake(x, fmt)
+    return (empty(shape, x, fmt), empty(shape, x, fmt), stats, torch.empty_like(stats), torch.empty_like(stats),
+            saved_input_fake(x, fmt))
 
 
 def _train_setup(ctx, inputs, output):
     x, weight, bias, gamma, beta, ctx.eps, ctx.stride, ctx.padding, ctx.output_padding, ctx.impl = inputs
-    _, z, mean, var, x_saved = output
-    ctx.mark_non_differentiable(z, mean, var, x_saved)
+    _, z, mean, var, invstd, x_saved = output
+    ctx.mark_non_differentiable(z, mean, var, invstd, x_saved)
     ctx.set_materialize_grads(False)  # else autograd fills a zero gradient for z (a pass over it) and x_saved
     ctx.has_bias, ctx.has_gamma, ctx.has_beta = bias is not None, gamma is not None, beta is not None
-    ctx.save_for_backward(x_saved if x_saved.numel() else x, weight, gamma, beta, z, mean, var)
+    ctx.save_for_backward(x_saved if x_saved.numel() else x, weight, gamma, beta, z, mean, invstd)
 
 
 @once_differentiable
 def _train_bwd(ctx, grad_y, *_):
     if grad_y is None:  # y took no part in what is differentiated
         return (None,) * 10
-    x, weight, gamma, beta, z, mean, var = ctx.saved_tensors
-    invstd = torch.rsqrt(var + ctx.eps)
+    x, weight, gamma, beta, z, mean, invstd = ctx.saved_tensors
     grad_z, grad_gamma, grad_beta = call(bn_relu_backward, grad_y, z, mean, invstd, gamma, beta, 0.0, ctx.impl)
     need = ctx.needs_input_grad
     grad_x, grad_w, _ = _conv_backward(grad_z, x, weight, ctx, need[0], need[1], False)
@@ -178,7 +180,7 @@ def _conv_transpose_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.
                              padding: list[int], output_padding: list[int], need_x: bool, need_weight: bool,
                              impl: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel op (csrc/schemas.h) as a traceable op: (grad_x, grad_weight), [0] where not asked for."""
-    grad_x, grad_w = kernels(impl).conv_transpose_backward(grad, x, _dense(weight), stride, padding, output_padding,
+    grad_x, grad_w = kernels(impl).conv_transpose_backward(grad, x, dense_weight(weight), stride, padding, output_padding,
                                                            need_x, need_weight)
     return to_layout(kernels(impl), grad_x, layout_of(x)) if need_x else grad_x, grad_w
 
@@ -187,32 +189,52 @@ def _conv_transpose_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.
 def _(grad, x, weight, stride, padding, output_padding, need_x, need_weight, impl):
     none = x.new_empty((0,))
     return (empty(x.shape, x, layout_of(x)) if need_x else none,
-            weight.new_empty(weight.shape) if need_weight else none)
+            weight_grad_fake(weight) if need_weight else none)
 
 
-_train = fused_op("conv_transpose_bn_relu_train", _train_kernel, _train_fake, _train_bwd, _train_setup)
+_train = block_op("conv_transpose_bn_relu_train", _train_kernel, _train_body, _train_fake, _train_bwd, _train_setup)
+
+
+def _train_inplace_body(x, weight, gamma, beta, eps, stride, padding, output_padding, impl, bias=None,
+                        update=NO_UPDATE):
+    """Training forward when no gradient is needed: normalizes z in place (one tensor fewer);
+    (y, mean, var), the running statistics updated as `update` asks (with the conv bias)."""
+    k = kernels(impl)
+    fmt = _layout_for(x)
+    z, mean, var = k.conv_transpose_stats(to_layout(k, x, fmt), dense_weight(weight), stride, padding, output_padding)
+    z = as_layout(z, fmt)
+    _, scale, shift = finalize(k, mean, var, gamma, beta, eps, bias, update, z.numel() // z.shape[1])
+    k.bn_relu_(z, mean, scale, shift, 0.0)
+    return z, mean, var
 
 
 @torch.library.custom_op("fastgan::conv_transpose_bn_relu_train_inplace", mutates_args=())
 def _train_inplace(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
                    eps: float, stride: list[int], padding: list[int], output_padding: list[int],
                    impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training forward when no gradient is needed: normalizes z in place (one tensor fewer)."""
-    k = kernels(impl)
-    fmt = _layout_for(x)
-    z, mean, var = k.conv_transpose_stats(to_layout(k, x, fmt), _dense(weight), stride, padding, output_padding)
-    z = as_layout(z, fmt)
-    k.bn_relu_(z, mean, *scale_shift(var, gamma, beta, eps), 0.0)
-    return z, mean, var
+    """_train_inplace_body as a traceable op (the running statistics left to bn_running_stats_update)."""
+    return _train_inplace_body(x, weight, gamma, beta, eps, stride, padding, output_padding, impl)
 
 
 @_train_inplace.register_fake
 def _(x, weight, gamma, beta, eps, stride, padding, output_padding, impl):
-    y, _, mean, var, _ = _train_fake(x, weight, None, gamma, beta, eps, stride, padding, output_padding, impl)
+    y, _, mean, var, _, _ = _train_fake(x, weight, None, gamma, beta, eps, stride, padding, output_padding, impl)
     return y, mean, var
 
 
 # ---- eval ----
+
+# Eval without gradients normalizes z in place (_eval_unfolded) unless folding saves more. It saves the
+# pass over z only where the convolution applies the folded bias and the ReLU itself (cpu: oneDNN's
+# post-op, triton: its epilogue; the cuda backend's cuDNN convolution is followed by a ReLU pass), and
+# the fold costs ~7 small ops, ~20 us of host time on CPU (a pass over ~64K float32 values), plus a
+# pass over the weight.
+_FOLD_MIN_SAVED = 1 << 16
+
+
+def _fold_pays(weight, z_shape, impl):
+    return impl != "cuda" and torch.Size(z_shape).numel() > weight.numel() + _FOLD_MIN_SAVED
+
 
 def _eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, sizes, impl):
     """relu(conv_transpose2d(x, W * s, beta + (bias - running_mean) * s)), s = gamma * invstd:
@@ -229,10 +251,11 @@ def _eval_unfolded(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     blocks at small batches): folding would cost more than normalizing z in place, which this does."""
     k = kernels(impl)
     fmt = _layout_for(x)
-    z = k.conv_transpose(to_layout(k, x, fmt), _dense(weight), stride, padding, output_padding)
+    z = k.conv_transpose(to_layout(k, x, fmt), dense_weight(weight), stride, padding, output_padding)
     z = as_layout(z, fmt)
     mean = running_mean if bias is None else running_mean - bias
-    k.bn_relu_(z, mean, *scale_shift(running_var, gamma, beta, eps), 0.0)
+    _, scale, shift = k.bn_finalize(mean, running_var, gamma, beta, eps, None, None, None, None, 0.0, 0)
+    k.bn_relu_(z, mean, scale, shift, 0.0)
     return z
 
 
@@ -245,7 +268,7 @@ def _bias_relu_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                       padding: list[int], output_padding: list[int], impl: str) -> torch.Tensor:
     fmt = _layout_for(x)
     k = kernels(impl)
-    y = k.conv_transpose_bias_relu(to_layout(k, x, fmt), _dense(weight), bias, stride, padding, output_padding)
+    y = k.conv_transpose_bias_relu(to_layout(k, x, fmt), dense_weight(weight), bias, stride, padding, output_padding)
     return as_layout(y, fmt)
 
 

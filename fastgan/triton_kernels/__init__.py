@@ -17,7 +17,7 @@ from .bias_act_pixel_norm import bias_act_pixel_norm, bias_act_pixel_norm_backwa
 from .blend_reals import KERNEL_SPECS as _BLEND_REALS_SPECS
 from .blend_reals import blend_reals
 from .conv_transpose_bn_relu import KERNEL_SPECS as _CONV_TRANSPOSE_BN_RELU_SPECS
-from .conv_transpose_bn_relu import (batch_stats, bn_relu, bn_relu_, bn_relu_backward,
+from .conv_transpose_bn_relu import (batch_stats, bn_finalize, bn_relu, bn_relu_, bn_relu_backward,
                                      conv_transpose, conv_transpose_bias_relu, conv_transpose_stats)
 from .convolution import conv2d, conv2d_backward, conv_transpose_backward, to_layout
 from .fade_in import KERNEL_SPECS as _FADE_IN_SPECS

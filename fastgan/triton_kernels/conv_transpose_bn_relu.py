@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .pixel_norm import _rsqrt
 from ._common import INTERPRET, KernelSpec, autotune, check_like, compute_dtype, device_guard, fp64_scalar, layout
 
 # ---------------------------------------------------------------------------
@@ -106,10 +107,11 @@ def _chan_combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 @triton.jit
 def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
                            N, C_in, H_in, W_in, C_out, H_out, W_out, Hq, Wq,
-                           stride_h, stride_w, pad_h, pad_w, kH, kW,
+                           stride_h, stride_w, pad_h, pad_w, kH, kW, w_s_ci, w_s_co, w_s_kh, w_s_kw,
                            STATS: tl.constexpr, FP32_MMA: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """x [N, H_in, W_in, C_in] (channels-last), w [kH, kW, C_in, C_out], z [N, H_out, W_out, C_out].
+    """x [N, H_in, W_in, C_in] (channels-last), w [C_in, C_out, kH, kW] channels-last (its strides
+    w_s_*, w_s_co = 1: C_out contiguous), z [N, H_out, W_out, C_out].
     Program (t, j): output channels j * BLOCK_N + ..., and the t-th tile of BLOCK_M pixels in phase
     order: phase (rh, rw) holds the pixels (rh + s_h * qh, rw + s_w * qw), qh < Hq, qw < Wq.
     STATS: store z and the tile's partial statistics to part [tiles, 4, C_out];
@@ -154,9 +156,9 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
         x_row = tl.where(ok, ((n_img * H_in + ih) * W_in + iw) * C_in, 0)
         ci = (it % c_blocks) * BLOCK_K + ck
         ci_ok = ci < C_in
-        w_row = ((ph + stride_h * jh) * kW + pw + stride_w * jw) * C_in + ci
+        w_row = (ph + stride_h * jh) * w_s_kh + (pw + stride_w * jw) * w_s_kw + ci * w_s_ci
         a = tl.load(x_ptr + x_row[:, None] + ci[None, :], mask=ok[:, None] & ci_ok[None, :], other=0.0)
-        b = tl.load(w_ptr + w_row[:, None] * C_out + co[None, :], mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
+        b = tl.load(w_ptr + w_row[:, None] + co[None, :] * w_s_co, mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
         if FP32_MMA:
             acc = tl.dot(a, b, acc, input_precision="tf32", out_dtype=acc_t)
         else:  # exact float32 products (on the CUDA cores); other dtypes are unaffected
@@ -248,7 +250,8 @@ def _launch_conv(x, weight, bias, stride, padding, output_padding, stats):
     (sh, sw), (ph, pw) = stride, padding
     hq, wq = triton.cdiv(h_out, sh), triton.cdiv(w_out, sw)
     x = x.contiguous(memory_format=torch.channels_last)
-    w = weight.permute(2, 3, 0, 1).contiguous()  # [kH, kW, C_in, C_out]
+    # C_out contiguous: a channels-last weight (what the models keep on a GPU) is read as it is.
+    w = weight.contiguous(memory_format=torch.channels_last)
     z = torch.empty((n, c_out, h_out, w_out), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     phases = sh * sw
     max_tiles = phases * triton.cdiv(n * hq * wq, _MIN_BLOCK_M)
@@ -271,7 +274,7 @@ def _launch_conv(x, weight, bias, stride, padding, output_padding, stats):
     with device_guard(x):
         _conv_transpose[fp32_mma][grid](x, w, z, bias if bias is not None else z, part,
                               n, c_in, h_in, w_in, c_out, h_out, w_out, hq, wq, sh, sw, ph, pw, kh, kw,
-                              STATS=stats, FP32_MMA=fp32_mma)
+                              *w.stride(), STATS=stats, FP32_MMA=fp32_mma)
     tiles = phases * triton.cdiv(n * hq * wq, _conv_transpose[fp32_mma].best_config.kwargs["BLOCK_M"])
     return z, part, tiles
 
@@ -608,6 +611,107 @@ def bn_relu_(z, mean, scale, shift, negative_slope):
     _bn_relu_into(z, z, mean, scale, shift, negative_slope)
 
 
+@triton.jit
+def _bn_finalize_kernel(mean_ptr, var_ptr, gamma_ptr, beta_ptr, invstd_ptr, scale_ptr, shift_ptr, rmean_ptr, rvar_ptr,
+                        nbt_ptr, bias_ptr, C, eps: "fp64", momentum: "fp64", unbias: "fp64",
+                        HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr, UPDATE: tl.constexpr, HAS_NBT: tl.constexpr,
+                        HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """bn_finalize (csrc/schemas.h) in one program: it reads num_batches_tracked before it writes it
+    (a grid of programs could read it after)."""
+    acc_t: tl.constexpr = mean_ptr.dtype.element_ty
+    m = momentum
+    if UPDATE and HAS_NBT:
+        n = tl.load(nbt_ptr) + 1
+        if momentum < 0:
+            m = 1.0 / n.to(tl.float64)
+        tl.debug_barrier()  # every thread has read the count before it changes
+        tl.store(nbt_ptr, n)
+    a = m.to(acc_t)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        ok = c < C
+        var = tl.load(var_ptr + c, mask=ok, other=1.0)
+        invstd = _rsqrt(var + tl.cast(eps, acc_t))
+        scale = invstd
+        if HAS_GAMMA:
+            scale = tl.load(gamma_ptr + c, mask=ok, other=1.0) * invstd
+        shift = tl.zeros([BLOCK_C], dtype=acc_t)
+        if HAS_BETA:
+            shift = tl.load(beta_ptr + c, mask=ok, other=0.0)
+        tl.store(invstd_ptr + c, invstd, mask=ok)
+        tl.store(scale_ptr + c, scale, mask=ok)
+        tl.store(shift_ptr + c, shift, mask=ok)
+        if UPDATE:
+            batch_mean = tl.load(mean_ptr + c, mask=ok, other=0.0)
+            if HAS_BIAS:
+                batch_mean += tl.load(bias_ptr + c, mask=ok, other=0.0).to(acc_t)
+            rm = tl.load(rmean_ptr + c, mask=ok, other=0.0).to(acc_t)
+            rv = tl.load(rvar_ptr + c, mask=ok, other=0.0).to(acc_t)
+            _store_running(rmean_ptr + c, rm + a * (batch_mean - rm), ok)
+            _store_running(rvar_ptr + c, rv + a * (var * tl.cast(unbias, acc_t) - rv), ok)
+
+
+@triton.jit
+def _store_running(ptr, v, mask):
+    # float64 to bfloat16 through float32 (a second rounding: one bfloat16 ulp off at most, in rare
+    # ties), as the interpreter turns a direct cast into garbage.
+    if v.dtype == tl.float64 and ptr.dtype.element_ty == tl.bfloat16:
+        v = v.to(tl.float32)
+    tl.store(ptr, v.to(ptr.dtype.element_ty), mask=mask)
+
+
+_FINALIZE_BLOCK_C = 4 if INTERPRET else 256  # several loop iterations on tiny test shapes
+
+
+def _finalize_vector(t, name, like, own_dtype=False):
+    ok = t.dim() == 1 and t.shape[0] == like.shape[0] and t.device == like.device and t.stride(0) == 1
+    if not ok or (not t.is_floating_point() if own_dtype else t.dtype != like.dtype):
+        want = "a floating" if own_dtype else str(like.dtype)
+        raise ValueError(f"fastgan triton: {name} must be a contiguous {want} vector of {like.shape[0]} values on "
+                         f"{like.device}, got {t.dtype} of shape {tuple(t.shape)} on {t.device}")
+
+
+def bn_finalize(mean, var, gamma, beta, eps, running_mean, running_var, num_batches_tracked, bias, momentum, count):
+    """(invstd, scale, shift) of the batch statistics, and nn.BatchNorm2d's running-statistics update in place
+    (csrc/schemas.h), in one launch."""
+    if mean.dim() != 1 or mean.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"fastgan triton: mean must be a float32 or float64 vector, got {mean.dtype} "
+                         f"of shape {tuple(mean.shape)}")
+    for name, t in (("mean", mean), ("var", var), ("gamma", gamma), ("beta", beta)):
+        if t is not None:
+            _finalize_vector(t, name, mean)
+    update = running_mean is not None
+    if update != (running_var is not None):
+        raise ValueError("fastgan triton: running_mean and running_var must be given together")
+    if update:
+        _finalize_vector(running_mean, "running_mean", mean, own_dtype=True)
+        _finalize_vector(running_var, "running_var", mean, own_dtype=True)
+        if count <= 1:
+            raise ValueError(f"fastgan triton: count must be > 1 to update the running variance, got {count}")
+        if momentum < 0 and num_batches_tracked is None:
+            raise ValueError("fastgan triton: momentum < 0 (the cumulative average) needs num_batches_tracked")
+    if num_batches_tracked is not None and (num_batches_tracked.numel() != 1 or
+                                            num_batches_tracked.dtype != torch.int64 or
+                                            num_batches_tracked.device != mean.device):
+        raise ValueError("fastgan triton: num_batches_tracked must be a one-element int64 tensor on mean's device")
+    if bias is not None:
+        _finalize_vector(bias, "bias", mean, own_dtype=True)
+    invstd, scale, shift = (torch.empty_like(mean) for _ in range(3))
+    c = mean.shape[0]
+    if c == 0:
+        return invstd, scale, shift
+    # Pointers a variant does not read get `mean` (never dereferenced).
+    with device_guard(mean):
+        _bn_finalize_kernel[(1,)](
+            mean, var, mean if gamma is None else gamma, mean if beta is None else beta, invstd, scale, shift,
+            running_mean if update else mean, running_var if update else mean,
+            mean if num_batches_tracked is None else num_batches_tracked, mean if bias is None else bias, c,
+            fp64_scalar(eps), fp64_scalar(momentum), fp64_scalar(count / (count - 1) if update else 1.0),
+            HAS_GAMMA=gamma is not None, HAS_BETA=beta is not None, UPDATE=update,
+            HAS_NBT=num_batches_tracked is not None, HAS_BIAS=bias is not None, BLOCK_C=_FINALIZE_BLOCK_C)
+    return invstd, scale, shift
+
+
 def batch_stats(z):
     """(mean, var): the per-channel mean and biased variance of a 4-D z over (N, H, W), float32
     (float64 for float64 z); NaN for an empty z."""
@@ -647,10 +751,11 @@ def bn_relu_backward(grad_y, z, mean, invstd, gamma, beta, negative_slope):
     else:
         gamma = beta = mean  # not read
     grad_z = torch.empty_like(z)
-    grad_gamma = torch.zeros(c, dtype=mean.dtype, device=z.device)
-    grad_beta = torch.zeros(c, dtype=mean.dtype, device=z.device)
     if z.numel() == 0:
-        return grad_z, grad_gamma, grad_beta
+        return grad_z, torch.zeros(c, dtype=mean.dtype, device=z.device), torch.zeros_like(mean)
+    # Written whole by the finalize kernel: no fill launches.
+    grad_gamma = torch.empty(c, dtype=mean.dtype, device=z.device)
+    grad_beta = torch.empty(c, dtype=mean.dtype, device=z.device)
     if zl == "channels_last":
         t = triton.cdiv(r, _CHUNK_ROWS)
         sums_grid = _chunk_grid(t, k, "z")
@@ -699,7 +804,7 @@ def _signature(pointers, ints, vector_pointers=(), constexprs=(), floats=()):
 
 
 _CONV_INTS = ("N", "C_in", "H_in", "W_in", "C_out", "H_out", "W_out", "Hq", "Wq",
-              "stride_h", "stride_w", "pad_h", "pad_w", "kH", "kW")
+              "stride_h", "stride_w", "pad_h", "pad_w", "kH", "kW", "w_s_ci", "w_s_kh", "w_s_kw")
 _ROW_BLOCKS = ("BLOCK_R", "BLOCK_K")
 
 
@@ -714,9 +819,9 @@ _AFFINE = ({"AFFINE": True}, {"AFFINE": False})
 KERNEL_SPECS = [
     KernelSpec("conv_transpose", _conv_transpose_kernel,
                _signature(("x_ptr", "w_ptr", "z_ptr", "bias_ptr"), _CONV_INTS, vector_pointers=("part_ptr",),
-                          constexprs=("STATS", "FP32_MMA", "BLOCK_M", "BLOCK_N", "BLOCK_K")),
+                          constexprs=("w_s_co", "STATS", "FP32_MMA", "BLOCK_M", "BLOCK_N", "BLOCK_K")),
                tuple((f"{'stats' if stats else 'bias_relu'}-{'tf32' if mma else 'fp32'}",
-                      {"STATS": stats, "FP32_MMA": mma}, MMA_CONFIGS if mma else FMA_CONFIGS)
+                      {"w_s_co": 1, "STATS": stats, "FP32_MMA": mma}, MMA_CONFIGS if mma else FMA_CONFIGS)
                      for stats in (True, False) for mma in (True, False)), dots=True),
     KernelSpec("conv_transpose_finalize_stats", _finalize_stats_kernel,
                _signature((), ("T", "C"), vector_pointers=("part_ptr", "mean_ptr", "var_ptr"),
@@ -726,6 +831,16 @@ KERNEL_SPECS = [
                _signature(("z_ptr", "y_ptr"), ("R", "K", "C"), vector_pointers=("mean_ptr", "scale_ptr", "shift_ptr"),
                           floats=("negative_slope",), constexprs=("CHANNELS_LAST",) + _ROW_BLOCKS),
                _row_variants()),
+    KernelSpec("bn_finalize", _bn_finalize_kernel,
+               {**_signature((), ("C",), vector_pointers=("mean_ptr", "var_ptr", "gamma_ptr", "beta_ptr", "invstd_ptr",
+                                                          "scale_ptr", "shift_ptr", "rmean_ptr", "rvar_ptr"),
+                             floats=("eps", "momentum", "unbias")),
+                "nbt_ptr": "*i64", "bias_ptr": "*{dtype}",
+                **dict.fromkeys(("HAS_GAMMA", "HAS_BETA", "UPDATE", "HAS_NBT", "HAS_BIAS", "BLOCK_C"), "constexpr")},
+               tuple((name, {"HAS_GAMMA": affine, "HAS_BETA": affine, "UPDATE": update, "HAS_NBT": update,
+                             "HAS_BIAS": update, "BLOCK_C": 256}, [triton.Config({})])
+                     for name, affine, update in (("train", True, True), ("train-no-affine", False, True),
+                                                  ("no-update", True, False)))),
     KernelSpec("batch_stats", _batch_stats_kernel,
                _signature(("z_ptr",), ("R", "K", "C", "chunk_rows"), vector_pointers=("part_ptr",),
                           constexprs=("CHANNELS_LAST",) + _ROW_BLOCKS),

@@ -20,7 +20,7 @@ def _backward(grad, x, weight, stride, padding, transposed, output_padding, need
         None, stride, padding, [1, 1], transposed, output_padding, 1, [need_x, need_weight, False])
     none = x.new_empty((0,))
     return (grad_x.contiguous(memory_format=_format_of(x)) if need_x else none,
-            grad_w.contiguous() if need_weight else none)
+            grad_w.contiguous(memory_format=_format_of(weight)) if need_weight else none)
 
 
 def to_layout(t, channels_last):
