@@ -12,7 +12,10 @@ DCGAN: 64x64, full width (ngf = ndf = 64), batch 64 and 128, and batch 128 with 
 discrimination (B = 100, C = 5) in D. ProGAN: 64x64 with feature maps capped at 128 (512 in the
 paper: a step would take ~10 s on two CPU cores), batch 32, the 64x64 level fading in.
 
-    python benchmarks/run.py --e2e [--quick] [--backends eager,compile,cpu]
+    python benchmarks/run.py --e2e [--quick] [--backends eager,compile,cpu] [--cuda-graphs]
+
+--cuda-graphs (GPU): every provider's whole step captured once and replayed as one CUDA graph
+(models.graphed; eager and fastgan alike), torch.compile in its reduce-overhead mode.
 """
 
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ import torch
 
 import fastgan
 from fastgan.models import (DCGANDiscriminator, DCGANGenerator, ProGANDiscriminator, ProGANGenerator,
-                            dcgan_optimizers, dcgan_step, progan_optimizers, progan_step)
+                            dcgan_optimizers, dcgan_step, graphed, progan_optimizers, progan_step)
 
 
 @dataclass(frozen=True)
@@ -32,48 +35,68 @@ class Step:
     make: Callable  # (impl or None for eager, device) -> a zero-argument function running one step
 
 
-def _compiled(module):
-    """The module's forward wrapped in torch.compile, parameters shared."""
-    module.forward = torch.compile(module.forward)
+def _compiled(module, graphs=False):
+    """The module's forward wrapped in torch.compile, parameters shared; with CUDA graphs its
+    reduce-overhead mode (each network's graphs; the optimizer steps stay eager)."""
+    module.forward = torch.compile(module.forward, mode="reduce-overhead" if graphs else None)
     return module
+
+
+def _placed(module, device, fastgan_model):
+    """The module on `device`; a fastgan model on a GPU also with channels-last weights: its activations
+    are channels-last, which cuDNN runs with channels-last weights (others it converts at every call,
+    forward and backward). The eager model stays as PyTorch builds it."""
+    module = module.to(device)
+    if fastgan_model and torch.device(device).type == "cuda":
+        module = module.to(memory_format=torch.channels_last)
+    return module
+
+
+def _runner(step, graphs, compile_):
+    """The zero-argument step: replayed from one CUDA graph of the whole step (graphs, eager code:
+    models.graphed), else run as is."""
+    if graphs and not compile_:
+        return graphed(lambda: step(item=False))
+    return lambda: step()
 
 
 def _dcgan(batch, minibatch_features=0, width=64, nz=100, kernel_dim=5):
     """DCGAN at 64x64 (the architecture fixes it), ngf = ndf = `width`."""
-    def make(impl, device, compile_=False):
+    def make(impl, device, compile_=False, graphs=False):
         torch.manual_seed(0)
         fused = impl not in (None, "reference")
-        gen = DCGANGenerator(nz=nz, ngf=width, fused=fused, impl=impl).to(device)
-        disc = DCGANDiscriminator(ndf=width, minibatch_features=minibatch_features, kernel_dim=kernel_dim,
-                                  fused=fused, impl=impl or "reference").to(device)
+        gen = _placed(DCGANGenerator(nz=nz, ngf=width, fused=fused, impl=impl), device, fused)
+        disc = _placed(DCGANDiscriminator(ndf=width, minibatch_features=minibatch_features, kernel_dim=kernel_dim,
+                                          fused=fused, impl=impl or "reference"), device, fused)
         if compile_:
-            _compiled(gen)
-            _compiled(disc)
-        opt_g, opt_d = dcgan_optimizers(gen, disc)
+            _compiled(gen, graphs)
+            _compiled(disc, graphs)
+        opt_g, opt_d = dcgan_optimizers(gen, disc, capturable=graphs and not compile_)
         real = torch.rand(batch, 3, 64, 64, device=device) * 2 - 1
         z = torch.randn(batch, nz, 1, 1, device=device)
-        return lambda: dcgan_step(gen, disc, opt_g, opt_d, real, z)
+        return _runner(lambda item=True: dcgan_step(gen, disc, opt_g, opt_d, real, z, item=item), graphs, compile_)
     return make
 
 
 def _progan(batch, resolution=64, fmap_max=128, alpha=0.5):
     """The last level fading in (alpha 0.5), so every fade-in path runs, with the gradient penalty."""
-    def make(impl, device, compile_=False):
+    def make(impl, device, compile_=False, graphs=False):
         torch.manual_seed(0)
         impl = impl or "reference"
         kw = dict(fmap_base=fmap_max * 16, fmap_max=fmap_max, impl=impl)
-        gen = ProGANGenerator(resolution, 128, 3, **kw).to(device)
-        disc = ProGANDiscriminator(resolution, 3, **kw).to(device)
+        gen = _placed(ProGANGenerator(resolution, 128, 3, **kw), device, impl != "reference")
+        disc = _placed(ProGANDiscriminator(resolution, 3, **kw), device, impl != "reference")
         if compile_:
-            _compiled(gen)
-            _compiled(disc)
-        opt_g, opt_d = progan_optimizers(gen, disc)
+            _compiled(gen, graphs)
+            _compiled(disc, graphs)
+        opt_g, opt_d = progan_optimizers(gen, disc, capturable=graphs and not compile_)
         level = gen.levels - 1
         real = fastgan.ops.blend_reals(torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1,
                                        alpha, impl=impl)
         z = torch.randn(batch, 128, device=device)
         mix = torch.rand(batch, 1, 1, 1, device=device)
-        return lambda: progan_step(gen, disc, opt_g, opt_d, real, level, alpha, z, mix)
+        return _runner(lambda item=True: progan_step(gen, disc, opt_g, opt_d, real, level, alpha, z, mix, item=item),
+                       graphs, compile_)
     return make
 
 
@@ -86,15 +109,15 @@ STEPS = [
 QUICK_STEPS = STEPS  # --quick: every step, fewer repeats
 
 
-def step_fn(step, provider, device):
+def step_fn(step, provider, device, graphs=False):
     if provider == "eager":
-        return step.make(None, device)
+        return step.make(None, device, graphs=graphs)
     if provider == "compile":
-        return step.make(None, device, compile_=True)
-    return step.make(provider, device)
+        return step.make(None, device, compile_=True, graphs=graphs)
+    return step.make(provider, device, graphs=graphs)
 
 
-def bench_step(step, device, providers, settings, timer, status=lambda s: None):
+def bench_step(step, device, providers, settings, timer, status=lambda s: None, graphs=False):
     """Rows (the harness's) of one training step for every provider, timed interleaved."""
     import harness
 
@@ -104,7 +127,7 @@ def bench_step(step, device, providers, settings, timer, status=lambda s: None):
     for p in providers:
         status(f"{p} build")
         try:
-            fns[p] = step_fn(step, p, device)
+            fns[p] = step_fn(step, p, device, graphs)
         except Exception as e:  # noqa: BLE001 - a row says why
             rows.append(harness._row(case, shape, "train step", p, error=harness.reason(e)))
     jobs = {p: (None, lambda _, fn=fn: fn()) for p, fn in fns.items()}

@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--quick] [--ops fade_in,pixel_norm] [--backends cpu,compile]
                              [--device cpu|cuda] [--dtype float32] [--out DIR]
-    python benchmarks/run.py --e2e [--quick] ...   # whole training steps (e2e.py)
+    python benchmarks/run.py --e2e [--quick] [--cuda-graphs] ...   # whole training steps (e2e.py)
     python benchmarks/run.py --model [--quick] ... # GPU traffic model, no timing (traffic.py)
     python benchmarks/run.py --overhead [--quick] ...  # host us and dispatched ops per call (overhead.py)
 
@@ -52,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")
     p.add_argument("--out", type=Path, default=HERE / "results", help="output folder (default: %(default)s)")
     p.add_argument("--e2e", action="store_true", help="time whole training steps instead of the ops")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="--e2e on a GPU: replay each whole step as a CUDA graph (compile: mode reduce-overhead)")
     p.add_argument("--model", action="store_true",
                    help="print the GPU traffic model of the ops (bytes, launches, H100 floor) and exit")
     p.add_argument("--overhead", action="store_true",
@@ -59,6 +61,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
+    if args.cuda_graphs and not (args.e2e and args.device == "cuda"):
+        p.error("--cuda-graphs captures whole training steps on a GPU: it needs --e2e and --device cuda")
     return args
 
 
@@ -85,9 +89,10 @@ def main(argv=None):
         steps = e2e.QUICK_STEPS if args.quick else e2e.STEPS
         work = [(step, None) for step in steps]
     else:
-        work = [(c, s) for c in cases for s in (c.quick_shapes if args.quick else c.shapes)]
+        work = [(c, s) for c in cases for s in c.shapes_for(device, args.quick)]
 
     info = harness.machine_info(device, dtype, args.quick)  # before the run: the load is others'
+    info["cuda_graphs"] = args.cuda_graphs
     torch.manual_seed(0)
     timer = harness.Timer(device)
     rows = []
@@ -97,13 +102,14 @@ def main(argv=None):
         bar.set_postfix_str(label)
         status = lambda s: bar.set_postfix_str(f"{label} {s}")  # noqa: E731
         if args.e2e:
-            rows += e2e.bench_step(case, device, providers, settings, timer, status=status)
+            rows += e2e.bench_step(case, device, providers, settings, timer, status=status, graphs=args.cuda_graphs)
         else:
             rows += harness.bench_case(case, shape, device, dtype, providers, settings, timer, status=status)
     bar.close()
 
     print(f"\nfastgan benchmarks on {info['device']}, {info['dtype']}, torch {info['torch']}, "
-          f"{info['torch_threads']} threads{', quick' if args.quick else ''}")
+          f"{info['torch_threads']} threads{', quick' if args.quick else ''}"
+          f"{', whole steps as CUDA graphs' if args.cuda_graphs else ''}")
     for name, why in missing.items():
         print(f"  {name}: n/a ({why})")
     print()

@@ -1,5 +1,5 @@
 """The benchmark cases through pytest-benchmark: forward+backward (forward for inference cases)
-on the quick shapes, per provider.
+on the device's quick shapes (GPU-sized on CUDA), per provider.
 
     pytest benchmarks/test_benchmarks.py --benchmark-only
 
@@ -24,7 +24,7 @@ from cases import CASES  # noqa: E402
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 MODE = "forward+backward"
 PARAMS = [pytest.param(case, shape, provider, id=f"{case.name}-{harness.shape_label(shape)}-{provider}")
-          for case in CASES for shape in case.quick_shapes for provider in harness.PROVIDERS]
+          for case in CASES for shape in case.shapes_for(DEVICE, quick=True) for provider in harness.PROVIDERS]
 
 
 def _why_not_here(case, shape, provider, inputs):

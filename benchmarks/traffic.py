@@ -1,6 +1,6 @@
 """A traffic model of the GPU: bytes moved, kernel launches and the time floor they imply.
 
-For each benchmark case and shape, the eager path (the case's reference) and the fastgan path
+For each benchmark case and GPU-sized shape, the eager path (the case's reference) and the fastgan path
 (the public op) run forward and backward on fake tensors (FakeTensorMode: shapes only, no memory,
 no time), under a dispatch mode that records every operator call. Each call that computes (not a
 view, not metadata) counts as one kernel launch that reads its tensor inputs once and writes its
@@ -148,10 +148,10 @@ def summarize(kernels):
 
 
 def model_rows(cases, quick, dtype, impl="cpu"):
-    """Per case, shape and mode: eager and fastgan bytes, launches and floors."""
+    """Per case, shape and mode: eager and fastgan bytes, launches and floors, at the GPU-sized shapes."""
     rows = []
     for case in cases:
-        for shape in case.quick_shapes if quick else case.shapes:
+        for shape in case.shapes_for("cuda", quick):
             modes = ("forward",) if case.inference else ("forward", "forward+backward")
             for mode in modes:
                 row = dict(op=case.name, shape="x".join(map(str, shape)), mode=mode)

@@ -9,6 +9,7 @@ and checkpoint.pt (every --checkpoint-every steps and at the end; --resume goes 
     python examples/train_dcgan.py                     # 400 steps, batch 64, width 32
     python examples/train_dcgan.py --resume --steps 800
     python examples/train_dcgan.py --eager             # the same model without fastgan
+    python examples/train_dcgan.py --device cuda --cuda-graphs  # each step replayed as one CUDA graph
 """
 
 import argparse
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets  # noqa: E402
 import images  # noqa: E402
 
-from fastgan.models import DCGANDiscriminator, DCGANGenerator, dcgan_optimizers, dcgan_step  # noqa: E402
+from fastgan.models import DCGANDiscriminator, DCGANGenerator, dcgan_optimizers, dcgan_step, graphed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -34,12 +35,43 @@ def parse_args(argv=None):
     p.add_argument("--dataset-size", type=int, default=4096)
     p.add_argument("--impl", default=None, help="fastgan backend (default: by device)")
     p.add_argument("--eager", action="store_true", help="plain PyTorch modules, nothing fused")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="capture the training step once and replay it (a GPU; the capture's 3 warm-up steps "
+                        "train on the first batch)")
     p.add_argument("--sample-every", type=int, default=100)
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--out", type=Path, default=Path("runs/dcgan"))
     p.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        p.error("--cuda-graphs needs --device cuda")
+    return args
+
+
+def placed(model, args):
+    """The model on --device; on a GPU a fastgan model also gets channels-last weights, which cuDNN runs
+    with its channels-last activations without converting them at every call."""
+    model = model.to(args.device)
+    if not args.eager and torch.device(args.device).type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def step_runner(args, gen, disc, opt_g, opt_d, first_batch):
+    """real -> (loss_d, loss_g): dcgan_step, or its capture replayed with `real` copied into the
+    captured input (--cuda-graphs)."""
+    if not args.cuda_graphs:
+        return lambda real: dcgan_step(gen, disc, opt_g, opt_d, real)
+    static = first_batch.clone()
+    replay = graphed(lambda: dcgan_step(gen, disc, opt_g, opt_d, static, item=False))
+
+    def run(real):
+        static.copy_(real)
+        loss_d, loss_g = replay()
+        return loss_d.item(), loss_g.item()
+    return run
 
 
 def main(argv=None):
@@ -47,10 +79,10 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     data = datasets.shapes(args.dataset_size, 64, seed=args.seed)
-    gen = DCGANGenerator(nz=100, ngf=args.width, nc=3, fused=not args.eager, impl=args.impl)
-    disc = DCGANDiscriminator(ndf=args.width, nc=3, fused=not args.eager, impl=args.impl)
-    opt_g, opt_d = dcgan_optimizers(gen, disc)
-    fixed_z = torch.randn(64, 100, 1, 1, generator=torch.Generator().manual_seed(1234))
+    gen = placed(DCGANGenerator(nz=100, ngf=args.width, nc=3, fused=not args.eager, impl=args.impl), args)
+    disc = placed(DCGANDiscriminator(ndf=args.width, nc=3, fused=not args.eager, impl=args.impl), args)
+    opt_g, opt_d = dcgan_optimizers(gen, disc, capturable=args.cuda_graphs)
+    fixed_z = torch.randn(64, 100, 1, 1, generator=torch.Generator().manual_seed(1234)).to(args.device)
     step, history = 0, {"D": [], "G": []}
 
     ckpt = args.out / "checkpoint.pt"
@@ -76,10 +108,11 @@ def main(argv=None):
         gen.train()
 
     start = time.perf_counter()
+    batch = lambda: data[torch.randint(0, len(data), (args.batch,))].to(args.device)  # noqa: E731
+    run = step_runner(args, gen, disc, opt_g, opt_d, batch())
     bar = tqdm(total=args.steps, initial=step, desc="dcgan", unit="step")
     while step < args.steps:
-        real = data[torch.randint(0, len(data), (args.batch,))]
-        loss_d, loss_g = dcgan_step(gen, disc, opt_g, opt_d, real)
+        loss_d, loss_g = run(batch())
         history["D"].append(loss_d)
         history["G"].append(loss_g)
         step += 1

@@ -8,6 +8,7 @@ samples_<res>.png (a fixed-noise grid at the end of every resolution) and losses
 
     python examples/train_progan.py              # 4 -> 16, a few minutes on a CPU
     python examples/train_progan.py --smoke      # seconds: a handful of steps per phase
+    python examples/train_progan.py --device cuda --cuda-graphs  # stable phases replayed as CUDA graphs
 """
 
 import argparse
@@ -24,7 +25,7 @@ import datasets  # noqa: E402
 import images  # noqa: E402
 
 import fastgan  # noqa: E402
-from fastgan.models import ProGANDiscriminator, ProGANGenerator, progan_optimizers, progan_step  # noqa: E402
+from fastgan.models import ProGANDiscriminator, ProGANGenerator, graphed, progan_optimizers, progan_step  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -36,12 +37,42 @@ def parse_args(argv=None):
     p.add_argument("--latent", type=int, default=64)
     p.add_argument("--impl", default=None, help="fastgan backend (default: by device)")
     p.add_argument("--smoke", action="store_true", help="tiny networks, a few steps per phase")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="capture each stable phase's step once and replay it (a GPU; fade-ins, whose alpha "
+                        "changes every step, run eagerly; each capture's 3 warm-up steps train on one batch)")
     p.add_argument("--out", type=Path, default=Path("runs/progan"))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.smoke:
         args.batch, args.fade_images, args.fmap_max, args.latent = 4, 8, 8, 8
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        p.error("--cuda-graphs needs --device cuda")
     return args
+
+
+def placed(model, args):
+    """The model on --device; on a GPU a fastgan model also gets channels-last weights, which cuDNN runs
+    with its channels-last activations without converting them at every call."""
+    model = model.to(args.device)
+    if args.impl != "reference" and torch.device(args.device).type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def step_runner(args, gen, disc, opt_g, opt_d, level, fading, first_batch):
+    """(real, alpha) -> (loss_d, loss_g): progan_step, or for a stable phase with --cuda-graphs its
+    capture (alpha 1) replayed with `real` copied into the captured input."""
+    if not (args.cuda_graphs and not fading):
+        return lambda real, alpha: progan_step(gen, disc, opt_g, opt_d, real, level, alpha)
+    static = first_batch.clone()
+    replay = graphed(lambda: progan_step(gen, disc, opt_g, opt_d, static, level, 1.0, item=False))
+
+    def run(real, alpha):
+        static.copy_(real)
+        loss_d, loss_g = replay()
+        return loss_d.item(), loss_g.item()
+    return run
 
 
 def phases(levels, fade_images):
@@ -58,12 +89,12 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     data = datasets.shapes(64 if args.smoke else 4096, 64, seed=args.seed)
     data = F.avg_pool2d(data, 64 // args.resolution)
-    gen = ProGANGenerator(args.resolution, args.latent, 3, fmap_base=16 * args.fmap_max,
-                          fmap_max=args.fmap_max, impl=args.impl)
-    disc = ProGANDiscriminator(args.resolution, 3, fmap_base=16 * args.fmap_max, fmap_max=args.fmap_max,
-                               impl=args.impl)
-    opt_g, opt_d = progan_optimizers(gen, disc)
-    fixed_z = torch.randn(36, args.latent, generator=torch.Generator().manual_seed(1234))
+    gen = placed(ProGANGenerator(args.resolution, args.latent, 3, fmap_base=16 * args.fmap_max,
+                                 fmap_max=args.fmap_max, impl=args.impl), args)
+    disc = placed(ProGANDiscriminator(args.resolution, 3, fmap_base=16 * args.fmap_max, fmap_max=args.fmap_max,
+                                      impl=args.impl), args)
+    opt_g, opt_d = progan_optimizers(gen, disc, capturable=args.cuda_graphs)
+    fixed_z = torch.randn(36, args.latent, generator=torch.Generator().manual_seed(1234)).to(args.device)
     history = {"D": [], "G": []}
     start = time.perf_counter()
     for level, fading, count in phases(gen.levels, args.fade_images):
@@ -71,12 +102,14 @@ def main(argv=None):
         reals = F.avg_pool2d(data, args.resolution // res) if res < args.resolution else data
         steps = max(1, count // args.batch)
         name = f"{res}x{res} {'fade-in' if fading else 'stable'}"
+        batch = lambda: reals[torch.randint(0, len(reals), (args.batch,))].to(args.device)  # noqa: E731
+        run = step_runner(args, gen, disc, opt_g, opt_d, level, fading, batch())
         for step in tqdm(range(steps), desc=name, unit="step"):
             alpha = fastgan.ops.fade_alpha(step * args.batch, count) if fading else 1.0
-            real = reals[torch.randint(0, len(reals), (args.batch,))]
+            real = batch()
             if fading:
                 real = fastgan.ops.blend_reals(real, alpha, impl=args.impl)
-            loss_d, loss_g = progan_step(gen, disc, opt_g, opt_d, real, level, alpha)
+            loss_d, loss_g = run(real, alpha)
             history["D"].append(loss_d)
             history["G"].append(loss_g)
         if not fading:

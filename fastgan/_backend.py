@@ -15,6 +15,8 @@ import threading
 
 import torch
 
+from . import _extensions
+
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 DEFAULT_BACKEND = {"cpu": "cpu", "cuda": "cuda"}
 ENV_VAR = "FASTGAN_BACKEND"
@@ -29,25 +31,27 @@ class BackendUnavailableError(RuntimeError):
     """The requested backend is not built or cannot run on these tensors."""
 
 
-_state = threading.local()
+class _State(threading.local):
+    """Per thread: the stack of backend(...) contexts, set from the start (every op reads it, and
+    looking up a missing attribute raises and catches, slow)."""
+
+    def __init__(self):
+        self.stack = []
+
+
+_state = _State()
 
 
 @contextlib.contextmanager
 def backend(name):
     """Run the fastgan ops inside the block with backend ``name``."""
     _check_name(name, "backend")
-    stack = _stack()
+    stack = _state.stack
     stack.append(name)
     try:
         yield
     finally:
         stack.pop()
-
-
-def _stack():
-    if not hasattr(_state, "stack"):
-        _state.stack = []
-    return _state.stack
 
 
 def _check_name(name, what):
@@ -83,16 +87,12 @@ def triton_interpreter_problem():
 
 
 def _extension_error(module, name):
-    from . import _extensions
-
     err = _extensions.load_error(module)
     return f"the {name} extension `fastgan.{module}` is not built ({err}). {BUILD_HINT}"
 
 
 def availability(name, device_type):
     """None if backend ``name`` can run on ``device_type`` tensors, else the reason."""
-    from . import _extensions
-
     if name == "reference":
         return None
     if name == "cpu":
@@ -125,19 +125,32 @@ def availability(name, device_type):
 
 def resolve(impl, device):
     """The backend name to use for a call on tensors of ``device``."""
-    device_type = torch.device(device).type
+    device_type = _device_types.get(device) or _device_type(device)
     if impl is None:
-        stack = _stack()
-        if stack:
-            impl = stack[-1]
-        elif os.environ.get(ENV_VAR):
-            impl = os.environ[ENV_VAR]
-            _check_name(impl, f"{ENV_VAR} value")
-        else:
-            impl = DEFAULT_BACKEND.get(device_type, "reference")
-    else:
+        impl = _chosen(device_type)
+    elif impl not in BACKENDS:
         _check_name(impl, "impl")
     why = availability(impl, device_type)
     if why is not None:
         raise BackendUnavailableError(f"fastgan: backend {impl!r} is unavailable: {why}")
     return impl
+
+
+_device_types = {}  # device -> its type: torch.device.type builds a new str per call (~0.2 us)
+
+
+def _device_type(device):
+    _device_types[device] = torch.device(device).type
+    return _device_types[device]
+
+
+def _chosen(device_type):
+    """The backend of a call without impl=: the innermost context, the environment, the default."""
+    stack = _state.stack
+    if stack:
+        return stack[-1]
+    impl = os.environ.get(ENV_VAR)
+    if impl:
+        _check_name(impl, f"{ENV_VAR} value")
+        return impl
+    return DEFAULT_BACKEND.get(device_type, "reference")

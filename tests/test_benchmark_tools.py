@@ -1,5 +1,7 @@
-"""The benchmark tools run: the GPU traffic model on every case, and a whole-step benchmark."""
+"""The benchmark tools run: the cases' GPU shapes, the GPU traffic model on every case, and a
+whole-step benchmark."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -13,9 +15,57 @@ import traffic  # noqa: E402
 from cases import CASES  # noqa: E402
 
 
+# The issue's H200 table: one shape per op in its case's convention, which --device cuda --quick must time
+# so that the figures compare (equalized_conv is not in it).
+ISSUE_SHAPES = {
+    "conv_transpose_bn_relu": (256, 128, 16, 64), "conv_transpose_bn_relu_eval": (256, 128, 16, 64),
+    "conv2d_bn_leaky_relu": (256, 64, 32, 128),
+    "minibatch_discrimination": (1024, 512, 4, 4, 100, 5),  # A = 512 * 4 * 4 = 8192
+    "pixel_norm": (64, 512, 32, 32), "bias_act_pixel_norm": (64, 512, 32, 32), "bias_act": (64, 512, 32, 32),
+    "fade_in": (32, 3, 512, 512),                 # rgb_high; rgb_low is 256x256
+    "minibatch_stddev": (64, 512, 16, 16),
+    "fade_in_from_rgb": (64, 3, 256, 64, 64),     # images 128x128, 256 channels
+    "blend_reals": (32, 3, 512, 512),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_gpu_shapes_build_inputs(case):
+    """Every GPU shape makes inputs the reference accepts, on the meta device (no memory)."""
+    meta = torch.device("meta")
+    for shape in case.gpu_shapes:
+        inputs = case.make_inputs(shape, torch.float32, meta)
+        assert all(t.device == meta for t in inputs)
+        assert case.reference(*inputs).shape[0] == shape[0]
+
+
+def test_gpu_quick_shapes_hold_the_issue_shapes():
+    assert set(ISSUE_SHAPES) <= {c.name for c in CASES}
+    for case in CASES:
+        assert case.gpu_shapes != case.shapes, case.name  # every case has GPU sizes of its own
+        assert 1 <= len(case.gpu_quick_shapes) <= 2 and set(case.gpu_quick_shapes) <= set(case.gpu_shapes)
+        if case.name in ISSUE_SHAPES:
+            assert ISSUE_SHAPES[case.name] in case.gpu_quick_shapes, case.name
+
+
+def test_shapes_follow_the_device():
+    """run.py times a case at shapes_for(device, quick): the GPU lists on CUDA, the CPU lists on CPU."""
+    for case in CASES:
+        assert case.shapes_for(torch.device("cuda"), quick=True) == case.gpu_quick_shapes
+        assert case.shapes_for("cuda:0", quick=False) == case.gpu_shapes
+        assert case.shapes_for(torch.device("cpu"), quick=True) == case.quick_shapes
+        assert case.shapes_for("cpu", quick=False) == case.shapes
+    plain = dataclasses.replace(CASES[0], gpu_shapes=None, gpu_quick_shapes=None)  # a case without GPU sizes
+    assert plain.shapes_for("cuda", quick=False) == plain.shapes
+    assert plain.shapes_for("cuda", quick=True) == plain.quick_shapes
+
+
 def test_traffic_model_covers_every_case():
     rows = traffic.model_rows(CASES, quick=True, dtype=torch.float32)
     assert {r["op"] for r in rows} == {c.name for c in CASES}
+    # A GPU model: the GPU-sized quick shapes.
+    assert {(r["op"], r["shape"]) for r in rows} == {(c.name, harness.shape_label(s))
+                                                    for c in CASES for s in c.gpu_quick_shapes}
     for r in rows:
         assert "eager_error" not in r and "fastgan_error" not in r, r
         assert r["eager_bytes"] > 0 and r["fastgan_bytes"] > 0 and r["fastgan_launches"] >= 1

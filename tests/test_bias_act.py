@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastgan
-from fastgan.ops.bias_act import act_params, bias_act_reference, bias_shape
+from fastgan.ops.bias_act import act_params, bias_act_reference, bias_shape, sum_except
 from helpers import (CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, UNIT_ROUNDOFF, assert_bias_grad_close, assert_close,
                      gradchecks, randn)
 
@@ -246,6 +246,23 @@ def test_bad_input(kwargs, error, words):
     args.update(kwargs)
     with pytest.raises(error, match=words):
         fastgan.ops.bias_act(**args, impl="cpu")
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.37, 1 / 0.0589, 0.0, -0.0, -2.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_sum_except_scales_exactly(dtype, scale):
+    """The bias gradient's sum, scaled by a cached 0-dim tensor: the same bits as a Python float scale,
+    signed zeros included; a 1-D t gives a scaled copy, never t itself."""
+    t = randn((2, 3, 4, 5), dtype=dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    for _ in range(2):  # the second call takes the cached scalar
+        got = sum_except(t, 1, scale)
+        want = (t.sum((0, 2, 3), dtype=acc) * scale).to(dtype)
+        assert torch.equal(got, want) and torch.equal(got.signbit(), want.signbit())
+    v = randn((3,), dtype=dtype)
+    got = sum_except(v, 0, scale)
+    assert got.data_ptr() != v.data_ptr()
+    assert torch.equal(got, (v.to(acc) * scale).to(dtype))
 
 
 BIAS_ACT_KERNELS = ["bias_act", "bias_act_backward", "bias_act_pixel_norm", "bias_act_pixel_norm_backward"]

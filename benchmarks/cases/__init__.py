@@ -6,10 +6,13 @@ To add an op, write `cases/<op>.py` with a `CASE = Case(...)` and list it in `CA
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import torch
+
 
 @dataclass(frozen=True)
 class Case:
     """One op to benchmark. Required: name, shapes, quick_shapes, make_inputs, op, reference.
+    Shapes are per device: `shapes_for(device, quick)` picks the gpu_* lists on CUDA.
 
     make_inputs returns the op's tensor arguments, fresh and random. Gradients are taken with
     respect to the ones that require grad; if make_inputs sets none, all of them (buffers such as
@@ -36,6 +39,22 @@ class Case:
     eager_bytes: Optional[Callable] = None  # (shape, itemsize) -> bytes eager needs: where that is
     #                       more than the device has free, eager and compile are reported n/a
     #                       (out of memory) instead of run
+    gpu_shapes: Optional[list] = None        # --device cuda: GPU-sized shapes (default: shapes)
+    gpu_quick_shapes: Optional[list] = None  # --device cuda --quick (default: quick_shapes): one or two,
+    #                       as the GPU CI step has about 50 s for all the ops
+
+    def __post_init__(self):
+        # A case without GPU sizes runs its CPU shapes on every device.
+        if self.gpu_shapes is None:
+            object.__setattr__(self, "gpu_shapes", self.shapes)
+        if self.gpu_quick_shapes is None:
+            object.__setattr__(self, "gpu_quick_shapes", self.quick_shapes)
+
+    def shapes_for(self, device, quick):
+        """The shapes to run on `device` (a torch.device or its name): GPU-sized ones on CUDA."""
+        if torch.device(device).type == "cuda":
+            return self.gpu_quick_shapes if quick else self.gpu_shapes
+        return self.quick_shapes if quick else self.shapes
 
 
 # Imported after Case is defined: the case modules import it from this package.

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from fastgan.ops import bias_act_pixel_norm
 
 from . import Case
-from .bias_act import MODES, PROGAN_SHAPES, QUICK_SHAPES, make_inputs, min_bytes
+from .bias_act import GPU_QUICK_SHAPES, GPU_SHAPES, MODES, PROGAN_SHAPES, QUICK_SHAPES, make_inputs, min_bytes
 
 EPS = 1e-8
 
@@ -20,4 +20,5 @@ def reference(x, b):
     return a * torch.rsqrt(a.square().mean(dim=1, keepdim=True) + EPS)
 
 
-CASE = Case("bias_act_pixel_norm", PROGAN_SHAPES, QUICK_SHAPES, make_inputs, op, reference, min_bytes, modes=MODES)
+CASE = Case("bias_act_pixel_norm", PROGAN_SHAPES, QUICK_SHAPES, make_inputs, op, reference, min_bytes, modes=MODES,
+            gpu_shapes=GPU_SHAPES, gpu_quick_shapes=GPU_QUICK_SHAPES)

@@ -31,4 +31,6 @@ def min_bytes(shape, itemsize):
 
 
 SHAPES = [(32, 3, 64, 64), (32, 3, 128, 128), (32, 3, 256, 256)]
-CASE = Case("blend_reals", SHAPES, [SHAPES[0], SHAPES[-1]], make_inputs, op, reference, min_bytes)
+GPU_SHAPES = [(64, 3, 128, 128), (32, 3, 256, 256), (32, 3, 512, 512)]  # --device cuda: reals up to 512x512
+CASE = Case("blend_reals", SHAPES, [SHAPES[0], SHAPES[-1]], make_inputs, op, reference, min_bytes,
+            gpu_shapes=GPU_SHAPES, gpu_quick_shapes=GPU_SHAPES[-1:])

@@ -47,8 +47,11 @@ def yardstick(shape, dtype, device):
 
 SHAPES = [(n, c_in, h, c_out) for n in (64, 128) for c_in, h, c_out in ((64, 32, 128), (128, 16, 256), (256, 8, 512))]
 QUICK_SHAPES = [(64, 64, 32, 128), (64, 256, 8, 512), (128, 256, 8, 512)]
+# --device cuda: the same blocks at batch 256 (--quick: the first one).
+GPU_SHAPES = [(256, c_in, h, c_out) for c_in, h, c_out in ((64, 32, 128), (128, 16, 256), (256, 8, 512))]
+GPU_QUICK_SHAPES = [(256, 64, 32, 128)]
 
 CASE = Case("conv2d_bn_leaky_relu", SHAPES, QUICK_SHAPES, make_inputs,
             lambda *inputs, impl: call(conv2d_bn_leaky_relu, *inputs, impl=impl),
             lambda *inputs: call(conv2d_bn_leaky_relu_reference, *inputs),
-            flops=flops, yardstick=yardstick)
+            flops=flops, yardstick=yardstick, gpu_shapes=GPU_SHAPES, gpu_quick_shapes=GPU_QUICK_SHAPES)

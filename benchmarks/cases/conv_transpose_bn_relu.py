@@ -64,12 +64,15 @@ def yardstick(shape, dtype, device):
 SHAPES = [(n, c_in, h, c_out) for n in (64, 128)
           for c_in, h, c_out in ((100, 1, 512), (512, 4, 256), (256, 8, 128), (128, 16, 64))]
 QUICK_SHAPES = [(64, 100, 1, 512), (64, 512, 4, 256), (64, 128, 16, 64), (128, 128, 16, 64)]
+# --device cuda: the same blocks at batch 256 (--quick: the last one).
+GPU_SHAPES = [(256, 100, 1, 512), (256, 512, 4, 256), (256, 256, 8, 128), (256, 128, 16, 64)]
+GPU_QUICK_SHAPES = [(256, 128, 16, 64)]
 
 TRAIN = Case("conv_transpose_bn_relu", SHAPES, QUICK_SHAPES, make_inputs,
              lambda *inputs, impl: call(conv_transpose_bn_relu, True, *inputs, impl=impl),
              lambda *inputs: call(conv_transpose_bn_relu_reference, True, *inputs),
-             flops=flops, yardstick=yardstick)
+             flops=flops, yardstick=yardstick, gpu_shapes=GPU_SHAPES, gpu_quick_shapes=GPU_QUICK_SHAPES)
 EVAL = Case("conv_transpose_bn_relu_eval", SHAPES, QUICK_SHAPES, make_inputs,
             lambda *inputs, impl: call(conv_transpose_bn_relu, False, *inputs, impl=impl),
             lambda *inputs: call(conv_transpose_bn_relu_reference, False, *inputs),
-            inference=True, flops=flops, yardstick=yardstick)
+            inference=True, flops=flops, yardstick=yardstick, gpu_shapes=GPU_SHAPES, gpu_quick_shapes=GPU_QUICK_SHAPES)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fastgan.ops import bias_act
 
 from . import Case
-from .bias_act import MODES, PROGAN_SHAPES
+from .bias_act import GPU_QUICK_SHAPES, GPU_SHAPES, MODES, PROGAN_SHAPES
 
 QUICK_SHAPES = [(32, 512, 4, 4), (32, 64, 32, 32)]  # the conv dominates: keep the quick run short
 
@@ -39,4 +39,5 @@ def flops(shape):
     return {"forward": conv, "backward": 2 * conv, "forward+backward": 3 * conv}
 
 
-CASE = Case("equalized_conv", PROGAN_SHAPES, QUICK_SHAPES, make_inputs, op, reference, modes=MODES, flops=flops)
+CASE = Case("equalized_conv", PROGAN_SHAPES, QUICK_SHAPES, make_inputs, op, reference, modes=MODES, flops=flops,
+            gpu_shapes=GPU_SHAPES, gpu_quick_shapes=GPU_QUICK_SHAPES)

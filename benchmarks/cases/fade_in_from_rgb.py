@@ -39,5 +39,8 @@ def min_bytes(shape, itemsize):
 
 # ProGAN's discriminator at batch 32 while a resolution fades in: RGB images of twice the size.
 SHAPES = [(32, 3, 512, 4, 4), (32, 3, 256, 16, 16), (32, 3, 128, 32, 32), (32, 3, 64, 64, 64)]
+# --device cuda: images of 64x64 to 256x256 with the paper's channels (512, 256, 128), batch 64 then 32.
+GPU_SHAPES = [(64, 3, 512, 32, 32), (64, 3, 256, 64, 64), (32, 3, 128, 128, 128)]
 CASE = Case("fade_in_from_rgb", SHAPES, [SHAPES[0], SHAPES[-1]], make_inputs, op, reference, min_bytes,
-            modes=("forward", "backward", "forward+backward", "double backward"))
+            modes=("forward", "backward", "forward+backward", "double backward"),
+            gpu_shapes=GPU_SHAPES, gpu_quick_shapes=[(64, 3, 256, 64, 64)])

@@ -31,5 +31,7 @@ def min_bytes(shape, itemsize):
 
 # ProGAN's discriminator at batch 32: the 4x4 head (512 channels), and larger feature maps.
 SHAPES = [(32, 512, 4, 4), (32, 256, 8, 8), (32, 128, 32, 32)]
+GPU_SHAPES = [(64, 512, 4, 4), (64, 512, 16, 16), (64, 256, 64, 64)]  # --device cuda: batch 64
 CASE = Case("minibatch_stddev", SHAPES, [SHAPES[0], SHAPES[-1]], make_inputs, op, reference, min_bytes,
-            modes=("forward", "backward", "forward+backward", "double backward"))
+            modes=("forward", "backward", "forward+backward", "double backward"),
+            gpu_shapes=GPU_SHAPES, gpu_quick_shapes=[(64, 512, 16, 16)])

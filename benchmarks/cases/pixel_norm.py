@@ -7,6 +7,7 @@ import torch
 from fastgan.ops import pixel_norm, pixel_norm_reference
 
 from . import Case
+from .bias_act import GPU_QUICK_SHAPES, GPU_SHAPES
 
 EPS = 1e-8
 
@@ -30,4 +31,5 @@ def min_bytes(shape, itemsize):
 
 
 SHAPES = [(32, 512, 16, 16), (32, 128, 128, 128)]
-CASE = Case("pixel_norm", SHAPES, SHAPES, make_inputs, op, reference, min_bytes)
+CASE = Case("pixel_norm", SHAPES, SHAPES, make_inputs, op, reference, min_bytes,
+            gpu_shapes=GPU_SHAPES, gpu_quick_shapes=GPU_QUICK_SHAPES)

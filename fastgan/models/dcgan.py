@@ -75,15 +75,16 @@ class DCGANDiscriminator(nn.Module):
         return h.flatten()
 
 
-def dcgan_optimizers(generator, discriminator):
-    """SPEC 7: Adam, lr 2e-4, betas (0.5, 0.999), one per network."""
-    return (torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
-            torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999)))
+def dcgan_optimizers(generator, discriminator, capturable=False):
+    """SPEC 7: Adam, lr 2e-4, betas (0.5, 0.999), one per network (capturable: for CUDA graphs)."""
+    return (torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999), capturable=capturable),
+            torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999), capturable=capturable))
 
 
-def dcgan_step(generator, discriminator, opt_g, opt_d, real, z=None):
+def dcgan_step(generator, discriminator, opt_g, opt_d, real, z=None, item=True):
     """One DCGAN training step (the PyTorch example's): D on real and fake with BCE, then G with
-    the non-saturating loss. Returns (loss_d, loss_g) as floats."""
+    the non-saturating loss. Returns (loss_d, loss_g) as floats, or as tensors with item=False
+    (no host sync: the step can be captured in a CUDA graph, see models.graphs)."""
     n = real.shape[0]
     if z is None:
         z = torch.randn(n, generator.nz, 1, 1, device=real.device, dtype=real.dtype)
@@ -101,4 +102,6 @@ def dcgan_step(generator, discriminator, opt_g, opt_d, real, z=None):
     loss_g = bce(discriminator(fake), ones)
     loss_g.backward()
     opt_g.step()
+    if not item:  # no host sync (CUDA graphs)
+        return loss_d.detach(), loss_g.detach()
     return loss_d.item(), loss_g.item()

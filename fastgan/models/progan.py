@@ -123,10 +123,10 @@ class ProGANDiscriminator(nn.Module):
         return self.out(self.dense(x.flatten(1))).flatten()
 
 
-def progan_optimizers(generator, discriminator):
-    """SPEC 7: Adam, lr 1e-3, betas (0, 0.99)."""
-    return (torch.optim.Adam(generator.parameters(), lr=1e-3, betas=(0.0, 0.99)),
-            torch.optim.Adam(discriminator.parameters(), lr=1e-3, betas=(0.0, 0.99)))
+def progan_optimizers(generator, discriminator, capturable=False):
+    """SPEC 7: Adam, lr 1e-3, betas (0, 0.99) (capturable: for CUDA graphs)."""
+    return (torch.optim.Adam(generator.parameters(), lr=1e-3, betas=(0.0, 0.99), capturable=capturable),
+            torch.optim.Adam(discriminator.parameters(), lr=1e-3, betas=(0.0, 0.99), capturable=capturable))
 
 
 def gradient_penalty(discriminator, real, fake, level, alpha, weight=None):
@@ -139,10 +139,11 @@ def gradient_penalty(discriminator, real, fake, level, alpha, weight=None):
 
 
 def progan_step(generator, discriminator, opt_g, opt_d, real, level, alpha, z=None, mix=None,
-                gp_lambda=10.0, drift=1e-3):
+                gp_lambda=10.0, drift=1e-3, item=True):
     """One ProGAN step (SPEC 7): D with the WGAN-GP loss (lambda 10) plus drift 0.001 * D(real)^2,
     then G with -D(G(z)). `real` is already at the level's resolution (and blended while fading
-    in, see fastgan.ops.blend_reals). Returns (loss_d, loss_g) as floats."""
+    in, see fastgan.ops.blend_reals). Returns (loss_d, loss_g) as floats, or as tensors with item=False
+    (no host sync: the step can be captured in a CUDA graph, see models.graphs)."""
     n = real.shape[0]
     if z is None:
         z = torch.randn(n, generator.latent_dim, device=real.device, dtype=real.dtype)
@@ -159,4 +160,6 @@ def progan_step(generator, discriminator, opt_g, opt_d, real, level, alpha, z=No
     loss_g = -discriminator(fake, level, alpha).mean()
     loss_g.backward()
     opt_g.step()
+    if not item:  # no host sync (CUDA graphs)
+        return loss_d.detach(), loss_g.detach()
     return loss_d.item(), loss_g.item()

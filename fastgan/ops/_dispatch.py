@@ -6,12 +6,24 @@ Every backend exposes the same names with the same signatures, and takes inputs
 already laid out by the public op (contiguous, or channels-last for 4-D tensors).
 """
 
+import inspect
+import typing
+
 import torch
 
 from .. import _extensions
 
+_kernels = {}  # backend name -> its kernels, once loaded
+
 
 def kernels(impl):
+    k = _kernels.get(impl)
+    if k is None:
+        k = _kernels[impl] = _load_kernels(impl)
+    return k
+
+
+def _load_kernels(impl):
     if impl == "cpu":
         _extensions.load("_C")
         return torch.ops.fastgan_cpu
@@ -34,11 +46,16 @@ def to_layout(k, t, fmt):
     return k.to_layout(t, fmt == torch.channels_last)
 
 
+# Bound once: _traced runs on every call, and each `torch._C.` lookup costs host time.
+_is_compiling = torch.compiler.is_compiling
+_dispatch_stack_len = torch._C._len_torch_dispatch_stack
+_transforms_active = torch._C._are_functorch_transforms_active
+
+
 def _traced():
     """True while torch.compile, a dispatch mode (FakeTensor, make_fx) or a torch.func transform
     is at work: those must see the custom op."""
-    return (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
-            or torch._C._are_functorch_transforms_active())
+    return _is_compiling() or _dispatch_stack_len() > 0 or _transforms_active()
 
 
 def fused_op(name, kernel, fake, backward, setup_context):
@@ -46,15 +63,24 @@ def fused_op(name, kernel, fake, backward, setup_context):
     fake and its autograd formula, and returns the function the public ops call.
 
     In plain eager code that function runs `kernel` inside a `torch.autograd.Function` with the
-    same formula: ~10 us a call where the custom op's dispatch costs ~50 (on CPU, caches cold
-    after a kernel), which decides the speed of the small ops. Traced code gets the custom op
-    itself, so torch.compile and opcheck see an opaque op with a fake. `.op` is the custom op.
+    same formula: a few us a call where the custom op's dispatch costs ~50 (on CPU, caches cold
+    after a kernel), which decides the speed of the small ops. With grad mode off (inference, or
+    a backward that is not differentiated again) it runs `kernel` alone: no graph to record.
+    Traced code gets the custom op itself, so torch.compile and opcheck see an opaque op with a
+    fake. `.op` is the custom op.
+
+    The kernel's tensor arguments come first (checked here). The Function gets them, then the
+    other arguments as one tuple: Function.apply's cost grows with its argument count (~0.4 us
+    less for bias_act's 9). So on the plain path `ctx.needs_input_grad` covers the tensors and
+    one more entry; `backward` returns a gradient per kernel argument (None past the tensors).
     """
+    n = _tensor_arguments(name, kernel)
     op = torch.library.custom_op(f"fastgan::{name}", kernel, mutates_args=())
     op.register_fake(fake)
     op.register_autograd(backward, setup_context=setup_context)
 
-    def forward(ctx, *args):
+    def forward(ctx, *packed):
+        args = packed[:-1] + packed[-1]
         out = kernel(*args)
         setup_context(ctx, args, out)
         return out
@@ -65,7 +91,24 @@ def fused_op(name, kernel, fake, backward, setup_context):
         "forward": staticmethod(forward), "backward": staticmethod(backward)})
 
     def call(*args):
-        return op(*args) if _traced() else function.apply(*args)
+        if _traced():
+            return op(*args)
+        if not torch.is_grad_enabled():
+            return kernel(*args)
+        return function.apply(*args[:n], args[n:])
 
     call.op = op
     return call
+
+
+def _tensor_arguments(name, kernel):
+    """How many arguments of `kernel` are tensors (Tensor, Tensor?, list of Tensor): all leading."""
+    tensors = [_is_tensor_type(p.annotation) for p in inspect.signature(kernel).parameters.values()]
+    n = tensors.index(False) if False in tensors else len(tensors)
+    if any(tensors[n:]):
+        raise TypeError(f"fastgan::{name}: the kernel's tensor arguments must come first")
+    return n
+
+
+def _is_tensor_type(annotation):
+    return annotation is torch.Tensor or any(_is_tensor_type(a) for a in typing.get_args(annotation))

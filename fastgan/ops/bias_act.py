@@ -19,6 +19,7 @@ backward is the same op applied to the incoming gradient: every order fused.
 grad_bias is torch.sum of grad_x (times b_mul / x_mul), in float32 (sum_except).
 """
 
+import functools
 import math
 
 import torch
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 
 from .._backend import resolve
 from .._checks import as_layout, check_same, check_tensor, empty, memory_format
-from ._dispatch import fused_op, kernels
+from ._dispatch import _traced, fused_op, kernels
 
 ACTIVATIONS = ("linear", "relu", "lrelu")
 DEFAULT_ALPHA = 0.2  # lrelu slope
@@ -55,13 +56,34 @@ def bias_shape(x, dim):
 
 
 def sum_except(t, dim, scale=1.0):
-    """The sum of t over all dims but `dim`, times scale (t itself when it is 1-D: sum([]) would sum
-    everything). Accumulated and scaled in float32 (float64 for float64), rounded to t's dtype once:
-    a float16 / bfloat16 sum rounded before the scale would be rounded twice."""
-    dims = [i for i in range(t.dim()) if i != dim]
+    """The sum of t over all dims but `dim`, times scale (a copy of t when it is 1-D: sum([]) would
+    sum everything). Accumulated and scaled in float32 (float64 for float64), rounded to t's dtype
+    once: a float16 / bfloat16 sum rounded before the scale would be rounded twice."""
+    dims = _other_dims(t.dim(), dim)
     acc_t = torch.float64 if t.dtype == torch.float64 else torch.float32
-    s = t.sum(dims, dtype=acc_t) if dims else t.to(acc_t)
-    return (s * scale if scale != 1 else s).to(t.dtype)
+    if not dims:
+        s = t.to(acc_t, copy=True)  # a copy: scaled in place below
+    elif t.dtype == acc_t:
+        s = t.sum(dims)  # passing dtype costs host time even when it changes nothing
+    else:
+        s = t.sum(dims, dtype=acc_t)
+    if scale != 1:
+        s.mul_(scale if _traced() or scale == 0 else _cpu_scalar(scale, acc_t))  # in place: s is fresh
+    return s if s.dtype == t.dtype else s.to(t.dtype)  # .to is host time even when it is a no-op
+
+
+@functools.lru_cache
+def _other_dims(ndim, dim):
+    return tuple(i for i in range(ndim) if i != dim)
+
+
+@functools.lru_cache(maxsize=64)
+def _cpu_scalar(value, dtype):
+    """`value` as a 0-dim CPU tensor of `dtype`, which a tensor of any device may be multiplied by: a
+    Python float is wrapped into a new tensor per call (~1 us here). Same result: the kernel rounds
+    a Python float to the tensor's dtype too. Not for traced code (fake tensors refuse a real one),
+    nor for 0, whose sign the cache would mix up (0.0 == -0.0)."""
+    return torch.tensor(value, dtype=dtype)
 
 
 def bias_act_reference(x, bias=None, act="linear", alpha=None, gain=None, clamp=None, dim=1, x_mul=1.0, b_mul=1.0):
@@ -86,21 +108,27 @@ def bias_act(x, bias=None, act="linear", alpha=None, gain=None, clamp=None, dim=
     """clamp(act(x * x_mul + bias * b_mul) * gain): bias [x.shape[dim]] or None; act linear, relu
     or lrelu (slope alpha, default 0.2); gain defaults to 1 (linear) or sqrt(2); clamp None or >= 0."""
     check_tensor(x, "x", min_ndim=1)
-    if not -x.dim() <= dim < x.dim():
+    ndim = x.dim()
+    if not -ndim <= dim < ndim:
         raise ValueError(f"fastgan: dim {dim} is out of range for x of shape {tuple(x.shape)}")
-    dim %= x.dim()
+    dim %= ndim
     if bias is not None:
-        check_tensor(bias, "bias", ndim=1)
-        check_same(bias, "bias", x, "x")
-        if bias.shape[0] != x.shape[dim]:
-            raise ValueError(f"fastgan: bias must have shape ({x.shape[dim]},) (x.shape[{dim}]), "
-                             f"got {tuple(bias.shape)}")
+        _check_bias(bias, x, dim)
     slope, gain, clamp = act_params(act, alpha, gain, clamp)
     x_mul, b_mul = float(x_mul), float(b_mul)
     impl = resolve(impl, x.device)
     if impl == "reference":
         return bias_act_reference(x, bias, act, alpha, gain, None if clamp < 0 else clamp, dim, x_mul, b_mul)
     return _bias_act(x, bias, dim, slope, gain, x_mul, b_mul, clamp, impl)
+
+
+def _check_bias(bias, x, dim):
+    if (isinstance(bias, torch.Tensor) and bias.dim() == 1 and bias.dtype == x.dtype and bias.device == x.device
+            and bias.shape[0] == x.shape[dim]):
+        return  # the common case in one test: these checks run on every call
+    check_tensor(bias, "bias", ndim=1)  # else the failing check raises its own error
+    check_same(bias, "bias", x, "x")
+    raise ValueError(f"fastgan: bias must have shape ({x.shape[dim]},) (x.shape[{dim}]), got {tuple(bias.shape)}")
 
 
 def _layout(x, dim):
@@ -110,14 +138,19 @@ def _layout(x, dim):
 
 def _bias_act_kernel(x: torch.Tensor, bias: torch.Tensor | None, dim: int, slope: float, gain: float,
                      x_mul: float, b_mul: float, clamp: float, impl: str) -> torch.Tensor:
-    bias = None if bias is None else bias.contiguous()
-    return kernels(impl).bias_act(as_layout(x, _layout(x, dim)), bias, dim, slope, gain, x_mul, b_mul, clamp)
+    if bias is not None:
+        bias = bias.contiguous()
+    if not x.is_contiguous():  # the common case skips the layout's own checks
+        x = as_layout(x, _layout(x, dim))
+    return kernels(impl).bias_act(x, bias, dim, slope, gain, x_mul, b_mul, clamp)
 
 
 def _bias_act_backward_kernel(grad: torch.Tensor, y: torch.Tensor, slope: float, gain: float, x_mul: float,
                               clamp: float, impl: str) -> torch.Tensor:
-    fmt = memory_format(y)
-    return kernels(impl).bias_act_backward(as_layout(grad, fmt), as_layout(y, fmt), slope, gain, x_mul, clamp)
+    if not (y.is_contiguous() and grad.is_contiguous()):
+        fmt = memory_format(y)
+        grad, y = as_layout(grad, fmt), as_layout(y, fmt)
+    return kernels(impl).bias_act_backward(grad, y, slope, gain, x_mul, clamp)
 
 
 def _bias_act_fake(x, bias, dim, slope, gain, x_mul, b_mul, clamp, impl):
@@ -129,29 +162,31 @@ def _bias_act_backward_fake(grad, y, slope, gain, x_mul, clamp, impl):
 
 
 def _save_output(ctx, inputs, output):
-    ctx.has_bias = inputs[1] is not None
-    ctx.dim, ctx.slope, ctx.gain, ctx.x_mul, ctx.b_mul, clamp, ctx.impl = inputs[2:]
-    # The backward finds clamped outputs by |y| < clamp: compare with the clamp as rounded in y's
-    # dtype, which is what a clamped y holds (float16 stores 0.8 as 0.7998).
-    ctx.clamp = clamp if clamp < 0 else float(torch.tensor(clamp, dtype=output.dtype))
     ctx.save_for_backward(output)
     # The double backward sends no gradient to y (bias_act_backward is constant in it): skip the
     # backward then instead of running it on zeros.
     ctx.set_materialize_grads(False)
+    ctx.params = inputs[2:]  # one attribute, not seven: each costs host time on every call
+    clamp = inputs[7]
+    if clamp >= 0:
+        # The backward finds clamped outputs by |y| < clamp: compare with the clamp as rounded in y's
+        # dtype, which is what a clamped y holds (float16 stores 0.8 as 0.7998).
+        ctx.params = (*inputs[2:7], float(torch.tensor(clamp, dtype=output.dtype)), inputs[8])
 
 
 def _bias_act_bwd(ctx, grad):
     if grad is None:
         return (None,) * 9
     (y,) = ctx.saved_tensors
+    dim, slope, gain, x_mul, b_mul, clamp, impl = ctx.params
+    need_x, need_bias = ctx.needs_input_grad[:2]  # need_bias: bias is a tensor that requires grad
     grad_x = grad_bias = None
-    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-        grad_x = _bias_act_backward(grad, y, ctx.slope, ctx.gain, ctx.x_mul, ctx.clamp, ctx.impl)
-    if ctx.has_bias and ctx.needs_input_grad[1]:
+    if need_x or need_bias:
+        grad_x = _bias_act_backward(grad, y, slope, gain, x_mul, clamp, impl)
+    if need_bias:
         # The bias gets grad_x / x_mul * b_mul (a second fused pass only for x_mul == 0).
-        grad_v = (grad_x if ctx.x_mul != 0 else
-                  _bias_act_backward(grad, y, ctx.slope, ctx.gain, 1.0, ctx.clamp, ctx.impl))
-        grad_bias = sum_except(grad_v, ctx.dim, ctx.b_mul / (ctx.x_mul if ctx.x_mul != 0 else 1.0))
+        grad_v = grad_x if x_mul != 0 else _bias_act_backward(grad, y, slope, gain, 1.0, clamp, impl)
+        grad_bias = sum_except(grad_v, dim, b_mul / (x_mul if x_mul != 0 else 1.0))
     return grad_x, grad_bias, None, None, None, None, None, None, None
 
 

@@ -29,10 +29,10 @@ from torch.autograd.function import once_differentiable
 
 from .._backend import resolve
 from .._checks import as_layout, check_eps, empty
-from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call, cancelled_bias_grad, check_batch,
-                          check_block_arguments, dense_weight, finalize, folded, layout_of, momentum_factor,
-                          needs_grad, pair, run_without_grad, running_update, saved_input, saved_input_fake,
-                          stats_dtype, weight_grad_fake)
+from ._batch_norm import (LAYOUT, NO_UPDATE, autocast_conv_inputs, block_op, bn_relu_backward, call,
+                          cancelled_bias_grad, check_batch, check_block_arguments, dense_weight, finalize, folded,
+                          layout_of, momentum_factor, needs_grad, pair, run_without_grad, running_update, saved_input,
+                          saved_input_fake, stats_dtype, weight_grad_fake)
 from ._dispatch import fused_op, kernels, to_layout
 
 
@@ -64,6 +64,7 @@ def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, ru
     in place as nn.BatchNorm2d does; momentum=None is the cumulative average over
     num_batches_tracked. Without running statistics batch statistics are used, also in eval.
     """
+    x, weight, bias = autocast_conv_inputs(x, weight, bias)
     sizes = _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
                    num_batches_tracked, stride, padding, output_padding)
     eps = check_eps(eps)

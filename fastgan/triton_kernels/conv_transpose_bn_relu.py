@@ -104,6 +104,18 @@ def _chan_combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     return n, mean_a + d * w, m2_a + m2_b + d * d * n_a * w
 
 
+# The interpreter's bfloat16 tl.dot returns garbage (triton 3.8, ~1e10 off); bfloat16 products are
+# exact in float32, which it multiplies correctly: the same result, on CPU only.
+_DOT_BF16_AS_FP32: tl.constexpr = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def _dot_operand(v):
+    if _DOT_BF16_AS_FP32 and v.dtype == tl.bfloat16:
+        v = v.to(tl.float32)
+    return v
+
+
 @triton.jit
 def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
                            N, C_in, H_in, W_in, C_out, H_out, W_out, Hq, Wq,
@@ -157,8 +169,9 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
         ci = (it % c_blocks) * BLOCK_K + ck
         ci_ok = ci < C_in
         w_row = (ph + stride_h * jh) * w_s_kh + (pw + stride_w * jw) * w_s_kw + ci * w_s_ci
-        a = tl.load(x_ptr + x_row[:, None] + ci[None, :], mask=ok[:, None] & ci_ok[None, :], other=0.0)
-        b = tl.load(w_ptr + w_row[:, None] + co[None, :] * w_s_co, mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
+        a = _dot_operand(tl.load(x_ptr + x_row[:, None] + ci[None, :], mask=ok[:, None] & ci_ok[None, :], other=0.0))
+        b = _dot_operand(tl.load(w_ptr + w_row[:, None] + co[None, :] * w_s_co, mask=ci_ok[:, None] & co_ok[None, :],
+                                 other=0.0))
         if FP32_MMA:
             acc = tl.dot(a, b, acc, input_precision="tf32", out_dtype=acc_t)
         else:  # exact float32 products (on the CUDA cores); other dtypes are unaffected
