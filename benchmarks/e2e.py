@@ -12,14 +12,15 @@ DCGAN: 64x64, full width (ngf = ndf = 64), batch 64 and 128, and batch 128 with 
 discrimination (B = 100, C = 5) in D. ProGAN: 64x64 with feature maps capped at 128 (512 in the
 paper: a step would take ~10 s on two CPU cores), batch 32, the 64x64 level fading in.
 
-    python benchmarks/run.py --e2e [--quick] [--backends eager,compile,cpu] [--cuda-graphs]
+    python benchmarks/run.py --e2e [--quick] [--backends eager,compile,cpu] [--cuda-graphs] [--amp bf16]
 
 --cuda-graphs (GPU): every provider's whole step captured once and replayed as one CUDA graph
 (models.graphed; eager and fastgan alike), torch.compile in its reduce-overhead mode.
+--amp bf16|fp16: every provider's forward passes under torch.autocast (fp16 with a GradScaler).
 """
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -32,7 +33,18 @@ from fastgan.models import (DCGANDiscriminator, DCGANGenerator, ProGANDiscrimina
 class Step:
     name: str
     batch: int
-    make: Callable  # (impl or None for eager, device) -> a zero-argument function running one step
+    make: Callable  # (impl or None for eager, device, compile_, Mode) -> a zero-argument function running one step
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How every provider runs its steps: as CUDA graphs (--cuda-graphs) and under autocast to `amp`
+    (--amp; float16 with a GradScaler, which syncs with the host and so cannot be captured)."""
+    graphs: bool = False
+    amp: Optional[torch.dtype] = None
+
+    def scaler(self, device):
+        return torch.amp.GradScaler(torch.device(device).type) if self.amp == torch.float16 else None
 
 
 def _compiled(module, graphs=False):
@@ -52,51 +64,52 @@ def _placed(module, device, fastgan_model):
     return module
 
 
-def _runner(step, graphs, compile_):
-    """The zero-argument step: replayed from one CUDA graph of the whole step (graphs, eager code:
-    models.graphed), else run as is."""
-    if graphs and not compile_:
-        return graphed(lambda: step(item=False))
-    return lambda: step()
+def _runner(step, mode, compile_, device):
+    """The zero-argument step (`step(item, amp, scaler)`): replayed from one CUDA graph of the whole
+    step (mode.graphs, eager code: models.graphed), else run as is; under mode.amp."""
+    if mode.graphs and not compile_:
+        return graphed(lambda: step(False, mode.amp, None))
+    scaler = mode.scaler(device)
+    return lambda: step(True, mode.amp, scaler)
 
 
 def _dcgan(batch, minibatch_features=0, width=64, nz=100, kernel_dim=5):
     """DCGAN at 64x64 (the architecture fixes it), ngf = ndf = `width`."""
-    def make(impl, device, compile_=False, graphs=False):
+    def make(impl, device, compile_=False, mode=Mode()):
         torch.manual_seed(0)
         fused = impl not in (None, "reference")
         gen = _placed(DCGANGenerator(nz=nz, ngf=width, fused=fused, impl=impl), device, fused)
         disc = _placed(DCGANDiscriminator(ndf=width, minibatch_features=minibatch_features, kernel_dim=kernel_dim,
                                           fused=fused, impl=impl or "reference"), device, fused)
         if compile_:
-            _compiled(gen, graphs)
-            _compiled(disc, graphs)
-        opt_g, opt_d = dcgan_optimizers(gen, disc, capturable=graphs and not compile_)
+            _compiled(gen, mode.graphs)
+            _compiled(disc, mode.graphs)
+        opt_g, opt_d = dcgan_optimizers(gen, disc, capturable=mode.graphs and not compile_)
         real = torch.rand(batch, 3, 64, 64, device=device) * 2 - 1
         z = torch.randn(batch, nz, 1, 1, device=device)
-        return _runner(lambda item=True: dcgan_step(gen, disc, opt_g, opt_d, real, z, item=item), graphs, compile_)
+        return _runner(lambda *opts: dcgan_step(gen, disc, opt_g, opt_d, real, z, *opts), mode, compile_, device)
     return make
 
 
 def _progan(batch, resolution=64, fmap_max=128, alpha=0.5):
     """The last level fading in (alpha 0.5), so every fade-in path runs, with the gradient penalty."""
-    def make(impl, device, compile_=False, graphs=False):
+    def make(impl, device, compile_=False, mode=Mode()):
         torch.manual_seed(0)
         impl = impl or "reference"
         kw = dict(fmap_base=fmap_max * 16, fmap_max=fmap_max, impl=impl)
         gen = _placed(ProGANGenerator(resolution, 128, 3, **kw), device, impl != "reference")
         disc = _placed(ProGANDiscriminator(resolution, 3, **kw), device, impl != "reference")
         if compile_:
-            _compiled(gen, graphs)
-            _compiled(disc, graphs)
-        opt_g, opt_d = progan_optimizers(gen, disc, capturable=graphs and not compile_)
+            _compiled(gen, mode.graphs)
+            _compiled(disc, mode.graphs)
+        opt_g, opt_d = progan_optimizers(gen, disc, capturable=mode.graphs and not compile_)
         level = gen.levels - 1
         real = fastgan.ops.blend_reals(torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1,
                                        alpha, impl=impl)
         z = torch.randn(batch, 128, device=device)
         mix = torch.rand(batch, 1, 1, 1, device=device)
-        return _runner(lambda item=True: progan_step(gen, disc, opt_g, opt_d, real, level, alpha, z, mix, item=item),
-                       graphs, compile_)
+        return _runner(lambda item, amp, scaler: progan_step(gen, disc, opt_g, opt_d, real, level, alpha, z, mix,
+                                                             item=item, amp=amp, scaler=scaler), mode, compile_, device)
     return make
 
 
@@ -109,15 +122,15 @@ STEPS = [
 QUICK_STEPS = STEPS  # --quick: every step, fewer repeats
 
 
-def step_fn(step, provider, device, graphs=False):
+def step_fn(step, provider, device, mode=Mode()):
     if provider == "eager":
-        return step.make(None, device, graphs=graphs)
+        return step.make(None, device, mode=mode)
     if provider == "compile":
-        return step.make(None, device, compile_=True, graphs=graphs)
-    return step.make(provider, device, graphs=graphs)
+        return step.make(None, device, compile_=True, mode=mode)
+    return step.make(provider, device, mode=mode)
 
 
-def bench_step(step, device, providers, settings, timer, status=lambda s: None, graphs=False):
+def bench_step(step, device, providers, settings, timer, status=lambda s: None, mode=Mode()):
     """Rows (the harness's) of one training step for every provider, timed interleaved."""
     import harness
 
@@ -127,7 +140,7 @@ def bench_step(step, device, providers, settings, timer, status=lambda s: None, 
     for p in providers:
         status(f"{p} build")
         try:
-            fns[p] = step_fn(step, p, device, graphs)
+            fns[p] = step_fn(step, p, device, mode)
         except Exception as e:  # noqa: BLE001 - a row says why
             rows.append(harness._row(case, shape, "train step", p, error=harness.reason(e)))
     jobs = {p: (None, lambda _, fn=fn: fn()) for p, fn in fns.items()}

@@ -299,9 +299,18 @@ def _grad_out(case, inputs, fns):
     return None
 
 
-def bench_case(case, shape, device, dtype, providers, settings, timer, status=lambda s: None):
+def _under_autocast(fn, device, amp):
+    """fn's forward under torch.autocast to `amp` (its backward outside, as training code runs it)."""
+    def run(*args):
+        with torch.autocast(device.type, dtype=amp):
+            return fn(*args)
+    return run
+
+
+def bench_case(case, shape, device, dtype, providers, settings, timer, status=lambda s: None, amp=None):
     """Rows for every mode and provider of one op and shape, copy and yardstick rows included.
-    Within a mode the providers and the yardsticks are timed interleaved (`Timer.interleaved`)."""
+    Within a mode the providers and the yardsticks are timed interleaved (`Timer.interleaved`).
+    amp: every provider's forward under torch.autocast to that dtype (the inputs stay `dtype`)."""
     torch._dynamo.reset()  # "compile" compiles once per case, from scratch, for static shapes
     inputs = case.make_inputs(shape, dtype, device)
     grad_targets(inputs)
@@ -318,6 +327,8 @@ def bench_case(case, shape, device, dtype, providers, settings, timer, status=la
             fns[provider] = provider_fn(case, provider)
         except Exception as e:
             rows += [_row(case, shape, m, provider, error=reason(e)) for m in modes]
+    if amp is not None:
+        fns = {p: _under_autocast(fn, device, amp) for p, fn in fns.items()}
     grad_out = _grad_out(case, inputs, {p: f for p, f in fns.items() if p not in ("eager", "compile")})
     if grad_out is None:
         return rows + [_row(case, shape, m, p, error="every provider failed on this shape")

@@ -44,7 +44,6 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch._library.custom_ops as custom_ops

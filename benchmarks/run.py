@@ -27,6 +27,7 @@ import harness  # noqa: E402
 import overhead  # noqa: E402
 import traffic  # noqa: E402
 from cases import CASES  # noqa: E402
+from fastgan.models.amp import AMP_DTYPES  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -52,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")
     p.add_argument("--out", type=Path, default=HERE / "results", help="output folder (default: %(default)s)")
     p.add_argument("--e2e", action="store_true", help="time whole training steps instead of the ops")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
+                   help="every provider's ops (forward) or --e2e steps under torch.autocast (steps: fp16 with a "
+                        "GradScaler)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="--e2e on a GPU: replay each whole step as a CUDA graph (compile: mode reduce-overhead)")
     p.add_argument("--model", action="store_true",
@@ -63,6 +67,8 @@ def parse_args(argv=None):
         p.error("--device cuda: no CUDA device is available")
     if args.cuda_graphs and not (args.e2e and args.device == "cuda"):
         p.error("--cuda-graphs captures whole training steps on a GPU: it needs --e2e and --device cuda")
+    if args.cuda_graphs and args.amp == "fp16":
+        p.error("--cuda-graphs does not take --amp fp16: the GradScaler checks its gradients on the host")
     return args
 
 
@@ -92,7 +98,7 @@ def main(argv=None):
         work = [(c, s) for c in cases for s in c.shapes_for(device, args.quick)]
 
     info = harness.machine_info(device, dtype, args.quick)  # before the run: the load is others'
-    info["cuda_graphs"] = args.cuda_graphs
+    info["cuda_graphs"], info["amp"] = args.cuda_graphs, args.amp
     torch.manual_seed(0)
     timer = harness.Timer(device)
     rows = []
@@ -102,14 +108,17 @@ def main(argv=None):
         bar.set_postfix_str(label)
         status = lambda s: bar.set_postfix_str(f"{label} {s}")  # noqa: E731
         if args.e2e:
-            rows += e2e.bench_step(case, device, providers, settings, timer, status=status, graphs=args.cuda_graphs)
+            rows += e2e.bench_step(case, device, providers, settings, timer, status=status,
+                                   mode=e2e.Mode(args.cuda_graphs, AMP_DTYPES[args.amp]))
         else:
-            rows += harness.bench_case(case, shape, device, dtype, providers, settings, timer, status=status)
+            rows += harness.bench_case(case, shape, device, dtype, providers, settings, timer, status=status,
+                                       amp=AMP_DTYPES[args.amp])
     bar.close()
 
     print(f"\nfastgan benchmarks on {info['device']}, {info['dtype']}, torch {info['torch']}, "
           f"{info['torch_threads']} threads{', quick' if args.quick else ''}"
-          f"{', whole steps as CUDA graphs' if args.cuda_graphs else ''}")
+          f"{', whole steps as CUDA graphs' if args.cuda_graphs else ''}"
+          f"{f', autocast {args.amp}' if args.amp != 'off' else ''}")
     for name, why in missing.items():
         print(f"  {name}: n/a ({why})")
     print()

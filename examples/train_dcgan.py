@@ -25,6 +25,7 @@ import datasets  # noqa: E402
 import images  # noqa: E402
 
 from fastgan.models import DCGANDiscriminator, DCGANGenerator, dcgan_optimizers, dcgan_step, graphed  # noqa: E402
+from fastgan.models.amp import AMP_DTYPES  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -36,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--impl", default=None, help="fastgan backend (default: by device)")
     p.add_argument("--eager", action="store_true", help="plain PyTorch modules, nothing fused")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--amp", choices=list(AMP_DTYPES), default="off",
+                   help="mixed precision: the forward passes under torch.autocast (fp16 with a GradScaler)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="capture the training step once and replay it (a GPU; the capture's 3 warm-up steps "
                         "train on the first batch)")
@@ -47,6 +50,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.cuda_graphs and not args.device.startswith("cuda"):
         p.error("--cuda-graphs needs --device cuda")
+    if args.cuda_graphs and args.amp == "fp16":
+        p.error("--cuda-graphs does not take --amp fp16: the GradScaler checks its gradients on the host")
     return args
 
 
@@ -60,12 +65,14 @@ def placed(model, args):
 
 
 def step_runner(args, gen, disc, opt_g, opt_d, first_batch):
-    """real -> (loss_d, loss_g): dcgan_step, or its capture replayed with `real` copied into the
-    captured input (--cuda-graphs)."""
+    """real -> (loss_d, loss_g): dcgan_step (under --amp), or its capture replayed with `real` copied
+    into the captured input (--cuda-graphs)."""
+    amp = AMP_DTYPES[args.amp]
+    scaler = torch.amp.GradScaler(torch.device(args.device).type) if args.amp == "fp16" else None
     if not args.cuda_graphs:
-        return lambda real: dcgan_step(gen, disc, opt_g, opt_d, real)
+        return lambda real: dcgan_step(gen, disc, opt_g, opt_d, real, amp=amp, scaler=scaler)
     static = first_batch.clone()
-    replay = graphed(lambda: dcgan_step(gen, disc, opt_g, opt_d, static, item=False))
+    replay = graphed(lambda: dcgan_step(gen, disc, opt_g, opt_d, static, item=False, amp=amp))
 
     def run(real):
         static.copy_(real)

@@ -26,6 +26,7 @@ import images  # noqa: E402
 
 import fastgan  # noqa: E402
 from fastgan.models import ProGANDiscriminator, ProGANGenerator, graphed, progan_optimizers, progan_step  # noqa: E402
+from fastgan.models.amp import AMP_DTYPES  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--impl", default=None, help="fastgan backend (default: by device)")
     p.add_argument("--smoke", action="store_true", help="tiny networks, a few steps per phase")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--amp", choices=list(AMP_DTYPES), default="off",
+                   help="mixed precision: the forward passes under torch.autocast (fp16 with a GradScaler)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="capture each stable phase's step once and replay it (a GPU; fade-ins, whose alpha "
                         "changes every step, run eagerly; each capture's 3 warm-up steps train on one batch)")
@@ -48,6 +51,8 @@ def parse_args(argv=None):
         args.batch, args.fade_images, args.fmap_max, args.latent = 4, 8, 8, 8
     if args.cuda_graphs and not args.device.startswith("cuda"):
         p.error("--cuda-graphs needs --device cuda")
+    if args.cuda_graphs and args.amp == "fp16":
+        p.error("--cuda-graphs does not take --amp fp16: the GradScaler checks its gradients on the host")
     return args
 
 
@@ -60,13 +65,15 @@ def placed(model, args):
     return model
 
 
-def step_runner(args, gen, disc, opt_g, opt_d, level, fading, first_batch):
-    """(real, alpha) -> (loss_d, loss_g): progan_step, or for a stable phase with --cuda-graphs its
-    capture (alpha 1) replayed with `real` copied into the captured input."""
+def step_runner(args, gen, disc, opt_g, opt_d, level, fading, first_batch, scaler):
+    """(real, alpha) -> (loss_d, loss_g): progan_step (under --amp, with `scaler` for fp16), or for a
+    stable phase with --cuda-graphs its capture (alpha 1) replayed with `real` copied into the
+    captured input."""
+    amp = AMP_DTYPES[args.amp]
     if not (args.cuda_graphs and not fading):
-        return lambda real, alpha: progan_step(gen, disc, opt_g, opt_d, real, level, alpha)
+        return lambda real, alpha: progan_step(gen, disc, opt_g, opt_d, real, level, alpha, amp=amp, scaler=scaler)
     static = first_batch.clone()
-    replay = graphed(lambda: progan_step(gen, disc, opt_g, opt_d, static, level, 1.0, item=False))
+    replay = graphed(lambda: progan_step(gen, disc, opt_g, opt_d, static, level, 1.0, item=False, amp=amp))
 
     def run(real, alpha):
         static.copy_(real)
@@ -96,6 +103,8 @@ def main(argv=None):
     opt_g, opt_d = progan_optimizers(gen, disc, capturable=args.cuda_graphs)
     fixed_z = torch.randn(36, args.latent, generator=torch.Generator().manual_seed(1234)).to(args.device)
     history = {"D": [], "G": []}
+    # One scaler for the whole run: its scale carries over from phase to phase.
+    scaler = torch.amp.GradScaler(torch.device(args.device).type) if args.amp == "fp16" else None
     start = time.perf_counter()
     for level, fading, count in phases(gen.levels, args.fade_images):
         res = 4 * 2 ** level
@@ -103,7 +112,7 @@ def main(argv=None):
         steps = max(1, count // args.batch)
         name = f"{res}x{res} {'fade-in' if fading else 'stable'}"
         batch = lambda: reals[torch.randint(0, len(reals), (args.batch,))].to(args.device)  # noqa: E731
-        run = step_runner(args, gen, disc, opt_g, opt_d, level, fading, batch())
+        run = step_runner(args, gen, disc, opt_g, opt_d, level, fading, batch(), scaler)
         for step in tqdm(range(steps), desc=name, unit="step"):
             alpha = fastgan.ops.fade_alpha(step * args.batch, count) if fading else 1.0
             real = batch()

@@ -1,5 +1,5 @@
-"""The fused blocks under torch.autocast (mixed precision), against the eager modules they replace
-under the same autocast.
+"""The fused ops and models under torch.autocast (mixed precision), against the eager code they
+replace under the same autocast.
 
 Autocast casts a convolution's input, weight and bias to its dtype and leaves batch norm's
 parameters and statistics in float32, so an eager Conv -> BatchNorm2d -> activation block returns
@@ -14,12 +14,15 @@ no worse than eager in the same precision.
 """
 
 import copy
+import math
 
 import pytest
 import torch
 
 from fastgan import unfuse
-from fastgan.models import DCGANDiscriminator, DCGANGenerator
+import fastgan.ops as ops
+from fastgan.models import (DCGANDiscriminator, DCGANGenerator, ProGANDiscriminator, ProGANGenerator,
+                            dcgan_optimizers, dcgan_step, progan_optimizers, progan_step)
 from fastgan.nn import Conv2dBNLeakyReLU, ConvTransposeBNReLU2d
 from helpers import CPU_BACKENDS, masked_leaky_relu, randn
 
@@ -111,12 +114,13 @@ def test_block_under_autocast(impl, kind, dtype, training):
 
 @pytest.mark.parametrize("dtype", AUTOCAST_DTYPES)
 def test_fused_dcgan_under_autocast(dtype):
-    """The fused models run under autocast (they raised a dtype mismatch before) and return what the
-    eager models return under it, within the same precision."""
+    """The fused models (minibatch discrimination included) run under autocast (they raised a dtype
+    mismatch before) and return what the eager models return under it, within the same precision."""
     torch.manual_seed(0)
     gen = DCGANGenerator(nz=8, ngf=4, fused=True, impl="cpu")
-    disc = DCGANDiscriminator(ndf=4, fused=True, impl="cpu")
+    disc = DCGANDiscriminator(ndf=4, minibatch_features=6, fused=True, impl="cpu")
     eager_gen, eager_disc = unfuse(copy.deepcopy(gen)), unfuse(copy.deepcopy(disc))
+    eager_disc.minibatch.impl = "reference"
     z = torch.randn(4, 8, 1, 1)
     with torch.autocast("cpu", dtype=dtype):
         img, eager_img = gen(z), eager_gen(z)
@@ -125,5 +129,117 @@ def test_fused_dcgan_under_autocast(dtype):
     u = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11
     # The images pass four normalized blocks and a tanh: a few units of rounding each.
     torch.testing.assert_close(img.float(), eager_img.float(), rtol=0, atol=64 * u)
+    torch.testing.assert_close(score.float(), eager_score.float(), rtol=0, atol=64 * u * (1 + score.abs().max().item()))
     score.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in disc.parameters())
+
+
+def assert_no_worse_than_eager(got, eager, want, name):
+    """got's error against the float64 `want` at most twice eager's plus a hundredth of want's scale
+    (the same bound as the blocks')."""
+    assert got.dtype == eager.dtype, name
+    eager_err = (eager.double() - want).abs().max().item()
+    err = (got.double() - want).abs().max().item()
+    assert err <= 2 * eager_err + 1e-2 * (1 + want.abs().max().item()), (name, err, eager_err)
+
+
+def check_op(fused, reference, inputs, cast, dtype):
+    """An op under autocast against its reference under the same autocast, output and gradients, both
+    against float64 from the inputs rounded as autocast rounds them (`cast`: which ones it casts)."""
+    grads = {}
+    for name, fn in (("fused", fused), ("eager", reference)):
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        with torch.autocast("cpu", dtype=dtype):
+            y = fn(*leaves)
+        y.backward(torch.ones_like(y))
+        grads[name] = [y, *[t.grad for t in leaves]]
+    leaves = [(t.to(dtype) if c else t).double().detach().requires_grad_() for t, c in zip(inputs, cast)]
+    y = reference(*leaves)
+    y.backward(torch.ones_like(y))
+    want = [y, *[t.grad for t in leaves]]
+    assert grads["fused"][0].dtype == grads["eager"][0].dtype  # eager's dtype out (cat may promote)
+    for i, (got, eager, w) in enumerate(zip(grads["fused"], grads["eager"], want)):
+        assert_no_worse_than_eager(got, eager, w, f"output {i}" if i == 0 else f"grad {i - 1}")
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES)
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_minibatch_discrimination_under_autocast(impl, dtype):
+    """x @ T runs in the autocast dtype (and the bias is added in it), as the reference's product does."""
+    x, T, bias = randn((6, 4, 2, 2)), randn((16, 5, 3)) * 0.3, randn((5,))
+    check_op(lambda *a: ops.minibatch_discrimination(*a, impl=impl), ops.minibatch_discrimination_reference,
+             (x, T, bias), (True, True, True), dtype)
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES)
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_fade_in_from_rgb_under_autocast(impl, dtype):
+    """from_rgb's 1x1 convolution takes the image, weight and bias in the autocast dtype; x_high comes in it."""
+    img, weight, bias = randn((2, 3, 8, 8)), randn((6, 3, 1, 1)), randn((6,))
+    x_high = randn((2, 6, 4, 4)).to(dtype)
+    check_op(lambda i, w, b, x: ops.fade_in_from_rgb(i, x, w, b, 0.3, impl=impl),
+             lambda i, w, b, x: ops.fade_in_from_rgb_reference(i, x, w, b, 0.3),
+             (img, weight, bias, x_high), (True, True, True, False), dtype)
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES)
+def test_progan_under_autocast(dtype):
+    """The fused ProGAN runs under autocast (its biases met half-precision activations and raised
+    before) as the reference models do: the same dtypes, outputs within a few units of rounding, and a
+    training step with the gradient penalty."""
+    torch.manual_seed(0)
+    kw = dict(fmap_base=64, fmap_max=8)
+    fused = ProGANGenerator(16, 8, 3, impl="cpu", **kw), ProGANDiscriminator(16, 3, impl="cpu", **kw)
+    eager = ProGANGenerator(16, 8, 3, impl="reference", **kw), ProGANDiscriminator(16, 3, impl="reference", **kw)
+    for f, e in zip(fused, eager):
+        e.load_state_dict(f.state_dict())
+    z, img, mix = torch.randn(4, 8), torch.rand(4, 3, 16, 16) * 2 - 1, torch.rand(4, 1, 1, 1)
+    u = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11
+    with torch.autocast("cpu", dtype=dtype):
+        for got, want in ((fused[0](z, 2, 0.5), eager[0](z, 2, 0.5)), (fused[1](img, 2, 0.5), eager[1](img, 2, 0.5))):
+            assert got.dtype == want.dtype == dtype
+            torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=16 * u * (1 + want.abs().max().item()))
+        losses = [progan_step(*m, *progan_optimizers(*m), img, 2, 0.5, z, mix) for m in (fused, eager)]
+    # loss_d comes before any update: the same within rounding; loss_g follows Adam's first step, whose
+    # size does not depend on the gradients' magnitudes, so it is only checked to be finite.
+    assert abs(losses[0][0] - losses[1][0]) <= 64 * u * (1 + abs(losses[1][0]))
+    assert all(map(math.isfinite, losses[0]))
+
+
+def dcgan_pair(minibatch_features=6):
+    torch.manual_seed(0)
+    gen = DCGANGenerator(nz=8, ngf=4, fused=True, impl="cpu")
+    disc = DCGANDiscriminator(ndf=4, minibatch_features=minibatch_features, fused=True, impl="cpu")
+    eager = unfuse(copy.deepcopy(gen)), unfuse(copy.deepcopy(disc))
+    if minibatch_features:
+        eager[1].minibatch.impl = "reference"
+    return (gen, disc), eager
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES)
+def test_dcgan_step_with_amp(dtype):
+    """dcgan_step(amp=..., scaler=...) (float16 with a GradScaler): D's loss, taken before any update,
+    within rounding of eager's under the same autocast; the update happens (finite gradients)."""
+    models = dcgan_pair()
+    real, z = torch.rand(4, 3, 64, 64) * 2 - 1, torch.randn(4, 8, 1, 1)
+    u = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11
+    losses = []
+    for gen, disc in models:
+        # A scale these gradients (~1) do not overflow at (the default 2**16 would: a skipped first step).
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4) if dtype == torch.float16 else None
+        before = [p.detach().clone() for p in disc.parameters()]
+        losses.append(dcgan_step(gen, disc, *dcgan_optimizers(gen, disc), real, z, amp=dtype, scaler=scaler))
+        assert any(not torch.equal(a, p) for a, p in zip(before, disc.parameters()))  # not skipped
+    assert abs(losses[0][0] - losses[1][0]) <= 64 * u * (1 + abs(losses[1][0]))
+
+
+def test_grad_scaler_skips_an_overflowing_step():
+    """float16 gradients that overflow (a scale of 2**40) reach the GradScaler as inf / nan in the
+    fused models as in eager: it skips the optimizer steps, leaves the parameters alone and backs off."""
+    real, z = torch.rand(4, 3, 64, 64) * 2 - 1, torch.randn(4, 8, 1, 1)
+    for gen, disc in dcgan_pair(minibatch_features=0):
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 40)
+        before = [p.detach().clone() for p in (*gen.parameters(), *disc.parameters())]
+        dcgan_step(gen, disc, *dcgan_optimizers(gen, disc), real, z, amp=torch.float16, scaler=scaler)
+        assert all(torch.equal(a, p) for a, p in zip(before, (*gen.parameters(), *disc.parameters())))
+        assert scaler.get_scale() < 2.0 ** 40

@@ -11,6 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import e2e  # noqa: E402
 import harness  # noqa: E402
+import run  # noqa: E402
 import traffic  # noqa: E402
 from cases import CASES  # noqa: E402
 
@@ -93,6 +94,35 @@ def test_e2e_step_rows():
     by = {r["provider"]: r for r in rows}
     assert set(by) == {"eager", "cpu"} and not any(r["error"] for r in rows)
     assert by["cpu"]["x_eager"] > 0 and by["eager"]["peak_mb"] > 0
+
+
+@pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16])
+def test_e2e_steps_under_amp(amp):
+    """--amp: every provider's steps run under autocast (fp16 with a GradScaler), DCGAN and ProGAN."""
+    settings = harness.Settings(warmup=1, min_reps=2, max_reps=2, budget_s=0.0)
+    for step in (e2e.Step("dcgan", 2, e2e._dcgan(2, width=4, nz=8)),
+                 e2e.Step("progan", 2, e2e._progan(2, resolution=8, fmap_max=8))):
+        rows = e2e.bench_step(step, torch.device("cpu"), ["eager", "cpu"], settings, harness.Timer(torch.device("cpu")),
+                              mode=e2e.Mode(amp=amp))
+        assert {r["provider"] for r in rows} == {"eager", "cpu"} and not any(r["error"] for r in rows), rows
+
+
+def test_run_rejects_graphs_misuse(capsys):
+    for argv, words in ((["--e2e", "--cuda-graphs", "--device", "cpu"], "--device cuda"),
+                        (["--cuda-graphs", "--device", "cpu"], "needs --e2e")):
+        with pytest.raises(SystemExit):
+            run.parse_args(argv)
+        assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["conv2d_bn_leaky_relu", "minibatch_discrimination", "pixel_norm"])
+def test_ops_under_amp(name):
+    """--amp for the ops: each provider's forward under autocast, timed without errors."""
+    case = next(c for c in CASES if c.name == name)
+    settings = harness.Settings(warmup=1, min_reps=2, max_reps=2, budget_s=0.0)
+    rows = harness.bench_case(case, case.quick_shapes[0], torch.device("cpu"), torch.float32, ["eager", "cpu"],
+                              settings, harness.Timer(torch.device("cpu")), amp=torch.bfloat16)
+    assert rows and not any(r["error"] for r in rows if r["provider"] in ("eager", "cpu")), rows
 
 
 def _plot_rows():

@@ -45,3 +45,13 @@ def test_train_progan_smoke(monkeypatch, capsys, tmp_path):
     assert "resolution 16" in out
     assert sorted(p.name for p in tmp_path.glob("samples_*.png")) == ["samples_04.png", "samples_08.png",
                                                                       "samples_16.png"]
+
+
+def test_examples_with_amp(monkeypatch, capsys, tmp_path):
+    """--amp: the DCGAN in bfloat16 and float16 (with a GradScaler), the ProGAN in bfloat16."""
+    for amp in ("bf16", "fp16"):
+        run_example(monkeypatch, "train_dcgan.py", "--steps", "2", "--batch", "4", "--width", "4", "--dataset-size",
+                    "16", "--amp", amp, "--out", str(tmp_path / amp))
+    run_example(monkeypatch, "train_progan.py", "--smoke", "--amp", "bf16", "--out", str(tmp_path / "progan"))
+    out = capsys.readouterr().out
+    assert out.count("trained to step 2") == 2 and "resolution 16" in out

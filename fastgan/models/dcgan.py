@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..fusion import fuse
+from .amp import autocast, backward_and_step
 
 
 def dcgan_init(module):
@@ -81,10 +82,11 @@ def dcgan_optimizers(generator, discriminator, capturable=False):
             torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999), capturable=capturable))
 
 
-def dcgan_step(generator, discriminator, opt_g, opt_d, real, z=None, item=True):
+def dcgan_step(generator, discriminator, opt_g, opt_d, real, z=None, item=True, amp=None, scaler=None):
     """One DCGAN training step (the PyTorch example's): D on real and fake with BCE, then G with
     the non-saturating loss. Returns (loss_d, loss_g) as floats, or as tensors with item=False
-    (no host sync: the step can be captured in a CUDA graph, see models.graphs)."""
+    (no host sync: the step can be captured in a CUDA graph, see models.graphs). amp: the forward
+    passes under torch.autocast to that dtype; scaler: a GradScaler for float16 (models.amp)."""
     n = real.shape[0]
     if z is None:
         z = torch.randn(n, generator.nz, 1, 1, device=real.device, dtype=real.dtype)
@@ -92,16 +94,18 @@ def dcgan_step(generator, discriminator, opt_g, opt_d, real, z=None, item=True):
     ones = torch.ones(n, device=real.device, dtype=real.dtype)
     zeros = torch.zeros_like(ones)
 
-    fake = generator(z)
+    with autocast(real.device, amp):
+        fake = generator(z)
+        loss_d = bce(discriminator(real), ones) + bce(discriminator(fake.detach()), zeros)
     opt_d.zero_grad(set_to_none=True)
-    loss_d = bce(discriminator(real), ones) + bce(discriminator(fake.detach()), zeros)
-    loss_d.backward()
-    opt_d.step()
+    backward_and_step(loss_d, opt_d, scaler)
 
+    with autocast(real.device, amp):
+        loss_g = bce(discriminator(fake), ones)
     opt_g.zero_grad(set_to_none=True)
-    loss_g = bce(discriminator(fake), ones)
-    loss_g.backward()
-    opt_g.step()
+    backward_and_step(loss_g, opt_g, scaler)
+    if scaler is not None:
+        scaler.update()
     if not item:  # no host sync (CUDA graphs)
         return loss_d.detach(), loss_g.detach()
     return loss_d.item(), loss_g.item()

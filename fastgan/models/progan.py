@@ -21,7 +21,9 @@ from torch import nn
 
 from .. import ops
 from ..nn import EqualizedConv2d, EqualizedLinear, MinibatchStdDev
+from ..ops._autocast import lower
 from ..ops.pixel_norm import default_eps
+from .amp import autocast, backward_and_step
 
 SLOPE = 0.2
 
@@ -51,7 +53,8 @@ class _ConvPixelNorm(nn.Module):
         # lrelu(s z + b) = s lrelu(z + b / s) and pixel_norm(s v, eps) = pixel_norm(v, eps / s^2) for
         # s > 0: the weight scale s folds into the bias and eps, exactly, with no scaled weight.
         s = c.w_mul
-        return ops.bias_act_pixel_norm(z, c.bias * (c.bias_mul / s), SLOPE, 1.0,
+        (bias,) = lower(z.device.type, c.bias * (c.bias_mul / s))  # with z under torch.autocast, as a conv's bias
+        return ops.bias_act_pixel_norm(z, bias, SLOPE, 1.0,
                                        eps=default_eps(z.dtype) / s ** 2, impl=self.impl)
 
 
@@ -129,37 +132,45 @@ def progan_optimizers(generator, discriminator, capturable=False):
             torch.optim.Adam(discriminator.parameters(), lr=1e-3, betas=(0.0, 0.99), capturable=capturable))
 
 
-def gradient_penalty(discriminator, real, fake, level, alpha, weight=None):
-    """WGAN-GP: mean over the batch of (||d D(x_hat) / d x_hat|| - 1)^2 at random interpolates."""
+def gradient_penalty(discriminator, real, fake, level, alpha, weight=None, scaler=None):
+    """WGAN-GP: mean over the batch of (||d D(x_hat) / d x_hat|| - 1)^2 at random interpolates. With
+    a GradScaler the inner gradient is taken of the scaled output and unscaled (torch.amp's recipe for
+    gradient penalties; get_scale() reads the scale on the host)."""
     if weight is None:
         weight = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
     x_hat = (weight * real + (1 - weight) * fake).requires_grad_()
-    (grad,) = torch.autograd.grad(discriminator(x_hat, level, alpha).sum(), x_hat, create_graph=True)
+    out = discriminator(x_hat, level, alpha).sum()
+    (grad,) = torch.autograd.grad(out if scaler is None else scaler.scale(out), x_hat, create_graph=True)
+    if scaler is not None:
+        grad = grad / scaler.get_scale()
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
 
 def progan_step(generator, discriminator, opt_g, opt_d, real, level, alpha, z=None, mix=None,
-                gp_lambda=10.0, drift=1e-3, item=True):
+                gp_lambda=10.0, drift=1e-3, item=True, amp=None, scaler=None):
     """One ProGAN step (SPEC 7): D with the WGAN-GP loss (lambda 10) plus drift 0.001 * D(real)^2,
     then G with -D(G(z)). `real` is already at the level's resolution (and blended while fading
     in, see fastgan.ops.blend_reals). Returns (loss_d, loss_g) as floats, or as tensors with item=False
-    (no host sync: the step can be captured in a CUDA graph, see models.graphs)."""
+    (no host sync: the step can be captured in a CUDA graph, see models.graphs). amp: the forward
+    passes under torch.autocast to that dtype; scaler: a GradScaler for float16 (models.amp)."""
     n = real.shape[0]
     if z is None:
         z = torch.randn(n, generator.latent_dim, device=real.device, dtype=real.dtype)
-    fake = generator(z, level, alpha)
+    with autocast(real.device, amp):
+        fake = generator(z, level, alpha)
+        d_real = discriminator(real, level, alpha)
+        d_fake = discriminator(fake.detach(), level, alpha)
+        gp = gradient_penalty(discriminator, real, fake.detach(), level, alpha, mix, scaler)
+        loss_d = d_fake.mean() - d_real.mean() + gp_lambda * gp + drift * d_real.square().mean()
     opt_d.zero_grad(set_to_none=True)
-    d_real = discriminator(real, level, alpha)
-    d_fake = discriminator(fake.detach(), level, alpha)
-    gp = gradient_penalty(discriminator, real, fake.detach(), level, alpha, mix)
-    loss_d = d_fake.mean() - d_real.mean() + gp_lambda * gp + drift * d_real.square().mean()
-    loss_d.backward()
-    opt_d.step()
+    backward_and_step(loss_d, opt_d, scaler)
 
+    with autocast(real.device, amp):
+        loss_g = -discriminator(fake, level, alpha).mean()
     opt_g.zero_grad(set_to_none=True)
-    loss_g = -discriminator(fake, level, alpha).mean()
-    loss_g.backward()
-    opt_g.step()
+    backward_and_step(loss_g, opt_g, scaler)
+    if scaler is not None:
+        scaler.update()
     if not item:  # no host sync (CUDA graphs)
         return loss_d.detach(), loss_g.detach()
     return loss_d.item(), loss_g.item()

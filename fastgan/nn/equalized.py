@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..ops._autocast import lower
 from ..ops.bias_act import act_params
 
 
@@ -36,8 +37,10 @@ class _Equalized(torch.nn.Module):
         self.activation, self.alpha, self.act_gain, self.clamp, self.impl = activation, alpha, act_gain, clamp, impl
 
     def epilogue(self, z, dim=1):
-        """act(z * w_mul + bias * bias_mul) * act_gain, clamped: one fused pass over z."""
-        return ops.bias_act(z, self.bias, self.activation, self.alpha, self.act_gain, self.clamp, dim=dim,
+        """act(z * w_mul + bias * bias_mul) * act_gain, clamped: one fused pass over z. Under
+        torch.autocast the bias is cast with z, as autocast casts a convolution's or linear's bias."""
+        (bias,) = lower(z.device.type, self.bias)
+        return ops.bias_act(z, bias, self.activation, self.alpha, self.act_gain, self.clamp, dim=dim,
                             x_mul=self.w_mul, b_mul=self.bias_mul, impl=self.impl)
 
     def extra_repr(self):

@@ -15,18 +15,6 @@ from ._dispatch import _traced, kernels
 LAYOUT = torch.channels_last
 
 
-def autocast_conv_inputs(x, weight, bias):
-    """(x, weight, bias) as torch.autocast hands them to the convolution the block replaces: float32
-    tensors cast to the autocast dtype (differentiably: the float32 parameters get float32
-    gradients). The batch norm's parameters and statistics are not cast, as eager's batch_norm
-    keeps them; so the block computes and returns the autocast dtype with float32 statistics."""
-    device_type = x.device.type
-    if not torch.is_autocast_enabled(device_type):
-        return x, weight, bias
-    dtype = torch.get_autocast_dtype(device_type)
-    return tuple(t.to(dtype) if t is not None and t.dtype == torch.float32 else t for t in (x, weight, bias))
-
-
 def dense_weight(weight):
     """The convolution weight as the kernels take it: dense in its own layout. cuDNN runs channels-last,
     so a channels-last weight (model.to(memory_format=torch.channels_last)) costs it no copy per call;

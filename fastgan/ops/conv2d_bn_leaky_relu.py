@@ -27,10 +27,11 @@ from torch.autograd.function import once_differentiable
 
 from .._backend import resolve
 from .._checks import as_layout, check_eps, empty
-from ._batch_norm import (LAYOUT, NO_UPDATE, autocast_conv_inputs, block_op, bn_relu_backward, call,
+from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call,
                           cancelled_bias_grad, check_batch, check_block_arguments, dense_weight, finalize, folded,
                           layout_of, momentum_factor, needs_grad, pair, running_update, saved_input, saved_input_fake,
                           stats_dtype, weight_grad_fake)
+from ._autocast import lower
 from ._dispatch import kernels, to_layout
 
 
@@ -56,7 +57,7 @@ def conv2d_bn_leaky_relu(x, weight, bias, bn_weight, bn_bias, running_mean, runn
     cumulative average, batch statistics when there are no running ones). The output is
     channels-last.
     """
-    x, weight, bias = autocast_conv_inputs(x, weight, bias)
+    x, weight, bias = lower(x.device.type, x, weight, bias)  # as torch.autocast casts a convolution
     sizes = _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
                    num_batches_tracked, stride, padding, negative_slope)
     eps, slope = check_eps(eps), float(negative_slope)

@@ -29,10 +29,11 @@ from torch.autograd.function import once_differentiable
 
 from .._backend import resolve
 from .._checks import as_layout, check_eps, empty
-from ._batch_norm import (LAYOUT, NO_UPDATE, autocast_conv_inputs, block_op, bn_relu_backward, call,
+from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call,
                           cancelled_bias_grad, check_batch, check_block_arguments, dense_weight, finalize, folded,
                           layout_of, momentum_factor, needs_grad, pair, run_without_grad, running_update, saved_input,
                           saved_input_fake, stats_dtype, weight_grad_fake)
+from ._autocast import lower
 from ._dispatch import fused_op, kernels, to_layout
 
 
@@ -64,7 +65,7 @@ def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, ru
     in place as nn.BatchNorm2d does; momentum=None is the cumulative average over
     num_batches_tracked. Without running statistics batch statistics are used, also in eval.
     """
-    x, weight, bias = autocast_conv_inputs(x, weight, bias)
+    x, weight, bias = lower(x.device.type, x, weight, bias)  # as torch.autocast casts a convolution
     sizes = _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
                    num_batches_tracked, stride, padding, output_padding)
     eps = check_eps(eps)
@@ -181,8 +182,8 @@ def _conv_transpose_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.
                              padding: list[int], output_padding: list[int], need_x: bool, need_weight: bool,
                              impl: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel op (csrc/schemas.h) as a traceable op: (grad_x, grad_weight), [0] where not asked for."""
-    grad_x, grad_w = kernels(impl).conv_transpose_backward(grad, x, dense_weight(weight), stride, padding, output_padding,
-                                                           need_x, need_weight)
+    grad_x, grad_w = kernels(impl).conv_transpose_backward(grad, x, dense_weight(weight), stride, padding,
+                                                           output_padding, need_x, need_weight)
     return to_layout(kernels(impl), grad_x, layout_of(x)) if need_x else grad_x, grad_w
 
 

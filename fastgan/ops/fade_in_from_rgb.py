@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .._backend import resolve
 from .._checks import as_layout, check_alpha, check_same, check_tensor, empty, memory_format
+from ._autocast import lower
 from ._dispatch import fused_op, kernels
 
 
@@ -55,6 +56,7 @@ def _check_args(img, x_high, weight, bias):
 
 def fade_in_from_rgb(img, x_high, weight, bias, alpha, gain=math.sqrt(2), lr_mul=1.0, slope=0.2, impl=None):
     """Blend from_rgb(avg_pool_2x2(img)) into x_high [N, C_out, H, W]; img is [N, C_img, 2H, 2W]."""
+    img, weight, bias = lower(img.device.type, img, weight, bias)  # as torch.autocast casts from_rgb's conv
     _check_args(img, x_high, weight, bias)
     alpha = check_alpha(alpha)
     gain, lr_mul, slope = float(gain), float(lr_mul), float(slope)

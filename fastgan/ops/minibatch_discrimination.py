@@ -22,6 +22,7 @@ import torch
 
 from .._backend import resolve
 from .._checks import check_same, check_tensor
+from ._autocast import lower
 from ._dispatch import _traced, fused_op, kernels
 
 
@@ -94,6 +95,7 @@ def minibatch_features(x, T, bias=None, include_self=False, impl=None):
     """The minibatch features o [N, B] of x [N, ...] (flattened to [N, A]) with T [A, B, C]:
     o[i, b] = sum over the other samples j of exp(-L1 distance of M[i, b] and M[j, b]), plus 1
     with include_self (the paper's formula counts the sample itself), plus bias[b] if given."""
+    x, T, bias = lower(x.device.type, x, T, bias)  # as torch.autocast casts the product x @ T (and bias with o)
     _check(x, T, bias, include_self)
     impl = resolve(impl, x.device)
     if impl == "reference":
@@ -104,6 +106,9 @@ def minibatch_features(x, T, bias=None, include_self=False, impl=None):
 
 def minibatch_discrimination(x, T, bias=None, include_self=False, impl=None):
     """cat([x_flat, minibatch_features(x, T, bias, include_self)], 1): [N, A + B]."""
+    x_low, T, bias = lower(x.device.type, x, T, bias)  # as torch.autocast casts the product x @ T (and bias with o)
+    if x_low is not x:  # a float32 x under autocast: o in the lower dtype, and cat promotes it, as in eager
+        return torch.cat([x.reshape(x.shape[0], -1), minibatch_features(x_low, T, bias, include_self, impl)], 1)
     _check(x, T, bias, include_self)
     impl = resolve(impl, x.device)
     if impl != "reference" and not _traced():
