@@ -23,8 +23,9 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets  # noqa: E402
 import images  # noqa: E402
+import runtime  # noqa: E402
 
-from fastgan.models import DCGANDiscriminator, DCGANGenerator, dcgan_optimizers, dcgan_step, graphed  # noqa: E402
+from fastgan.models import DCGANDiscriminator, DCGANGenerator, dcgan_optimizers, dcgan_step  # noqa: E402
 from fastgan.models.amp import AMP_DTYPES  # noqa: E402
 
 
@@ -36,49 +37,26 @@ def parse_args(argv=None):
     p.add_argument("--dataset-size", type=int, default=4096)
     p.add_argument("--impl", default=None, help="fastgan backend (default: by device)")
     p.add_argument("--eager", action="store_true", help="plain PyTorch modules, nothing fused")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
-    p.add_argument("--amp", choices=list(AMP_DTYPES), default="off",
-                   help="mixed precision: the forward passes under torch.autocast (fp16 with a GradScaler)")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="capture the training step once and replay it (a GPU; the capture's 3 warm-up steps "
-                        "train on the first batch)")
+    runtime.add_arguments(p, "capture the training step once and replay it (a GPU; the capture's 3 warm-up "
+                             "steps train on the first batch)")
     p.add_argument("--sample-every", type=int, default=100)
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--out", type=Path, default=Path("runs/dcgan"))
     p.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.cuda_graphs and not args.device.startswith("cuda"):
-        p.error("--cuda-graphs needs --device cuda")
-    if args.cuda_graphs and args.amp == "fp16":
-        p.error("--cuda-graphs does not take --amp fp16: the GradScaler checks its gradients on the host")
+    runtime.check_arguments(p, args)
     return args
 
 
-def placed(model, args):
-    """The model on --device; on a GPU a fastgan model also gets channels-last weights, which cuDNN runs
-    with its channels-last activations without converting them at every call."""
-    model = model.to(args.device)
-    if not args.eager and torch.device(args.device).type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
 def step_runner(args, gen, disc, opt_g, opt_d, first_batch):
-    """real -> (loss_d, loss_g): dcgan_step (under --amp), or its capture replayed with `real` copied
-    into the captured input (--cuda-graphs)."""
+    """real -> (loss_d, loss_g): dcgan_step (under --amp), or its capture replayed (--cuda-graphs)."""
     amp = AMP_DTYPES[args.amp]
-    scaler = torch.amp.GradScaler(torch.device(args.device).type) if args.amp == "fp16" else None
-    if not args.cuda_graphs:
-        return lambda real: dcgan_step(gen, disc, opt_g, opt_d, real, amp=amp, scaler=scaler)
-    static = first_batch.clone()
-    replay = graphed(lambda: dcgan_step(gen, disc, opt_g, opt_d, static, item=False, amp=amp))
-
-    def run(real):
-        static.copy_(real)
-        loss_d, loss_g = replay()
-        return loss_d.item(), loss_g.item()
-    return run
+    if args.cuda_graphs:
+        return runtime.replayed(lambda real: dcgan_step(gen, disc, opt_g, opt_d, real, item=False, amp=amp),
+                                first_batch)
+    scaler = runtime.scaler_for(args)
+    return lambda real: dcgan_step(gen, disc, opt_g, opt_d, real, amp=amp, scaler=scaler)
 
 
 def main(argv=None):
@@ -86,8 +64,10 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     data = datasets.shapes(args.dataset_size, 64, seed=args.seed)
-    gen = placed(DCGANGenerator(nz=100, ngf=args.width, nc=3, fused=not args.eager, impl=args.impl), args)
-    disc = placed(DCGANDiscriminator(ndf=args.width, nc=3, fused=not args.eager, impl=args.impl), args)
+    gen = runtime.placed(DCGANGenerator(nz=100, ngf=args.width, nc=3, fused=not args.eager, impl=args.impl), args,
+                         not args.eager)
+    disc = runtime.placed(DCGANDiscriminator(ndf=args.width, nc=3, fused=not args.eager, impl=args.impl), args,
+                          not args.eager)
     opt_g, opt_d = dcgan_optimizers(gen, disc, capturable=args.cuda_graphs)
     fixed_z = torch.randn(64, 100, 1, 1, generator=torch.Generator().manual_seed(1234)).to(args.device)
     step, history = 0, {"D": [], "G": []}

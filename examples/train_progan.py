@@ -23,9 +23,10 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets  # noqa: E402
 import images  # noqa: E402
+import runtime  # noqa: E402
 
 import fastgan  # noqa: E402
-from fastgan.models import ProGANDiscriminator, ProGANGenerator, graphed, progan_optimizers, progan_step  # noqa: E402
+from fastgan.models import ProGANDiscriminator, ProGANGenerator, progan_optimizers, progan_step  # noqa: E402
 from fastgan.models.amp import AMP_DTYPES  # noqa: E402
 
 
@@ -38,48 +39,26 @@ def parse_args(argv=None):
     p.add_argument("--latent", type=int, default=64)
     p.add_argument("--impl", default=None, help="fastgan backend (default: by device)")
     p.add_argument("--smoke", action="store_true", help="tiny networks, a few steps per phase")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
-    p.add_argument("--amp", choices=list(AMP_DTYPES), default="off",
-                   help="mixed precision: the forward passes under torch.autocast (fp16 with a GradScaler)")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="capture each stable phase's step once and replay it (a GPU; fade-ins, whose alpha "
-                        "changes every step, run eagerly; each capture's 3 warm-up steps train on one batch)")
+    runtime.add_arguments(p, "capture each stable phase's step once and replay it (a GPU; fade-ins, whose alpha "
+                             "changes every step, run eagerly; each capture's 3 warm-up steps train on one batch)")
     p.add_argument("--out", type=Path, default=Path("runs/progan"))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.smoke:
         args.batch, args.fade_images, args.fmap_max, args.latent = 4, 8, 8, 8
-    if args.cuda_graphs and not args.device.startswith("cuda"):
-        p.error("--cuda-graphs needs --device cuda")
-    if args.cuda_graphs and args.amp == "fp16":
-        p.error("--cuda-graphs does not take --amp fp16: the GradScaler checks its gradients on the host")
+    runtime.check_arguments(p, args)
     return args
-
-
-def placed(model, args):
-    """The model on --device; on a GPU a fastgan model also gets channels-last weights, which cuDNN runs
-    with its channels-last activations without converting them at every call."""
-    model = model.to(args.device)
-    if args.impl != "reference" and torch.device(args.device).type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
 
 
 def step_runner(args, gen, disc, opt_g, opt_d, level, fading, first_batch, scaler):
     """(real, alpha) -> (loss_d, loss_g): progan_step (under --amp, with `scaler` for fp16), or for a
-    stable phase with --cuda-graphs its capture (alpha 1) replayed with `real` copied into the
-    captured input."""
+    stable phase with --cuda-graphs its capture (alpha 1) replayed."""
     amp = AMP_DTYPES[args.amp]
-    if not (args.cuda_graphs and not fading):
-        return lambda real, alpha: progan_step(gen, disc, opt_g, opt_d, real, level, alpha, amp=amp, scaler=scaler)
-    static = first_batch.clone()
-    replay = graphed(lambda: progan_step(gen, disc, opt_g, opt_d, static, level, 1.0, item=False, amp=amp))
-
-    def run(real, alpha):
-        static.copy_(real)
-        loss_d, loss_g = replay()
-        return loss_d.item(), loss_g.item()
-    return run
+    if args.cuda_graphs and not fading:
+        run = runtime.replayed(lambda real: progan_step(gen, disc, opt_g, opt_d, real, level, 1.0, item=False,
+                                                        amp=amp), first_batch)
+        return lambda real, alpha: run(real)
+    return lambda real, alpha: progan_step(gen, disc, opt_g, opt_d, real, level, alpha, amp=amp, scaler=scaler)
 
 
 def phases(levels, fade_images):
@@ -96,15 +75,15 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     data = datasets.shapes(64 if args.smoke else 4096, 64, seed=args.seed)
     data = F.avg_pool2d(data, 64 // args.resolution)
-    gen = placed(ProGANGenerator(args.resolution, args.latent, 3, fmap_base=16 * args.fmap_max,
-                                 fmap_max=args.fmap_max, impl=args.impl), args)
-    disc = placed(ProGANDiscriminator(args.resolution, 3, fmap_base=16 * args.fmap_max, fmap_max=args.fmap_max,
-                                      impl=args.impl), args)
+    fastgan_model = args.impl != "reference"
+    gen = runtime.placed(ProGANGenerator(args.resolution, args.latent, 3, fmap_base=16 * args.fmap_max,
+                                         fmap_max=args.fmap_max, impl=args.impl), args, fastgan_model)
+    disc = runtime.placed(ProGANDiscriminator(args.resolution, 3, fmap_base=16 * args.fmap_max,
+                                              fmap_max=args.fmap_max, impl=args.impl), args, fastgan_model)
     opt_g, opt_d = progan_optimizers(gen, disc, capturable=args.cuda_graphs)
     fixed_z = torch.randn(36, args.latent, generator=torch.Generator().manual_seed(1234)).to(args.device)
     history = {"D": [], "G": []}
-    # One scaler for the whole run: its scale carries over from phase to phase.
-    scaler = torch.amp.GradScaler(torch.device(args.device).type) if args.amp == "fp16" else None
+    scaler = runtime.scaler_for(args)  # one for the whole run: its scale carries over from phase to phase
     start = time.perf_counter()
     for level, fading, count in phases(gen.levels, args.fade_images):
         res = 4 * 2 ** level

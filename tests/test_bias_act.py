@@ -318,3 +318,22 @@ def test_eager_and_traced_paths_agree(name):
     want = torch.autograd.grad(traced, inputs, grad, allow_unused=True, materialize_grads=True)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_cpu_autograd_is_cpp():
+    """Plain cpu calls run the kernel op with its C++ autograd (csrc/autograd.h): a C++ graph node whose
+    gradients, and their gradients, are exactly the custom op's (the Python formulas)."""
+    x = randn((2, 5, 3, 4), dtype=torch.float64).requires_grad_()
+    b = randn((5,), dtype=torch.float64).requires_grad_()
+    y = fastgan.ops.bias_act(x, b, "lrelu", clamp=0.9, x_mul=0.7, b_mul=0.5, impl="cpu")
+    assert type(y.grad_fn).__name__ == "CppFunction"
+    traced = torch.ops.fastgan.bias_act(x, b, 1, 0.2, math.sqrt(2), 0.7, 0.5, 0.9, "cpu")
+    torch.testing.assert_close(y, traced, rtol=0, atol=0)
+    g = torch.randn_like(y).requires_grad_()
+    got = torch.autograd.grad(y, (x, b), g, create_graph=True)
+    want = torch.autograd.grad(traced, (x, b), g, create_graph=True)
+    v = torch.randn_like(x)
+    for a, w in zip(got, want):
+        torch.testing.assert_close(a, w, rtol=0, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(got[0], g, v)[0], torch.autograd.grad(want[0], g, v)[0],
+                               rtol=0, atol=0)

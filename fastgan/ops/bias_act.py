@@ -12,6 +12,10 @@ Gain: the default is StyleGAN2's (1 for linear, sqrt(2) for relu and lrelu);
 ProGAN applies no gain after the activation (SPEC 3), so the equalized modules
 always pass theirs (act_gain, default 1).
 
+Plain calls on the cpu and cuda backends go straight to the extensions' kernel op, whose autograd
+is registered in C++ (csrc/autograd.h: one dispatch and a C++ graph node per call); the triton
+backend and traced code use the custom ops below, with the same formulas.
+
 Derivatives: the backward is the fused op `bias_act_backward(grad, y)`, which
 reads the output y (its signs are those of the pre-activation, gain > 0 and
 slope >= 0). It is linear in grad and piecewise constant in y, so its own
@@ -119,6 +123,8 @@ def bias_act(x, bias=None, act="linear", alpha=None, gain=None, clamp=None, dim=
     impl = resolve(impl, x.device)
     if impl == "reference":
         return bias_act_reference(x, bias, act, alpha, gain, None if clamp < 0 else clamp, dim, x_mul, b_mul)
+    if impl != "triton" and not _traced():  # the extensions' kernel op, with its autograd in C++ (csrc/autograd.h)
+        return _bias_act_kernel(x, bias, dim, slope, gain, x_mul, b_mul, clamp, impl)
     return _bias_act(x, bias, dim, slope, gain, x_mul, b_mul, clamp, impl)
 
 

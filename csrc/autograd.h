@@ -1,0 +1,144 @@
+// Autograd of kernel ops, registered in C++ at their Autograd key so that a plain call from Python is
+// one dispatch and its graph node is C++ (a Python torch.autograd.Function costs several microseconds
+// of host time a call more). Both extensions include this with the names of their own ops: the
+// formulas are written once. The public ops call these kernel ops directly in eager code (cpu and
+// cuda backends); traced code (torch.compile, opcheck) keeps the Python custom ops.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace fastgan {
+
+// The typed handle of the kernel op `name` ("fastgan_cpu::bias_act"), looked up once per name.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> kernel_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+using BiasActSignature = at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double, double,
+                                    double, double, double);
+using BiasActBackwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, double, double, double, double);
+
+// grad_x = bias_act_backward(grad, y): linear in grad and piecewise constant in y, so its own
+// backward is the same op on the incoming gradient, and nothing for y (schemas.h).
+template <typename Names>
+struct BiasActBackwardFunction : torch::autograd::Function<BiasActBackwardFunction<Names>> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& y,
+                            double slope, double gain, double x_mul, double clamp) {
+    static const auto op = kernel_op<BiasActBackwardSignature>(Names::kBiasActBackward);
+    at::AutoDispatchBelowADInplaceOrView below;  // to the backend's kernel, not back to this one
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({y});
+    ctx->saved_data["params"] = c10::List<double>({slope, gain, x_mul, clamp});
+    // The kernel takes grad in y's layout (an NCHW loss gradient of a channels-last y, say).
+    return op.call(grad.contiguous(y.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast),
+                   y, slope, gain, x_mul, clamp);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list out(6);
+    if (grads[0].defined() && ctx->needs_input_grad(0)) {
+      const auto p = ctx->saved_data["params"].toDoubleList();
+      out[0] = apply(grads[0], ctx->get_saved_variables()[0], p[0], p[1], p[2], p[3]);
+    }
+    return out;
+  }
+
+  static at::Tensor apply(const at::Tensor& grad, const at::Tensor& y, double slope, double gain, double x_mul,
+                          double clamp) {
+    return torch::autograd::Function<BiasActBackwardFunction<Names>>::apply(grad, y, slope, gain, x_mul, clamp);
+  }
+};
+
+// y = bias_act(x, bias) (schemas.h); saves y, whose signs are the pre-activation's. grad_bias is the
+// sum of grad_x over all dims but `dim`, times b_mul / x_mul, in float32 (float64 for float64),
+// rounded once to the bias's dtype.
+template <typename Names>
+struct BiasActFunction : torch::autograd::Function<BiasActFunction<Names>> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const std::optional<at::Tensor>& bias, int64_t dim, double slope, double gain,
+                            double x_mul, double b_mul, double clamp) {
+    static const auto op = kernel_op<BiasActSignature>(Names::kBiasAct);
+    at::Tensor y;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;  // to the backend's kernel, not back to this one
+      y = op.call(x, bias, dim, slope, gain, x_mul, b_mul, clamp);
+    }
+    ctx->set_materialize_grads(false);  // the double backward sends no gradient to y
+    ctx->save_for_backward({y});
+    // The backward finds clamped outputs by |y| < clamp: the clamp as rounded in y's dtype, which is
+    // what a clamped y holds (float16 stores 0.8 as 0.7998).
+    const double stored_clamp =
+        clamp < 0 ? clamp : at::scalar_tensor(clamp, at::TensorOptions().dtype(y.scalar_type())).item<double>();
+    ctx->saved_data["params"] = c10::List<double>({slope, gain, x_mul, b_mul, stored_clamp});
+    ctx->saved_data["dim"] = dim;
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list out(8);
+    const at::Tensor& grad = grads[0];
+    // Edges exist for tensor inputs only: bias's is edge 1 when it was given.
+    const bool need_x = ctx->needs_input_grad(0);
+    const bool need_bias = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(1);
+    if (!grad.defined() || !(need_x || need_bias)) return out;
+    const at::Tensor y = ctx->get_saved_variables()[0];
+    const auto p = ctx->saved_data["params"].toDoubleList();
+    const double slope = p[0], gain = p[1], x_mul = p[2], b_mul = p[3], clamp = p[4];
+    const at::Tensor grad_x = BiasActBackwardFunction<Names>::apply(grad, y, slope, gain, x_mul, clamp);
+    if (need_x) out[0] = grad_x;
+    if (need_bias) {
+      // grad_x / x_mul is the pre-activation's gradient (a second pass only for x_mul == 0).
+      const at::Tensor grad_v =
+          x_mul != 0 ? grad_x : BiasActBackwardFunction<Names>::apply(grad, y, slope, gain, 1.0, clamp);
+      out[1] = sum_except(grad_v, ctx->saved_data["dim"].toInt(), b_mul / (x_mul != 0 ? x_mul : 1.0));
+    }
+    return out;
+  }
+
+  // The sum of t over all dims but `dim`, times scale, accumulated and scaled in float32 (float64 for
+  // float64) and rounded to t's dtype once.
+  static at::Tensor sum_except(const at::Tensor& t, int64_t dim, double scale) {
+    const auto acc = t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    std::vector<int64_t> dims;
+    for (int64_t d = 0; d < t.dim(); ++d) {
+      if (d != dim) dims.push_back(d);
+    }
+    at::Tensor s = dims.empty() ? t.to(acc, /*non_blocking=*/false, /*copy=*/true) : at::sum(t, dims, false, acc);
+    if (scale != 1) s = s * scale;
+    return s.to(t.scalar_type());
+  }
+};
+
+// Registers the Autograd kernels of `Names`'s ops (FASTGAN_REGISTER_AUTOGRAD below).
+template <typename Names>
+void register_autograd(torch::Library& m) {
+  m.impl("bias_act", [](const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t dim, double slope,
+                        double gain, double x_mul, double b_mul, double clamp) {
+    return torch::autograd::Function<BiasActFunction<Names>>::apply(x, bias, dim, slope, gain, x_mul, b_mul, clamp);
+  });
+  m.impl("bias_act_backward", [](const at::Tensor& grad, const at::Tensor& y, double slope, double gain, double x_mul,
+                                 double clamp) {
+    return BiasActBackwardFunction<Names>::apply(grad, y, slope, gain, x_mul, clamp);
+  });
+}
+
+}  // namespace fastgan
+
+// In one source file of each extension: the Autograd kernels of its namespace's ops (fastgan_cpu or
+// fastgan_cuda), with the op names the formulas call.
+#define FASTGAN_REGISTER_AUTOGRAD(ns)                                              \
+  namespace {                                                                      \
+  struct ns##_autograd_names {                                                     \
+    static constexpr const char* kBiasAct = #ns "::bias_act";                      \
+    static constexpr const char* kBiasActBackward = #ns "::bias_act_backward";     \
+  };                                                                               \
+  }                                                                                \
+  TORCH_LIBRARY_IMPL(ns, Autograd, m) { fastgan::register_autograd<ns##_autograd_names>(m); }
