@@ -251,11 +251,11 @@ def test_bad_input(kwargs, error, words):
 @pytest.mark.parametrize("scale", [1.0, 0.37, 1 / 0.0589, 0.0, -0.0, -2.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_sum_except_scales_exactly(dtype, scale):
-    """The bias gradient's sum, scaled by a cached 0-dim tensor: the same bits as a Python float scale,
-    signed zeros included; a 1-D t gives a scaled copy, never t itself."""
+    """The bias gradient's sum, scaled in float32: the same bits as the formula, signed zeros
+    included; a 1-D t gives a scaled copy, never t itself."""
     t = randn((2, 3, 4, 5), dtype=dtype)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    for _ in range(2):  # the second call takes the cached scalar
+    for _ in range(2):
         got = sum_except(t, 1, scale)
         want = (t.sum((0, 2, 3), dtype=acc) * scale).to(dtype)
         assert torch.equal(got, want) and torch.equal(got.signbit(), want.signbit())

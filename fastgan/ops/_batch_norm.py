@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from .._checks import as_layout, check_same, check_tensor, empty, memory_format
-from ._dispatch import _traced, kernels
+from ._dispatch import _traced, fused_op, kernels
 
 LAYOUT = torch.channels_last
 
@@ -106,42 +106,24 @@ def finalize(k, mean, var, gamma, beta, eps, bias, update, count):
     """(invstd, scale, shift) from the batch statistics, with the running statistics updated when
     `update` (running_update) asks: one kernel op."""
     rm, rv, nbt, momentum = update
-    return k.bn_finalize(mean, var, gamma, beta, eps, rm, rv, nbt, None if bias is None else bias.detach(),
-                         momentum, count)
+    return k.bn_finalize(mean, var, gamma, beta, eps, rm, rv, nbt, bias, momentum, count)
 
 
 def block_op(name, kernel, eager_kernel, fake, backward, setup_context):
-    """fused_op (see _dispatch) for a block whose training forward updates running statistics.
-
-    A custom op with an autograd formula may not mutate its inputs, so the op (`kernel`, what traced
-    code calls) leaves them alone and its caller updates them with `bn_running_stats_update`; plain
-    calls run `eager_kernel(*args, *update)` in a torch.autograd.Function instead, which updates them
-    in its bn_finalize (running_update): no separate op."""
-    op = torch.library.custom_op(f"fastgan::{name}", kernel, mutates_args=())
-    op.register_fake(fake)
-    op.register_autograd(backward, setup_context=setup_context)
-    n_update = len(NO_UPDATE)
-
-    def forward(ctx, *args):
-        out = eager_kernel(*args)
-        setup_context(ctx, args[:-n_update], out)
-        return out
-
-    def function_backward(ctx, *grads):
-        return (*backward(ctx, *grads), *(None,) * n_update)
-
-    function = type(name, (torch.autograd.Function,), {
-        "forward": staticmethod(forward), "backward": staticmethod(function_backward)})
+    """fused_op for a block whose training forward updates running statistics: plain calls run
+    `eager_kernel(*args, *update)`, which updates them in its bn_finalize (running_update); traced
+    code calls the op (`kernel`, which leaves them alone) and then `bn_running_stats_update`."""
+    train = fused_op(name, kernel, fake, backward, setup_context, eager_kernel)
 
     def run(*args, update=NO_UPDATE, bias=None, count=0):
         if not _traced():
-            return function.apply(*args, *update)
-        out = op(*args)
+            return train(*args, eager_args=update)
+        out = train.op(*args)
         if update is not NO_UPDATE:
             update_running_stats(out[2], out[3], bias, update, count, args[-1])
         return out
 
-    run.op = op
+    run.op = train.op
     return run
 
 

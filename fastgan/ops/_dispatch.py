@@ -58,7 +58,7 @@ def _traced():
     return _is_compiling() or _dispatch_stack_len() > 0 or _transforms_active()
 
 
-def fused_op(name, kernel, fake, backward, setup_context):
+def fused_op(name, kernel, fake, backward, setup_context, eager_kernel=None):
     """Defines the custom op `fastgan::<name>` from `kernel` (annotated for its schema), with its
     fake and its autograd formula, and returns the function the public ops call.
 
@@ -73,16 +73,23 @@ def fused_op(name, kernel, fake, backward, setup_context):
     other arguments as one tuple: Function.apply's cost grows with its argument count (~0.4 us
     less for bias_act's 9). So on the plain path `ctx.needs_input_grad` covers the tensors and
     one more entry; `backward` returns a gradient per kernel argument (None past the tensors).
+
+    `eager_kernel`, when given, is what plain calls run instead of `kernel`: it takes kernel's
+    arguments and then the call's `eager_args` (state it updates in place, such as running
+    statistics, which a custom op with an autograd formula may not mutate; traced callers update
+    that state with a separate op).
     """
     n = _tensor_arguments(name, kernel)
+    n_args = len(inspect.signature(kernel).parameters)
+    eager = eager_kernel or kernel
     op = torch.library.custom_op(f"fastgan::{name}", kernel, mutates_args=())
     op.register_fake(fake)
     op.register_autograd(backward, setup_context=setup_context)
 
     def forward(ctx, *packed):
         args = packed[:-1] + packed[-1]
-        out = kernel(*args)
-        setup_context(ctx, args, out)
+        out = eager(*args)
+        setup_context(ctx, args[:n_args], out)
         return out
 
     # The classic form (ctx in forward): with a separate setup_context, Function.apply costs
@@ -90,12 +97,12 @@ def fused_op(name, kernel, fake, backward, setup_context):
     function = type(name, (torch.autograd.Function,), {
         "forward": staticmethod(forward), "backward": staticmethod(backward)})
 
-    def call(*args):
+    def call(*args, eager_args=()):
         if _traced():
             return op(*args)
         if not torch.is_grad_enabled():
-            return kernel(*args)
-        return function.apply(*args[:n], args[n:])
+            return eager(*args, *eager_args)
+        return function.apply(*args[:n], (*args[n:], *eager_args))
 
     call.op = op
     return call

@@ -23,7 +23,6 @@ backward is the same op applied to the incoming gradient: every order fused.
 grad_bias is torch.sum of grad_x (times b_mul / x_mul), in float32 (sum_except).
 """
 
-import functools
 import math
 
 import torch
@@ -63,31 +62,10 @@ def sum_except(t, dim, scale=1.0):
     """The sum of t over all dims but `dim`, times scale (a copy of t when it is 1-D: sum([]) would
     sum everything). Accumulated and scaled in float32 (float64 for float64), rounded to t's dtype
     once: a float16 / bfloat16 sum rounded before the scale would be rounded twice."""
-    dims = _other_dims(t.dim(), dim)
+    dims = [i for i in range(t.dim()) if i != dim]
     acc_t = torch.float64 if t.dtype == torch.float64 else torch.float32
-    if not dims:
-        s = t.to(acc_t, copy=True)  # a copy: scaled in place below
-    elif t.dtype == acc_t:
-        s = t.sum(dims)  # passing dtype costs host time even when it changes nothing
-    else:
-        s = t.sum(dims, dtype=acc_t)
-    if scale != 1:
-        s.mul_(scale if _traced() or scale == 0 else _cpu_scalar(scale, acc_t))  # in place: s is fresh
-    return s if s.dtype == t.dtype else s.to(t.dtype)  # .to is host time even when it is a no-op
-
-
-@functools.lru_cache
-def _other_dims(ndim, dim):
-    return tuple(i for i in range(ndim) if i != dim)
-
-
-@functools.lru_cache(maxsize=64)
-def _cpu_scalar(value, dtype):
-    """`value` as a 0-dim CPU tensor of `dtype`, which a tensor of any device may be multiplied by: a
-    Python float is wrapped into a new tensor per call (~1 us here). Same result: the kernel rounds
-    a Python float to the tensor's dtype too. Not for traced code (fake tensors refuse a real one),
-    nor for 0, whose sign the cache would mix up (0.0 == -0.0)."""
-    return torch.tensor(value, dtype=dtype)
+    s = t.sum(dims, dtype=acc_t) if dims else t.to(acc_t, copy=True)
+    return (s * scale if scale != 1 else s).to(t.dtype)
 
 
 def bias_act_reference(x, bias=None, act="linear", alpha=None, gain=None, clamp=None, dim=1, x_mul=1.0, b_mul=1.0):
