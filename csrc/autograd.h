@@ -131,14 +131,3 @@ void register_autograd(torch::Library& m) {
 }
 
 }  // namespace fastgan
-
-// In one source file of each extension: the Autograd kernels of its namespace's ops (fastgan_cpu or
-// fastgan_cuda), with the op names the formulas call.
-#define FASTGAN_REGISTER_AUTOGRAD(ns)                                              \
-  namespace {                                                                      \
-  struct ns##_autograd_names {                                                     \
-    static constexpr const char* kBiasAct = #ns "::bias_act";                      \
-    static constexpr const char* kBiasActBackward = #ns "::bias_act_backward";     \
-  };                                                                               \
-  }                                                                                \
-  TORCH_LIBRARY_IMPL(ns, Autograd, m) { fastgan::register_autograd<ns##_autograd_names>(m); }

@@ -89,6 +89,19 @@ inline void define_kernel_schemas(torch::Library& m) {
   m.def("conv2d_backward(Tensor grad, Tensor x, Tensor weight, int[2] stride, int[2] padding, bool need_x, "
         "bool need_weight) -> (Tensor, Tensor)");
 
+  // The blocks' training forward as one op, with its autograd in C++ (block_autograd.h; not a
+  // kernel of its own): [to_layout], conv2d + batch_stats or conv_transpose_stats, bn_finalize
+  // (the running statistics updated in place as it says: momentum -1 for None; none given, none
+  // updated), bn_relu. y in the layout the Python op's path gives. gamma / beta are in the
+  // statistics' dtype (float32; float64 for float64 x). The backward: bn_relu_backward, then the
+  // convolution's backward; the conv bias gets a zero gradient (it cancels in the normalization).
+  m.def("conv2d_bn_leaky_relu_train(Tensor x, Tensor weight, Tensor? bias, Tensor? gamma, Tensor? beta, float eps, "
+        "int[2] stride, int[2] padding, float negative_slope, Tensor(a!)? running_mean, Tensor(b!)? running_var, "
+        "Tensor(c!)? num_batches_tracked, float momentum) -> Tensor");
+  m.def("conv_transpose_bn_relu_train(Tensor x, Tensor weight, Tensor? bias, Tensor? gamma, Tensor? beta, "
+        "float eps, int[2] stride, int[2] padding, int[2] output_padding, Tensor(a!)? running_mean, "
+        "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, float momentum) -> Tensor");
+
   // ---- SPEC 2: minibatch discrimination. M is the projection x @ T as a contiguous [N, B, C];
   // distances, exponentials and sums are computed in float32 (float64 for float64 M), tile by
   // tile, never as an [N, N, B] tensor.

@@ -633,7 +633,7 @@ at::Tensor conv_transpose_bias_relu(const at::Tensor& x, const at::Tensor& weigh
   // oneDNN's ReLU post-op only where z is channels-last: in NCHW (1x1 inputs) it ran slower
   // than the plain convolution and a separate in-place ReLU.
   if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast) &&
-      !conv_transpose_uses_gemm(x, weight, stride, padding, output_padding)) {
+      !conv_transpose_uses_gemm(x, weight, stride, padding, output_padding, true)) {
     if (auto y = conv_transpose_pointwise_relu(x, weight, bias, stride, padding, output_padding))
       return y->is_contiguous(at::MemoryFormat::ChannelsLast) ? *y : y->contiguous(at::MemoryFormat::ChannelsLast);
   }

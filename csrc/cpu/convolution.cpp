@@ -92,15 +92,24 @@ Geometry direct_geometry(const at::Tensor& x, const at::Tensor& weight, at::IntA
 }
 
 // `small` is the tensor on the small side (x of the transposed convolution, z of the direct one),
-// or a tensor in the layout it will have.
-bool use_gemm_up_to(const at::Tensor& small, const Geometry& g, int64_t max_pixels) {
-  const bool dtype_ok = small.scalar_type() == at::kFloat || small.scalar_type() == at::kDouble;
+// or a tensor in the layout it will have. bfloat16 products take the GEMM paths too: oneDNN's bf16
+// matmul (AVX512-BF16; float32 accumulation, one rounding) ran 800-950 GFLOP/s here against 180-200
+// for float32, where oneDNN's bf16 convolutions ran the weight gradient of the 8x8 -> 4x4 block 2.5x
+// slower than its float32 GEMM. Not through col2im (`sums_taps`), which adds taps in T: a rounding
+// per tap where the convolution rounds once.
+bool use_gemm_up_to(const at::Tensor& small, const Geometry& g, int64_t max_pixels, bool sums_taps) {
+  const auto s = small.scalar_type();
+  const bool dtype_ok = s == at::kFloat || s == at::kDouble || (s == at::kBFloat16 && !sums_taps);
   const bool layout_ok = small.is_contiguous(at::MemoryFormat::ChannelsLast) || (g.h == 1 && g.w == 1);
   return dtype_ok && layout_ok && g.h > 0 && g.w > 0 && g.h * g.w <= max_pixels;
 }
 
-bool use_gemm(const at::Tensor& small, const Geometry& g, bool direct) {
-  return use_gemm_up_to(small, g, gemm_max_pixels(direct));
+// The transposed forward by GEMM rounds more than once where col2im sums taps, or the bias is added
+// to the rounded product.
+bool sums_taps_forward(const Geometry& g, bool has_bias) { return !g.cols_is_z() || has_bias; }
+
+bool use_gemm(const at::Tensor& small, const Geometry& g, bool direct, bool sums_taps) {
+  return use_gemm_up_to(small, g, gemm_max_pixels(direct), sums_taps);
 }
 
 // x channels-last as rows [N * H * W, C_in] (a view).
@@ -235,7 +244,7 @@ at::Tensor im2col_rows(const at::Tensor& t, const Geometry& g, bool scratch = fa
   const auto tl = dense_as(t, at::MemoryFormat::ChannelsLast);
   auto cols = scratch ? scratch_buffer(g.n * g.h * g.w * g.row(), t.options()).view({g.n * g.h * g.w, g.row()})
                       : at::empty({g.n * g.h * g.w, g.row()}, t.options());
-  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "fastgan_cpu::im2col", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.scalar_type(), "fastgan_cpu::im2col", [&] {
     im2col(tl.const_data_ptr<scalar_t>(), cols.mutable_data_ptr<scalar_t>(), g);
   });
   return cols;
@@ -269,12 +278,13 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& gra
               "fastgan_cpu::conv_transpose_backward: grad must have the output's shape [", g.n, ", ", g.c_out, ", ",
               g.oh, ", ", g.ow, "], got ", grad.sizes());
   at::Tensor grad_x, grad_w;
-  if (use_gemm(x, g, false)) {
+  if (use_gemm(x, g, false, false)) {
     const auto gcols = im2col_rows(grad, g);
     const auto w2 = weight.reshape({g.c_in, g.row()});
     if (need_x) grad_x = from_rows(gemm(gcols, w2.t()), g);
     if (need_weight) grad_w = gemm(rows_of(x).t(), gcols).view(weight.sizes());
-  } else if (const bool weight_gemm = use_gemm_up_to(x, g, kWeightGemmMaxPixels); weight_gemm || g.h * g.w >= 64) {
+  } else if (const bool weight_gemm = use_gemm_up_to(x, g, kWeightGemmMaxPixels, false);
+             weight_gemm || g.h * g.w >= 64) {
     // The direct convolution this one is the adjoint of, channels-last.
     const auto cl = at::MemoryFormat::ChannelsLast;
     const auto gl = dense_as(grad, cl), xl = dense_as(x, cl);
@@ -308,7 +318,7 @@ at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef
   check_direct_args(x, weight, stride, padding, "conv2d");
   const auto g = direct_geometry(x, weight, stride, padding);
   at::Tensor z;
-  if (use_gemm(x, g, true)) {
+  if (use_gemm(x, g, true, false)) {
     z = from_rows(gemm(im2col_rows(x, g), weight.reshape({g.c_in, g.row()}).t()), g);
   } else {
     z = at::conv2d(x, weight_for(x, weight), {}, stride, padding);
@@ -326,7 +336,9 @@ std::tuple<at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad, const
               "fastgan_cpu::conv2d_backward: grad must have the output's shape [", g.n, ", ", g.c_in, ", ", g.h, ", ",
               g.w, "], got ", grad.sizes());
   at::Tensor grad_x, grad_w;
-  const bool all_gemm = use_gemm(x, g, true), weight_gemm = need_weight && use_gemm_up_to(x, g, kWeightGemmMaxPixels);
+  // grad_x by GEMM goes through col2im (sums taps) unless cols is grad_x itself.
+  const bool all_gemm = use_gemm(x, g, true, !g.cols_is_z()),
+             weight_gemm = need_weight && use_gemm_up_to(x, g, kWeightGemmMaxPixels, false);
   if (!all_gemm) {
     std::tie(grad_x, grad_w, std::ignore) =
         at::convolution_backward(grad, x, weight_for(x, weight), c10::nullopt, stride, padding, {1, 1}, false, {0, 0},
@@ -354,8 +366,9 @@ at::Tensor weight_for(const at::Tensor& x, const at::Tensor& weight) {
 }
 
 bool conv_transpose_uses_gemm(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
-                              at::IntArrayRef padding, at::IntArrayRef output_padding) {
-  return use_gemm(x, geometry(x, weight, stride, padding, output_padding), false);
+                              at::IntArrayRef padding, at::IntArrayRef output_padding, bool has_bias) {
+  const auto g = geometry(x, weight, stride, padding, output_padding);
+  return use_gemm(x, g, false, sums_taps_forward(g, has_bias));
 }
 
 at::Tensor conv_transpose_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -363,7 +376,9 @@ at::Tensor conv_transpose_forward(const at::Tensor& x, const at::Tensor& weight,
                                   bool relu) {
   check_conv_transpose_args(x, weight, "conv_transpose");
   const auto g = geometry(x, weight, stride, padding, output_padding);
-  if (use_gemm(x, g, false)) return forward_gemm(x, weight.contiguous(), bias, g, relu);
+  if (use_gemm(x, g, false, sums_taps_forward(g, bias.has_value() && bias->defined()))) {
+    return forward_gemm(x, weight.contiguous(), bias, g, relu);
+  }
   auto z = at::conv_transpose2d(x, weight_for(x, weight), bias, stride, padding, output_padding, 1, {1, 1});
   if (!z.is_contiguous() && !z.is_contiguous(at::MemoryFormat::ChannelsLast)) z = z.contiguous();
   return relu ? z.relu_() : z;

@@ -17,9 +17,9 @@ void check_conv_transpose_args(const at::Tensor& x, const at::Tensor& weight, co
 // block's 8 MB weight here); this uses register tiles (layout.h).
 at::Tensor weight_for(const at::Tensor& x, const at::Tensor& weight);
 
-// Whether conv_transpose_forward runs GEMMs (small inputs) rather than oneDNN.
+// Whether conv_transpose_forward (with a bias or not) runs GEMMs (small inputs) rather than oneDNN.
 bool conv_transpose_uses_gemm(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
-                              at::IntArrayRef padding, at::IntArrayRef output_padding);
+                              at::IntArrayRef padding, at::IntArrayRef output_padding, bool has_bias);
 
 // z = conv_transpose2d(x, weight, bias) (relu applied when `relu`); z channels-last when x is
 // channels-last, except the 1x1 input without padding, whose z is NCHW (see the .cpp).

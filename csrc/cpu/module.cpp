@@ -2,7 +2,7 @@
 // Each kernel file registers its own CPU implementations with TORCH_LIBRARY_IMPL.
 #include <Python.h>
 
-#include "autograd.h"
+#include "register.h"
 #include "schemas.h"
 
 #ifndef FASTGAN_CPU_CAPABILITY
@@ -10,7 +10,7 @@
 #endif
 
 TORCH_LIBRARY(fastgan_cpu, m) { fastgan::define_kernel_schemas(m); }
-FASTGAN_REGISTER_AUTOGRAD(fastgan_cpu)
+FASTGAN_REGISTER_AUTOGRAD(fastgan_cpu, CPU)
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", "fastgan CPU kernels", -1, nullptr};

@@ -2,7 +2,7 @@
 // Each .cu file registers its own CUDA implementations with TORCH_LIBRARY_IMPL.
 #include <Python.h>
 
-#include "autograd.h"
+#include "register.h"
 #include "schemas.h"
 
 #ifndef FASTGAN_CUDA_ARCHS
@@ -10,7 +10,7 @@
 #endif
 
 TORCH_LIBRARY(fastgan_cuda, m) { fastgan::define_kernel_schemas(m); }
-FASTGAN_REGISTER_AUTOGRAD(fastgan_cuda)
+FASTGAN_REGISTER_AUTOGRAD(fastgan_cuda, CUDA)
 
 extern "C" PyMODINIT_FUNC PyInit__C_cuda(void) {
   static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C_cuda", "fastgan CUDA kernels", -1, nullptr};

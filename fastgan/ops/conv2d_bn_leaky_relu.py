@@ -27,10 +27,10 @@ from torch.autograd.function import once_differentiable
 
 from .._backend import resolve
 from .._checks import as_layout, check_eps, empty
-from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call,
-                          cancelled_bias_grad, check_batch, check_block_arguments, dense_weight, finalize, folded,
-                          layout_of, momentum_factor, needs_grad, pair, running_update, saved_input, saved_input_fake,
-                          stats_dtype, weight_grad_fake)
+from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call, cpp_block, cancelled_bias_grad,
+                          check_batch, check_block_arguments, dense_weight, finalize, folded, in_stats_dtype, layout_of,
+                          momentum_factor, needs_grad, pair, running_update, saved_input, saved_input_fake, stats_dtype,
+                          weight_grad_fake)
 from ._autocast import lower
 from ._dispatch import kernels, to_layout
 
@@ -74,8 +74,10 @@ def conv2d_bn_leaky_relu(x, weight, bias, bn_weight, bn_bias, running_mean, runn
         z = F.conv2d(as_layout(x, LAYOUT), w, b, *sizes)
         grad = needs_grad(x, weight, bias, bn_weight, bn_bias)
         return F.leaky_relu(z, slope) if grad else F.leaky_relu_(z, slope)
-    gamma, beta = (None if t is None else t.to(stats_dtype(x)) for t in (bn_weight, bn_bias))
+    gamma, beta = in_stats_dtype(x, bn_weight, bn_bias)
     update = running_update(training, running_mean, running_var, num_batches_tracked, momentum)
+    if cpp_block(impl):
+        return kernels(impl).conv2d_bn_leaky_relu_train(x, weight, bias, gamma, beta, eps, *sizes, slope, *update)
     return _train(x, weight, bias, gamma, beta, eps, *sizes, slope, impl, update=update, bias=bias,
                   count=z_shape[0] * z_shape[2] * z_shape[3])[0]
 

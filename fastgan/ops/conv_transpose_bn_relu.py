@@ -29,9 +29,9 @@ from torch.autograd.function import once_differentiable
 
 from .._backend import resolve
 from .._checks import as_layout, check_eps, empty
-from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call,
-                          cancelled_bias_grad, check_batch, check_block_arguments, dense_weight, finalize, folded,
-                          layout_of, momentum_factor, needs_grad, pair, run_without_grad, running_update, saved_input,
+from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call, cpp_block, cancelled_bias_grad,
+                          check_batch, check_block_arguments, dense_weight, finalize, folded, in_stats_dtype, layout_of,
+                          momentum_factor, needs_grad, pair, run_without_grad, running_update, saved_input,
                           saved_input_fake, stats_dtype, weight_grad_fake)
 from ._autocast import lower
 from ._dispatch import fused_op, kernels, to_layout
@@ -80,12 +80,13 @@ def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, ru
                                                 num_batches_tracked)
     if not use_batch:
         if not _fold_pays(weight, z_shape, impl) and not needs_grad(x, weight, bias, bn_weight, bn_bias):
-            vectors = [None if t is None else t.to(stats_dtype(x))
-                       for t in (bias, bn_weight, bn_bias, running_mean, running_var)]
+            vectors = in_stats_dtype(x, bias, bn_weight, bn_bias, running_mean, running_var)
             return call(_eval_unfolded, x, weight, *vectors, eps, *sizes, impl)
         return _eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, sizes, impl)
-    gamma, beta = (None if t is None else t.to(stats_dtype(x)) for t in (bn_weight, bn_bias))
+    gamma, beta = in_stats_dtype(x, bn_weight, bn_bias)
     update = running_update(training, running_mean, running_var, num_batches_tracked, momentum)
+    if cpp_block(impl):
+        return kernels(impl).conv_transpose_bn_relu_train(x, weight, bias, gamma, beta, eps, *sizes, *update)
     count = z_shape[0] * z_shape[2] * z_shape[3]
     if needs_grad(x, weight, bias, bn_weight, bn_bias):
         return _train(x, weight, bias, gamma, beta, eps, *sizes, impl, update=update, bias=bias, count=count)[0]
