@@ -49,8 +49,9 @@ def sync_group(process_group):
     return (group, size) if size > 1 else None
 
 
-def _all_gather(out, t, group):
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.10
+def all_gather_into(out, t, group):
+    """Every rank's t, concatenated into `out` in rank order: one collective."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the newer name, where it exists
     gather(out, t, group=group)
 
 
@@ -60,7 +61,7 @@ def gather_stats(mean, var, count, group, world_size):
     c = mean.shape[0]
     packed = torch.cat([mean.new_full((1,), float(count)), mean, var * count])
     rows = packed.new_empty(world_size * packed.numel())
-    _all_gather(rows, packed, group)
+    all_gather_into(rows, packed, group)
     rows = rows.view(world_size, 2 * c + 1)
     counts, means, m2 = rows[:, :1], rows[:, 1:c + 1], rows[:, c + 1:]
     total = counts.sum()

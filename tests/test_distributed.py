@@ -1,5 +1,6 @@
-"""Fused blocks with synchronized batch statistics (issue 17) in 2 and 3 gloo processes, against one
-process running plain BatchNorm2d on the concatenated batch, in float64.
+"""fastgan under torch.distributed (issue 17) in 2 and 3 gloo processes, against one process on the
+concatenated batch, in float64: the fused blocks with synchronized batch statistics (against plain
+BatchNorm2d), DDP of a fused discriminator, checkpoints, global minibatch discrimination.
 
 The processes are spawned once per world size (module-scoped fixture `runs`): each rank runs every
 case and returns, per compared quantity, (max |distributed - single process|, max |single process|);
@@ -176,10 +177,39 @@ def case_errors(rank, world_size):
     return out
 
 
+def case_minibatch(rank, world_size, impl, include_self):
+    """minibatch_discrimination / minibatch_features / the module with global_batch=True against the
+    op on the whole batch: outputs, gradients of x, T (summed over ranks) and bias."""
+    torch.manual_seed(31)
+    mine, n = _slice(rank, world_size)
+    x = torch.randn(n, 4, 2, 2, dtype=torch.float64)
+    T, bias = torch.randn(16, 5, 3, dtype=torch.float64) * 0.3, torch.randn(5, dtype=torch.float64)
+    leaves_ref = [t.clone().requires_grad_() for t in (x, T, bias)]
+    out_ref = fastgan.ops.minibatch_discrimination(*leaves_ref, include_self=include_self, impl=impl)
+    g = torch.randn_like(out_ref)
+    (out_ref * g).sum().backward()
+    leaves = [t.clone().requires_grad_() for t in (x[mine], T, bias)]
+    out = fastgan.ops.minibatch_discrimination(*leaves, include_self=include_self, impl=impl, global_batch=True)
+    (out * g[mine]).sum().backward()
+    res = {}
+    _diff(res, "out", out, out_ref[mine])
+    _diff(res, "grad x", leaves[0].grad, leaves_ref[0].grad[mine])
+    _diff(res, "grad T", _reduced(leaves[1].grad), leaves_ref[1].grad)
+    _diff(res, "grad bias", _reduced(leaves[2].grad), leaves_ref[2].grad)
+    o = fastgan.ops.minibatch_features(x[mine], T, bias, include_self, impl=impl, global_batch=True)
+    _diff(res, "features", o, out_ref[mine, 16:])
+    module = fastgan.nn.MinibatchDiscrimination(16, 5, 3, include_self=include_self, impl=impl, global_batch=True)
+    module.double().load_state_dict(dict(weight=T, bias=bias))
+    _diff(res, "module", module(x[mine]), out_ref[mine])
+    return res
+
+
 CASES = {f"block {kind} {impl} momentum={m}": (case_block, (kind, impl, m))
          for kind in ("generator", "discriminator") for impl in IMPLS for m in (0.1, None)}
 CASES.update({f"double D {impl} broadcast_buffers={bb}": (case_double_d, (impl, bb))
               for impl in IMPLS for bb in (False, True)})
+CASES.update({f"minibatch discrimination {impl} include_self={s}": (case_minibatch, (impl, s))
+              for impl in IMPLS for s in (False, True)})
 CASES["errors"] = (case_errors, ())
 
 
