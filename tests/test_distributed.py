@@ -57,8 +57,7 @@ def _block(kind, momentum):
 
 
 def _distributed_copy(seq, impl):
-    model = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(seq))
-    fused = fastgan.fuse(model, impl=impl)
+    model, fused = fastgan.distributed.synchronized(copy.deepcopy(seq), impl)
     assert len(fused) == sum(isinstance(m, nn.BatchNorm2d) for m in seq.modules())
     return model
 
@@ -134,7 +133,7 @@ def case_double_d(rank, world_size, impl, broadcast_buffers, steps=2):
     torch.manual_seed(23)
     seq = _discriminator()
     model, ref = _distributed_copy(seq, impl), copy.deepcopy(seq)
-    ddp = DDP(model, find_unused_parameters=False, **_buffer_sync(broadcast_buffers))
+    ddp = fastgan.distributed.data_parallel(model, **_buffer_sync(broadcast_buffers))
     mine, n = _slice(rank, world_size)
     out = {}
     for step in range(steps):
