@@ -3,6 +3,7 @@
     python benchmarks/run.py [--quick] [--ops fade_in,pixel_norm] [--backends cpu,compile]
                              [--device cpu|cuda] [--dtype float32] [--out DIR]
     python benchmarks/run.py --e2e [--quick] [--cuda-graphs] ...   # whole training steps (e2e.py)
+    python benchmarks/run.py --e2e --distributed 2 [--quick]   # steps in 2 gloo processes (e2e_distributed.py)
     python benchmarks/run.py --model [--quick] ... # GPU traffic model, no timing (traffic.py)
     python benchmarks/run.py --overhead [--quick] ...  # host us and dispatched ops per call (overhead.py)
 
@@ -58,6 +59,8 @@ def parse_args(argv=None):
                         "GradScaler)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="--e2e on a GPU: replay each whole step as a CUDA graph (compile: mode reduce-overhead)")
+    p.add_argument("--distributed", type=int, default=0, metavar="N",
+                   help="--e2e in N processes (gloo, CPU): fastgan vs eager DDP (e2e_distributed.py)")
     p.add_argument("--model", action="store_true",
                    help="print the GPU traffic model of the ops (bytes, launches, H100 floor) and exit")
     p.add_argument("--overhead", action="store_true",
@@ -67,6 +70,8 @@ def parse_args(argv=None):
         p.error("--device cuda: no CUDA device is available")
     if args.cuda_graphs and not (args.e2e and args.device == "cuda"):
         p.error("--cuda-graphs captures whole training steps on a GPU: it needs --e2e and --device cuda")
+    if args.distributed and not (args.e2e and args.device == "cpu" and args.distributed > 1):
+        p.error("--distributed N times --e2e steps in N > 1 processes on the CPU (gloo)")
     if args.cuda_graphs and args.amp == "fp16":
         p.error("--cuda-graphs does not take --amp fp16: the GradScaler checks its gradients on the host")
     return args
@@ -74,6 +79,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.distributed:  # issue 17
+        import e2e_distributed
+
+        return e2e_distributed.main(args.distributed, args.quick, args.out)
     start = time.perf_counter()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     settings = harness.QUICK if args.quick else harness.FULL

@@ -10,6 +10,12 @@ and checkpoint.pt (every --checkpoint-every steps and at the end; --resume goes 
     python examples/train_dcgan.py --resume --steps 800
     python examples/train_dcgan.py --eager             # the same model without fastgan
     python examples/train_dcgan.py --device cuda --cuda-graphs  # each step replayed as one CUDA graph
+    torchrun --nproc_per_node=2 examples/train_dcgan.py  # 2 processes (gloo), --batch samples each
+
+Under torchrun (examples/distributed.py) each process trains on its DistributedSampler share with
+--batch samples a step; the networks are DistributedDataParallel with their BatchNorm layers as
+SyncBatchNorm, fused (fastgan.distributed: statistics over the global batch; --local-bn keeps
+per-process statistics); rank 0 logs, samples and writes checkpoints, which load into one process.
 """
 
 import argparse
@@ -22,9 +28,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets  # noqa: E402
+import distributed  # noqa: E402
 import images  # noqa: E402
 import runtime  # noqa: E402
 
+from fastgan.distributed import data_parallel, synchronized, unwrapped  # noqa: E402
+from fastgan.fusion import fuse  # noqa: E402
 from fastgan.models import DCGANDiscriminator, DCGANGenerator, dcgan_optimizers, dcgan_step  # noqa: E402
 from fastgan.models.amp import AMP_DTYPES  # noqa: E402
 
@@ -44,9 +53,34 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=Path("runs/dcgan"))
     p.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--local-bn", action="store_true",
+                   help="under torchrun: batch statistics per process instead of SyncBatchNorm's global ones")
     args = p.parse_args(argv)
     runtime.check_arguments(p, args)
+    if distributed.world_size() > 1:
+        if args.cuda_graphs:
+            p.error("--cuda-graphs does not run under torchrun (DDP's collectives are not captured here)")
+        if args.eager and not args.local_bn and not args.device.startswith("cuda"):
+            p.error("--eager on the CPU under torchrun needs --local-bn: torch's SyncBatchNorm runs on GPUs only")
     return args
+
+
+def networks(args, run):
+    """(G, D) on the device: fused unless --eager; under torchrun with SyncBatchNorm (unless
+    --local-bn) and wrapped in DistributedDataParallel."""
+    fused = not args.eager
+    gen = DCGANGenerator(nz=100, ngf=args.width, nc=3, fused=fused and not run.distributed, impl=args.impl)
+    disc = DCGANDiscriminator(ndf=args.width, nc=3, fused=fused and not run.distributed, impl=args.impl)
+    if not run.distributed:
+        return runtime.placed(gen, args, fused), runtime.placed(disc, args, fused)
+    nets = []
+    for net in (gen, disc):
+        if not args.local_bn:
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        if fused:
+            fuse(net, impl=args.impl)
+        nets.append(runtime.placed(net, args, fused))
+    return tuple(nets)
 
 
 def step_runner(args, gen, disc, opt_g, opt_d, first_batch):
@@ -61,45 +95,56 @@ def step_runner(args, gen, disc, opt_g, opt_d, first_batch):
 
 def main(argv=None):
     args = parse_args(argv)
+    run, args.device = distributed.start(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same initial networks on every rank (DDP also broadcasts rank 0's)
     data = datasets.shapes(args.dataset_size, 64, seed=args.seed)
-    gen = runtime.placed(DCGANGenerator(nz=100, ngf=args.width, nc=3, fused=not args.eager, impl=args.impl), args,
-                         not args.eager)
-    disc = runtime.placed(DCGANDiscriminator(ndf=args.width, nc=3, fused=not args.eager, impl=args.impl), args,
-                          not args.eager)
-    opt_g, opt_d = dcgan_optimizers(gen, disc, capturable=args.cuda_graphs)
+    gen, disc = networks(args, run)
     fixed_z = torch.randn(64, 100, 1, 1, generator=torch.Generator().manual_seed(1234)).to(args.device)
     step, history = 0, {"D": [], "G": []}
 
     ckpt = args.out / "checkpoint.pt"
     if args.resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=args.device)
         gen.load_state_dict(state["G"])
         disc.load_state_dict(state["D"])
-        opt_g.load_state_dict(state["opt_G"])
-        opt_d.load_state_dict(state["opt_D"])
         step, history = state["step"], state["history"]
         torch.set_rng_state(state["rng"])
-        print(f"resumed from {ckpt} at step {step}")
+        if run.main:
+            print(f"resumed from {ckpt} at step {step}")
+    if run.distributed:  # after loading: the checkpoint has the single-process keys
+        gen, disc = data_parallel(gen, args.device), data_parallel(disc, args.device)
+        torch.manual_seed(args.seed + 1000 * (run.rank + 1) + step)  # each rank its own noise, also on resume
+    opt_g, opt_d = dcgan_optimizers(gen, disc, capturable=args.cuda_graphs)
+    if args.resume and ckpt.exists():
+        opt_g.load_state_dict(state["opt_G"])
+        opt_d.load_state_dict(state["opt_D"])
 
     def save():
-        torch.save({"G": gen.state_dict(), "D": disc.state_dict(), "opt_G": opt_g.state_dict(),
-                    "opt_D": opt_d.state_dict(), "step": step, "history": history,
-                    "rng": torch.get_rng_state()}, ckpt)
+        if run.main:  # the ranks' states are equal: rank 0's, with the single-process keys
+            torch.save({"G": unwrapped(gen).state_dict(), "D": unwrapped(disc).state_dict(),
+                        "opt_G": opt_g.state_dict(), "opt_D": opt_d.state_dict(), "step": step, "history": history,
+                        "rng": torch.get_rng_state()}, ckpt)
 
     def sample():
-        gen.eval()
+        if not run.main:
+            return
+        g = unwrapped(gen)
+        g.eval()
         with torch.no_grad():
-            images.save_grid(gen(fixed_z), args.out / f"samples_{step:06d}.png", nrow=8)
-        gen.train()
+            images.save_grid(g(fixed_z), args.out / f"samples_{step:06d}.png", nrow=8)
+        g.train()
 
     start = time.perf_counter()
-    batch = lambda: data[torch.randint(0, len(data), (args.batch,))].to(args.device)  # noqa: E731
-    run = step_runner(args, gen, disc, opt_g, opt_d, batch())
-    bar = tqdm(total=args.steps, initial=step, desc="dcgan", unit="step")
+    if run.distributed:  # this rank's share of each epoch, resumable
+        batches = distributed.Batches(data, args.batch, run, args.seed).at(step)
+        batch = lambda: next(batches).to(args.device)  # noqa: E731
+    else:
+        batch = lambda: data[torch.randint(0, len(data), (args.batch,))].to(args.device)  # noqa: E731
+    train_step = step_runner(args, gen, disc, opt_g, opt_d, batch())
+    bar = tqdm(total=args.steps, initial=step, desc="dcgan", unit="step", disable=not run.main)
     while step < args.steps:
-        loss_d, loss_g = run(batch())
+        loss_d, loss_g = distributed.mean_over_ranks(run, args.device, *train_step(batch()))
         history["D"].append(loss_d)
         history["G"].append(loss_g)
         step += 1
@@ -112,9 +157,12 @@ def main(argv=None):
     bar.close()
     sample()
     save()
-    images.save_curves(history, args.out / "losses.png", title="DCGAN losses (BCE)")
     took = time.perf_counter() - start
-    print(f"trained to step {step} in {took:.1f} s; wrote samples, losses.png and checkpoint.pt to {args.out}")
+    if run.main:
+        images.save_curves(history, args.out / "losses.png", title="DCGAN losses (BCE)")
+        print(f"trained to step {step} in {took:.1f} s on {run.world_size} process(es); wrote samples, losses.png "
+              f"and checkpoint.pt to {args.out}")
+    distributed.stop(run)
     return history
 
 

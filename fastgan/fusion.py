@@ -5,6 +5,11 @@ The model keeps its modules, parameters and buffers: every `nn.Sequential` that 
 becomes a `FusedSequential` in place (a subclass whose forward runs each run as one fused call
 and the other children as before), so `state_dict` keys, optimizers and checkpoints are untouched
 and load both ways. `unfuse(model)` turns it back.
+
+BatchNorm2d may be an nn.SyncBatchNorm (torch.nn.SyncBatchNorm.convert_sync_batchnorm): the fused
+block then synchronizes its statistics across the SyncBatchNorm's process group (issue 17), and
+takes the module over as a FusedSyncBatchNorm (nn/sync_batch_norm.py: DDP refuses SyncBatchNorm
+modules on the CPU), which unfuse gives back as the nn.SyncBatchNorm it was.
 """
 
 from dataclasses import dataclass
@@ -13,12 +18,17 @@ import torch
 from torch import nn
 
 from .nn import Conv2dBNLeakyReLU, ConvTransposeBNReLU2d
+from .nn.sync_batch_norm import FusedSyncBatchNorm, release
 
 # (conv type, activation type) -> (fused module, the pattern's name)
 PATTERNS = {
     (nn.ConvTranspose2d, nn.ReLU): (ConvTransposeBNReLU2d, "ConvTranspose2d -> BatchNorm2d -> ReLU"),
     (nn.Conv2d, nn.LeakyReLU): (Conv2dBNLeakyReLU, "Conv2d -> BatchNorm2d -> LeakyReLU"),
 }
+
+
+# The batch norms a run may hold: exactly these types (a subclass may change the forward).
+BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, FusedSyncBatchNorm)
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,7 @@ def _fused_block(children, impl):
     can run, else None."""
     conv, bn, act = children
     pattern = PATTERNS.get((type(conv), type(act)))
-    if pattern is None or type(bn) is not nn.BatchNorm2d:
+    if pattern is None or type(bn) not in BATCH_NORMS:
         return None
     module, name = pattern
     try:
@@ -106,9 +116,12 @@ def fuse(model, impl=None):
 
 
 def unfuse(model):
-    """Undo `fuse`: every FusedSequential in `model` becomes a plain nn.Sequential again."""
+    """Undo `fuse`: every FusedSequential in `model` becomes a plain nn.Sequential again (and the
+    SyncBatchNorms its blocks took over nn.SyncBatchNorms)."""
     for module in model.modules():
         if type(module) is FusedSequential:
+            for block, _ in module._fastgan_blocks.values():
+                release(block._modules["1"])
             module.__class__ = nn.Sequential
             del module._fastgan_blocks
     return model

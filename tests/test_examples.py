@@ -55,3 +55,33 @@ def test_examples_with_amp(monkeypatch, capsys, tmp_path):
     run_example(monkeypatch, "train_progan.py", "--smoke", "--amp", "bf16", "--out", str(tmp_path / "progan"))
     out = capsys.readouterr().out
     assert out.count("trained to step 2") == 2 and "resolution 16" in out
+
+
+def test_train_dcgan_under_torchrun(tmp_path):
+    """2 gloo processes (torchrun), a checkpoint, a resume, and the checkpoint in one process."""
+    import os
+    import subprocess
+
+    import torch
+
+    from fastgan.models import DCGANDiscriminator, DCGANGenerator
+
+    def torchrun(*extra):
+        args = ["--steps", "2", "--batch", "4", "--width", "4", "--dataset-size", "16", "--sample-every", "100",
+                "--checkpoint-every", "1", "--out", str(tmp_path), *extra]
+        env = dict(os.environ, PYTHONPATH=str(EXAMPLES.parent), OMP_NUM_THREADS="1")
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               str(EXAMPLES / "train_dcgan.py"), *args], env=env, capture_output=True, text=True,
+                              timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    torchrun()
+    out = torchrun("--steps", "3", "--resume")
+    assert "resumed from" in out and "at step 2" in out and "trained to step 3" in out and "2 process(es)" in out
+    assert out.count("trained to step") == 1  # rank 0 alone logs
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    gen, disc = DCGANGenerator(ngf=4, fused=False), DCGANDiscriminator(ndf=4, fused=False)
+    gen.load_state_dict(state["G"])  # the single-process keys, plain BatchNorm2d
+    disc.load_state_dict(state["D"])
+    assert gen.main[1].num_batches_tracked.item() == 3 and disc.main[3].num_batches_tracked.item() == 9

@@ -11,6 +11,7 @@ features (kernel dimension 5) and a linear layer reads both.
 import torch
 from torch import nn
 
+from ..distributed import unwrapped
 from ..fusion import fuse
 from .amp import autocast, backward_and_step
 
@@ -89,7 +90,7 @@ def dcgan_step(generator, discriminator, opt_g, opt_d, real, z=None, item=True, 
     passes under torch.autocast to that dtype; scaler: a GradScaler for float16 (models.amp)."""
     n = real.shape[0]
     if z is None:
-        z = torch.randn(n, generator.nz, 1, 1, device=real.device, dtype=real.dtype)
+        z = torch.randn(n, unwrapped(generator).nz, 1, 1, device=real.device, dtype=real.dtype)
     bce = nn.functional.binary_cross_entropy_with_logits
     ones = torch.ones(n, device=real.device, dtype=real.dtype)
     zeros = torch.zeros_like(ones)

@@ -6,6 +6,7 @@ from .discriminator import FadeInFromRGB, MinibatchStdDev
 from .equalized import EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear
 from .minibatch_discrimination import MinibatchDiscrimination
 from .progressive import FadeIn, PixelNorm
+from .sync_batch_norm import FusedSyncBatchNorm
 
 __all__ = [
     "FadeIn",
@@ -18,4 +19,5 @@ __all__ = [
     "EqualizedLinear",
     "FadeInFromRGB",
     "MinibatchStdDev",
+    "FusedSyncBatchNorm",
 ]

@@ -4,13 +4,16 @@ statistics."""
 
 import torch
 
+from .sync_batch_norm import adopt, is_sync_batch_norm, module_process_group
+
 
 def check_conv_bn(conv, bn, conv_type):
-    """The modules a fused block can run: a plain `conv_type` and a BatchNorm2d over its outputs."""
+    """The modules a fused block can run: a plain `conv_type` and a BatchNorm2d (or SyncBatchNorm,
+    issue 17) over its outputs."""
     if not isinstance(conv, conv_type):
         raise TypeError(f"fastgan: conv must be an nn.{conv_type.__name__}, got {type(conv).__name__}")
-    if not isinstance(bn, torch.nn.BatchNorm2d):
-        raise TypeError(f"fastgan: bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
+    if not isinstance(bn, torch.nn.BatchNorm2d) and not is_sync_batch_norm(bn):
+        raise TypeError(f"fastgan: bn must be an nn.BatchNorm2d or nn.SyncBatchNorm, got {type(bn).__name__}")
     unsupported = {"groups": (conv.groups, 1), "dilation": (tuple(conv.dilation), (1, 1)),
                    "padding_mode": (conv.padding_mode, "zeros")}
     for name, (got, want) in unsupported.items():
@@ -24,11 +27,12 @@ def check_conv_bn(conv, bn, conv_type):
 
 
 def block_over(cls, conv, bn, **attributes):
-    """An instance of `cls` holding `conv` and `bn` themselves as submodules "0" and "1"."""
+    """An instance of `cls` holding `conv` and `bn` themselves as submodules "0" and "1" (an
+    nn.SyncBatchNorm taken over as a FusedSyncBatchNorm, see nn/sync_batch_norm.py)."""
     block = cls.__new__(cls)
     torch.nn.Module.__init__(block)
     block.add_module("0", conv)
-    block.add_module("1", bn)
+    block.add_module("1", adopt(bn))
     for name, value in attributes.items():
         setattr(block, name, value)
     return block
@@ -36,9 +40,11 @@ def block_over(cls, conv, bn, **attributes):
 
 def bn_arguments(bn):
     """As nn.BatchNorm2d.forward: the running statistics used (eval, or training when tracked:
-    then updated), and num_batches_tracked when it counts."""
+    then updated), and num_batches_tracked when it counts; as nn.SyncBatchNorm.forward, the
+    process group the statistics synchronize over (None: the local batch)."""
     tracked = bn.training and bn.track_running_stats
     use_running = not bn.training or bn.track_running_stats
     return dict(running_mean=bn.running_mean if use_running else None,
                 running_var=bn.running_var if use_running else None,
-                num_batches_tracked=bn.num_batches_tracked if tracked else None)
+                num_batches_tracked=bn.num_batches_tracked if tracked else None,
+                process_group=module_process_group(bn))

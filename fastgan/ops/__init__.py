@@ -12,8 +12,10 @@ from .minibatch_discrimination import (minibatch_discrimination, minibatch_discr
 from .minibatch_stddev import minibatch_stddev, minibatch_stddev_reference
 from .pixel_norm import pixel_norm, pixel_norm_reference
 from .schedule import fade_alpha
+from ._sync_batch_norm import WORLD
 
 __all__ = [
+    "WORLD",
     "blend_reals",
     "blend_reals_reference",
     "fade_in",

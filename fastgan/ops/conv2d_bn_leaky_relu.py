@@ -33,6 +33,8 @@ from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call, c
                           weight_grad_fake)
 from ._autocast import lower
 from ._dispatch import kernels, to_layout
+from ._sync_batch_norm import sync_group
+from ._sync_conv_blocks import Conv2d as SyncConv2d, sync_block
 
 
 def conv2d_bn_leaky_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training,
@@ -48,14 +50,15 @@ def conv2d_bn_leaky_relu_reference(x, weight, bias, bn_weight, bn_bias, running_
 
 def conv2d_bn_leaky_relu(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training,
                          momentum=0.1, eps=1e-5, stride=1, padding=0, negative_slope=0.2,
-                         num_batches_tracked=None, impl=None):
+                         num_batches_tracked=None, impl=None, process_group=None):
     """leaky_relu(batch_norm(conv2d(x, weight, bias, stride, padding)), negative_slope).
 
     x [N, C_in, H, W], weight [C_out, C_in, kH, kW], bias / bn_weight / bn_bias / running_mean /
     running_var [C_out] or None, with nn.BatchNorm2d's semantics as in conv_transpose_bn_relu
     (running statistics and num_batches_tracked updated in place in training, momentum=None the
     cumulative average, batch statistics when there are no running ones). The output is
-    channels-last.
+    channels-last. process_group (a torch.distributed group, fastgan.ops.WORLD for the default
+    one): training statistics over every process's batch, as nn.SyncBatchNorm (_sync_conv_blocks).
     """
     x, weight, bias = lower(x.device.type, x, weight, bias)  # as torch.autocast casts a convolution
     sizes = _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
@@ -66,6 +69,10 @@ def conv2d_bn_leaky_relu(x, weight, bias, bn_weight, bn_bias, running_mean, runn
     if use_batch:
         check_batch(z_shape)
     impl = resolve(impl, x.device)
+    group = sync_group(process_group)  # issue 17: statistics synchronized across processes
+    if training and group is not None:
+        return sync_block(SyncConv2d(*sizes), x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+                          momentum, eps, num_batches_tracked, slope, group, impl)
     if impl == "reference":
         return conv2d_bn_leaky_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                               training, momentum, eps, sizes[0], sizes[1], slope, num_batches_tracked)

@@ -35,6 +35,8 @@ from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call, c
                           saved_input_fake, stats_dtype, weight_grad_fake)
 from ._autocast import lower
 from ._dispatch import fused_op, kernels, to_layout
+from ._sync_batch_norm import sync_group
+from ._sync_conv_blocks import ConvTranspose2d as SyncConvTranspose2d, sync_block
 
 
 def _layout_for(x):
@@ -56,7 +58,7 @@ def conv_transpose_bn_relu_reference(x, weight, bias, bn_weight, bn_bias, runnin
 
 def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training,
                            momentum=0.1, eps=1e-5, stride=1, padding=0, output_padding=0,
-                           num_batches_tracked=None, impl=None):
+                           num_batches_tracked=None, impl=None, process_group=None):
     """relu(batch_norm(conv_transpose2d(x, weight, bias, stride, padding, output_padding))).
 
     x [N, C_in, H, W], weight [C_in, C_out, kH, kW], bias / bn_weight / bn_bias / running_mean /
@@ -64,6 +66,8 @@ def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, ru
     training the running statistics (when given) and num_batches_tracked (when given) are updated
     in place as nn.BatchNorm2d does; momentum=None is the cumulative average over
     num_batches_tracked. Without running statistics batch statistics are used, also in eval.
+    process_group (a torch.distributed group, fastgan.ops.WORLD for the default one): training
+    statistics over every process's batch, as nn.SyncBatchNorm (_sync_conv_blocks).
     """
     x, weight, bias = lower(x.device.type, x, weight, bias)  # as torch.autocast casts a convolution
     sizes = _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, momentum,
@@ -74,6 +78,10 @@ def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, ru
     if use_batch:
         check_batch(z_shape)
     impl = resolve(impl, x.device)
+    group = sync_group(process_group)  # issue 17: statistics synchronized across processes
+    if training and group is not None:
+        return sync_block(SyncConvTranspose2d(*sizes), x, weight, bias, bn_weight, bn_bias, running_mean,
+                          running_var, momentum, eps, num_batches_tracked, 0.0, group, impl)
     if impl == "reference":
         return conv_transpose_bn_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                                 training, momentum, eps, sizes[0], sizes[1], sizes[2],

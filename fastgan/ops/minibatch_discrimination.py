@@ -24,6 +24,7 @@ from .._backend import resolve
 from .._checks import check_same, check_tensor
 from ._autocast import lower
 from ._dispatch import _traced, fused_op, kernels
+from ._global_minibatch import gathering, global_minibatch_features
 
 
 def _acc_dtype(dtype):
@@ -91,24 +92,31 @@ def _check(x, T, bias, include_self):
         raise TypeError(f"fastgan: include_self must be a bool, got {type(include_self).__name__}")
 
 
-def minibatch_features(x, T, bias=None, include_self=False, impl=None):
+def minibatch_features(x, T, bias=None, include_self=False, impl=None, global_batch=False):
     """The minibatch features o [N, B] of x [N, ...] (flattened to [N, A]) with T [A, B, C]:
     o[i, b] = sum over the other samples j of exp(-L1 distance of M[i, b] and M[j, b]), plus 1
-    with include_self (the paper's formula counts the sample itself), plus bias[b] if given."""
+    with include_self (the paper's formula counts the sample itself), plus bias[b] if given.
+    global_batch=True: j runs over the samples of every process of torch.distributed's default
+    group (_global_minibatch.py; the local batch outside a distributed run)."""
     x, T, bias = lower(x.device.type, x, T, bias)  # as torch.autocast casts the product x @ T (and bias with o)
     _check(x, T, bias, include_self)
     impl = resolve(impl, x.device)
+    if global_batch and gathering():  # issue 17: against every process's samples
+        return global_minibatch_features(x, T, bias, include_self, impl)
     if impl == "reference":
         return minibatch_features_reference(x, T, bias, include_self)
     o = _features(_projection(x, T), include_self, impl)
     return o if bias is None else o + bias
 
 
-def minibatch_discrimination(x, T, bias=None, include_self=False, impl=None):
-    """cat([x_flat, minibatch_features(x, T, bias, include_self)], 1): [N, A + B]."""
+def minibatch_discrimination(x, T, bias=None, include_self=False, impl=None, global_batch=False):
+    """cat([x_flat, minibatch_features(x, T, bias, include_self, global_batch=global_batch)], 1):
+    [N, A + B]."""
     x_low, T, bias = lower(x.device.type, x, T, bias)  # as torch.autocast casts the product x @ T (and bias with o)
-    if x_low is not x:  # a float32 x under autocast: o in the lower dtype, and cat promotes it, as in eager
-        return torch.cat([x.reshape(x.shape[0], -1), minibatch_features(x_low, T, bias, include_self, impl)], 1)
+    if x_low is not x or (global_batch and gathering()):  # a float32 x under autocast: o in the lower dtype, and
+        # cat promotes it, as in eager; global_batch (issue 17): o against every process's samples
+        o = minibatch_features(x_low, T, bias, include_self, impl, global_batch)
+        return torch.cat([x.reshape(x.shape[0], -1), o], 1)
     _check(x, T, bias, include_self)
     impl = resolve(impl, x.device)
     if impl != "reference" and not _traced():

@@ -13,6 +13,10 @@ j over the group's samples and pixels, divided by K = C/F * H * W,
 
 is the fused kernel-level op `minibatch_stddev_backward`. Its own backward (second
 derivatives, for WGAN-GP and R1) is eager PyTorch code: `_minibatch_stddev_backward_bwd`.
+
+Under torch.distributed the groups are formed within each process's local batch, never across
+processes, as in NVIDIA's ProGAN / StyleGAN code (its groups are per GPU): the features depend on
+the local batch size (G = min(group_size, n_local)), not on other ranks (issue 17).
 """
 
 import torch

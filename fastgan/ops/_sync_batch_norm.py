@@ -1,0 +1,152 @@
+"""Batch statistics synchronized across processes, as nn.SyncBatchNorm computes them (issue 17):
+the process group a call synchronizes over, the two collectives and the math around them.
+
+Forward: each rank's (count, mean, M2 = var * count) per channel, packed into one tensor, one
+all-gather, merged exactly on the device (Chan et al.: mean = sum n_r mean_r / N, M2 = sum M2_r +
+sum n_r (mean_r - mean)^2), so ranks may hold different batch sizes and nothing reads the global
+count on the host. Backward: the two per-channel sums of the BN backward (sum grad_u and sum
+grad_u * xhat, u the normalized output before the activation) packed into one all-reduce.
+Collectives run on the current stream (NCCL) with async_op=False: no host sync on a GPU.
+
+Gradients as torch's SyncBatchNorm gives them (torch/nn/modules/_functions.py): the input's from
+the global sums and count, exactly the gradient of the sum of all ranks' losses; gamma's and
+beta's the local sums, which DDP's averaging turns into the global ones / world size, as it does
+the convolution weight's.
+"""
+
+import torch
+import torch.distributed as dist
+from torch.autograd.function import once_differentiable
+
+
+class _DefaultGroup:
+    """The sentinel `fastgan.ops.WORLD`: synchronize over torch.distributed's default group."""
+
+    def __repr__(self):
+        return "fastgan.ops.WORLD"
+
+    def __reduce__(self):  # one instance, also through pickling (spawned processes)
+        return "WORLD"
+
+
+WORLD = _DefaultGroup()
+
+
+def sync_group(process_group):
+    """(group, world size) a call synchronizes over, or None when it has nothing to synchronize with:
+    no process_group, or a group of one process (as nn.SyncBatchNorm falls back to BatchNorm)."""
+    if process_group is None:
+        return None
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("fastgan: process_group needs torch.distributed initialized "
+                           "(torch.distributed.init_process_group); pass process_group=None to use the "
+                           "local batch's statistics")
+    group = dist.group.WORLD if process_group is WORLD else process_group
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError("fastgan: process_group must be a torch.distributed ProcessGroup, fastgan.ops.WORLD "
+                        f"or None, got {type(process_group).__name__}")
+    size = dist.get_world_size(group)
+    return (group, size) if size > 1 else None
+
+
+def all_gather_into(out, t, group):
+    """Every rank's t, concatenated into `out` in rank order: one collective."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the newer name, where it exists
+    gather(out, t, group=group)
+
+
+def gather_stats(mean, var, count, group, world_size):
+    """The global (mean, biased variance, element count as a 0-d tensor) per channel from this
+    rank's mean and biased variance over `count` elements: one all-gather, Chan's exact merge."""
+    c = mean.shape[0]
+    packed = torch.cat([mean.new_full((1,), float(count)), mean, var * count])
+    rows = packed.new_empty(world_size * packed.numel())
+    all_gather_into(rows, packed, group)
+    rows = rows.view(world_size, 2 * c + 1)
+    counts, means, m2 = rows[:, :1], rows[:, 1:c + 1], rows[:, c + 1:]
+    total = counts.sum()
+    g_mean = (counts * means).sum(0) / total
+    g_m2 = m2.sum(0) + (counts * (means - g_mean).square()).sum(0)
+    return g_mean, g_m2 / total, total
+
+
+def reduce_sums(sum_dy, sum_dy_xhat, group):
+    """(sum grad_u, sum grad_u * xhat) over all ranks: one all-reduce of both, packed."""
+    packed = torch.cat([sum_dy, sum_dy_xhat])
+    dist.all_reduce(packed, group=group)
+    return packed[:sum_dy.shape[0]], packed[sum_dy.shape[0]:]
+
+
+def globalize_grad_z(grad_z, z, mean, invstd, gamma, local_sums, global_sums, count, total):
+    """In place: the BN backward's grad_z computed with this rank's sums (bn_relu_backward:
+    s * (g - sg / n - xhat * sgx / n), s = gamma * invstd, xhat = (z - mean) * invstd) turned
+    into the one with the global sums: adds s * (sg / n - SG / N) + s * xhat * (sgx / n - SGX / N),
+    written a + b * z per channel: two elementwise passes over grad_z."""
+    (sg, sgx), (big_sg, big_sgx) = local_sums, global_sums
+    s = invstd if gamma is None else gamma * invstd
+    d_sg, d_sgx = sg / count - big_sg / total, sgx / count - big_sgx / total
+    b = s * invstd * d_sgx
+    a = s * d_sg - b * mean
+    view = (1, -1, 1, 1)
+    return grad_z.addcmul_(z, b.to(grad_z.dtype).view(view)).add_(a.to(grad_z.dtype).view(view))
+
+
+def unbiased_var_for_finalize(var, total):
+    """What bn_finalize takes as `var` with count=2 to store the global unbiased variance
+    var * N / (N - 1) in running_var (it multiplies by count / (count - 1) = 2, exactly): the
+    kernel's running update then serves a count that lives on the device."""
+    return var * (total / (total - 1)) * 0.5
+
+
+FINALIZE_COUNT = 2
+
+
+# ---- the reference: eager torch ops, torch's SyncBatchNorm math on any device ----
+
+def update_running_stats_reference(running_mean, running_var, num_batches_tracked, momentum, mean, var, total):
+    """nn.BatchNorm2d's update with the global mean and unbiased variance (torch ops)."""
+    if running_mean is None:
+        return
+    with torch.no_grad():
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        factor = momentum if momentum is not None else 1.0 / num_batches_tracked.to(mean.dtype)
+        unbiased = var * total / (total - 1)
+        running_mean.mul_(1 - factor).add_((factor * mean).to(running_mean.dtype))
+        running_var.mul_(1 - factor).add_((factor * unbiased).to(running_var.dtype))
+
+
+class SyncBatchNormReference(torch.autograd.Function):
+    """batch_norm(z) with statistics over all ranks' batches, in torch ops (torch's own
+    SyncBatchNorm function runs on GPUs only): the reference the fused blocks are tested against."""
+
+    @staticmethod
+    def forward(ctx, z, gamma, beta, eps, running, group, world_size):
+        stats = torch.float64 if z.dtype == torch.float64 else torch.float32
+        zs = z.to(stats)
+        var, mean = torch.var_mean(zs, dim=(0, 2, 3), correction=0)
+        count = z.numel() // z.shape[1]
+        mean, var, total = gather_stats(mean, var, count, group, world_size)
+        update_running_stats_reference(*running, mean, var, total)
+        invstd = torch.rsqrt(var + eps)
+        view = (1, -1, 1, 1)
+        xhat = (zs - mean.view(view)) * invstd.view(view)
+        u = xhat if gamma is None else xhat * gamma.to(stats).view(view)
+        u = u if beta is None else u + beta.to(stats).view(view)
+        ctx.save_for_backward(xhat, gamma, invstd, total)
+        ctx.group, ctx.has_beta = group, beta is not None
+        return u.to(z.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_u):
+        xhat, gamma, invstd, total = ctx.saved_tensors
+        g = grad_u.to(xhat.dtype)
+        sg, sgx = g.sum((0, 2, 3)), (g * xhat).sum((0, 2, 3))
+        big_sg, big_sgx = reduce_sums(sg, sgx, ctx.group)
+        s = invstd if gamma is None else gamma.to(xhat.dtype) * invstd
+        view = (1, -1, 1, 1)
+        grad_z = s.view(view) * (g - (big_sg / total).view(view) - xhat * (big_sgx / total).view(view))
+        grad_gamma = None if gamma is None else sgx.to(gamma.dtype)
+        grad_beta = sg.to(gamma.dtype if gamma is not None else grad_u.dtype) if ctx.has_beta else None
+        return grad_z.to(grad_u.dtype), grad_gamma, grad_beta, None, None, None, None

@@ -1,0 +1,162 @@
+"""The fused convolution + batch-norm blocks with batch statistics synchronized across processes
+(issue 17): what conv_transpose_bn_relu and conv2d_bn_leaky_relu run in training when given a
+process_group of more than one process.
+
+The same kernel ops as the local blocks, with one collective per pass (_sync_batch_norm.py):
+forward conv (+ statistics) -> all-gather of (count, mean, M2), merged -> bn_finalize with the
+global statistics -> bn_relu; backward bn_relu_backward (local sums) -> all-reduce of the two sums
+-> grad_z corrected to the global sums (two elementwise passes, the cost over the local block
+besides the collective) -> the convolution's backward. The running statistics get the global
+mean and unbiased variance, num_batches_tracked its count, in the bn_finalize kernel.
+
+Runs eagerly: torch.compile breaks the graph around it (torch.compiler.disable); under FakeTensor,
+make_fx or torch.func transforms it raises. Double backward (create_graph) is not supported.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from .._checks import as_layout
+from ._batch_norm import (LAYOUT, NO_UPDATE, bn_relu_backward, call, cancelled_bias_grad, dense_weight, finalize,
+                          needs_grad, running_update, stats_dtype)
+from ._dispatch import _traced, kernels, to_layout
+from ._sync_batch_norm import (FINALIZE_COUNT, SyncBatchNormReference, gather_stats, globalize_grad_z, reduce_sums,
+                               unbiased_var_for_finalize)
+
+
+class Conv2d:
+    """The discriminator block's convolution: channels-last z, statistics by batch_stats."""
+
+    def __init__(self, stride, padding):
+        self.stride, self.padding = stride, padding
+
+    def forward(self, k, x, weight):
+        """(z, local mean, local biased var, x as the kernels took it)."""
+        x_k = to_layout(k, x, LAYOUT)
+        z = as_layout(k.conv2d(x_k, dense_weight(weight), self.stride, self.padding), LAYOUT)
+        mean, var = k.batch_stats(z)
+        return z, mean, var, x_k
+
+    def backward(self, grad_z, x_k, weight, need_x, need_w, impl):
+        from .conv2d_bn_leaky_relu import _conv2d_backward
+
+        return call(_conv2d_backward, grad_z, x_k, weight, self.stride, self.padding, need_x, need_w, impl)
+
+    def reference(self, x, weight, bias):
+        return F.conv2d(x, weight, bias, self.stride, self.padding)
+
+    def out_channels(self, weight):
+        return weight.shape[0]
+
+
+class ConvTranspose2d:
+    """The generator block's convolution: conv_transpose_stats gives z and its statistics in one op."""
+
+    def __init__(self, stride, padding, output_padding):
+        self.stride, self.padding, self.output_padding = stride, padding, output_padding
+
+    def forward(self, k, x, weight):
+        from .conv_transpose_bn_relu import _layout_for
+
+        fmt = _layout_for(x)
+        x_k = to_layout(k, x, fmt)
+        z, mean, var = k.conv_transpose_stats(x_k, dense_weight(weight), self.stride, self.padding,
+                                              self.output_padding)
+        return as_layout(z, fmt), mean, var, x_k
+
+    def backward(self, grad_z, x_k, weight, need_x, need_w, impl):
+        from .conv_transpose_bn_relu import _conv_transpose_backward
+
+        return call(_conv_transpose_backward, grad_z, x_k, weight, self.stride, self.padding, self.output_padding,
+                    need_x, need_w, impl)
+
+    def reference(self, x, weight, bias):
+        return F.conv_transpose2d(x, weight, bias, self.stride, self.padding, self.output_padding)
+
+    def out_channels(self, weight):
+        return weight.shape[1]
+
+
+class _Block:
+    """What a synchronized block call needs besides its tensors."""
+
+    def __init__(self, conv, eps, negative_slope, impl, group, world_size, update, inplace):
+        self.conv, self.eps, self.slope, self.impl = conv, eps, negative_slope, impl
+        self.group, self.world_size, self.update, self.inplace = group, world_size, update, inplace
+
+
+class _SyncBlock(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, gamma, beta, block):
+        k = kernels(block.impl)
+        z, mean, var, x_k = block.conv.forward(k, x, weight)
+        count = z.numel() // z.shape[1]
+        mean, var, total = gather_stats(mean, var, count, block.group, block.world_size)
+        invstd, scale, shift = finalize(k, mean, var, gamma, beta, block.eps, None, NO_UPDATE, 0)
+        if block.update is not NO_UPDATE:
+            finalize(k, mean, unbiased_var_for_finalize(var, total), None, None, 1.0, bias, block.update,
+                     FINALIZE_COUNT)
+        if block.inplace:  # nothing will differentiate: y over z
+            k.bn_relu_(z, mean, scale, shift, block.slope)
+            return z
+        y = as_layout(k.bn_relu(z, mean, scale, shift, block.slope), _layout(z))
+        ctx.save_for_backward(x_k, weight, gamma, beta, z, mean, invstd, total)
+        ctx.block, ctx.count, ctx.has_bias = block, count, bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x_k, weight, gamma, beta, z, mean, invstd, total = ctx.saved_tensors
+        b = ctx.block
+        need_x, need_w, need_bias = ctx.needs_input_grad[:3]
+        grad_z, sum_dy_xhat, sum_dy = call(bn_relu_backward, grad_y, z, mean, invstd, gamma, beta, b.slope, b.impl)
+        grad_x = grad_w = None
+        if need_x or need_w:  # as SyncBatchNorm: the sums are reduced when its input needs a gradient
+            global_sums = reduce_sums(sum_dy, sum_dy_xhat, b.group)
+            globalize_grad_z(grad_z, z, mean, invstd, gamma, (sum_dy, sum_dy_xhat), global_sums, ctx.count, total)
+            grad_x, grad_w = b.conv.backward(grad_z, x_k, weight, need_x, need_w, b.impl)
+        grad_bias = cancelled_bias_grad(weight, b.conv.out_channels(weight)) if ctx.has_bias and need_bias else None
+        return (grad_x if need_x else None, grad_w if need_w else None, grad_bias,
+                sum_dy_xhat if gamma is not None else None, sum_dy if beta is not None else None, None)
+
+
+def _layout(z):
+    return torch.contiguous_format if z.is_contiguous() else LAYOUT
+
+
+@torch.compiler.disable  # collectives in an autograd.Function: torch.compile runs the block eagerly
+def sync_block(conv, x, weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps,
+               num_batches_tracked, negative_slope, group, impl):
+    """The block's training forward with statistics over `group` = (process group, world size):
+    act(batch_norm(conv(x))), act = leaky ReLU of `negative_slope` (0: ReLU)."""
+    if _traced():
+        raise NotImplementedError("fastgan: process_group (synchronized batch statistics) does not run under "
+                                  "FakeTensor, make_fx or torch.func transforms; torch.compile runs it eagerly")
+    if x.shape[0] == 0:
+        raise ValueError("fastgan: x must hold at least one sample on every process with process_group "
+                         "(an empty local batch is not supported)")
+    process_group, world_size = group
+    if impl == "reference":
+        return _reference(conv, x, weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps,
+                          num_batches_tracked, negative_slope, process_group, world_size)
+    gamma, beta = (None if t is None else t.to(stats_dtype(x)) for t in (bn_weight, bn_bias))
+    update = running_update(True, running_mean, running_var, num_batches_tracked, momentum)
+    inplace = not needs_grad(x, weight, bias, bn_weight, bn_bias)
+    block = _Block(conv, eps, float(negative_slope), impl, process_group, world_size, update, inplace)
+    return _SyncBlock.apply(x, weight, bias, gamma, beta, block)
+
+
+def _reference(conv, x, weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps,
+               num_batches_tracked, negative_slope, process_group, world_size):
+    """Eager torch ops: conv, nn.SyncBatchNorm's math (SyncBatchNormReference), the activation."""
+    z = conv.reference(x, weight, bias)
+    if running_mean is not None:
+        if momentum is None and num_batches_tracked is None:
+            raise ValueError("fastgan: momentum=None (cumulative average) needs num_batches_tracked")
+        running = (running_mean, running_var, num_batches_tracked, momentum)
+    else:
+        running = (None, None, None, momentum)
+    u = SyncBatchNormReference.apply(z, bn_weight, bn_bias, eps, running, process_group, world_size)
+    return F.leaky_relu(u, negative_slope) if negative_slope else F.relu(u)
