@@ -171,12 +171,14 @@ def test_minibatch_discrimination_under_autocast(impl, dtype):
              (x, T, bias), (True, True, True), dtype)
 
 
+@pytest.mark.parametrize("high_float32", [False, True])
 @pytest.mark.parametrize("dtype", AUTOCAST_DTYPES)
 @pytest.mark.parametrize("impl", CPU_BACKENDS)
-def test_fade_in_from_rgb_under_autocast(impl, dtype):
-    """from_rgb's 1x1 convolution takes the image, weight and bias in the autocast dtype; x_high comes in it."""
+def test_fade_in_from_rgb_under_autocast(impl, dtype, high_float32):
+    """from_rgb's 1x1 convolution takes the image, weight and bias in the autocast dtype; x_high comes in
+    it, or in float32, when eager's blend promotes to float32 (the fused op raised a dtype error before)."""
     img, weight, bias = randn((2, 3, 8, 8)), randn((6, 3, 1, 1)), randn((6,))
-    x_high = randn((2, 6, 4, 4)).to(dtype)
+    x_high = randn((2, 6, 4, 4)).to(torch.float32 if high_float32 else dtype)
     check_op(lambda i, w, b, x: ops.fade_in_from_rgb(i, x, w, b, 0.3, impl=impl),
              lambda i, w, b, x: ops.fade_in_from_rgb_reference(i, x, w, b, 0.3),
              (img, weight, bias, x_high), (True, True, True, False), dtype)
