@@ -18,9 +18,13 @@ def check_tensor(t, name, ndim=None, min_ndim=None):
                          f"got shape {tuple(t.shape)}")
 
 
-def check_same(t, name, ref, ref_name):
+def check_device(t, name, ref, ref_name):
     if t.device != ref.device:
         raise ValueError(f"fastgan: {name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def check_same(t, name, ref, ref_name):
+    check_device(t, name, ref, ref_name)
     if t.dtype != ref.dtype:
         raise TypeError(f"fastgan: {name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")
 

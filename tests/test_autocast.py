@@ -171,12 +171,14 @@ def test_minibatch_discrimination_under_autocast(impl, dtype):
              (x, T, bias), (True, True, True), dtype)
 
 
+@pytest.mark.parametrize("high_float32", [False, True])
 @pytest.mark.parametrize("dtype", AUTOCAST_DTYPES)
 @pytest.mark.parametrize("impl", CPU_BACKENDS)
-def test_fade_in_from_rgb_under_autocast(impl, dtype):
-    """from_rgb's 1x1 convolution takes the image, weight and bias in the autocast dtype; x_high comes in it."""
+def test_fade_in_from_rgb_under_autocast(impl, dtype, high_float32):
+    """from_rgb's 1x1 convolution takes the image, weight and bias in the autocast dtype; x_high comes in
+    it, or in float32, when eager's blend promotes to float32 (the fused op raised a dtype error before)."""
     img, weight, bias = randn((2, 3, 8, 8)), randn((6, 3, 1, 1)), randn((6,))
-    x_high = randn((2, 6, 4, 4)).to(dtype)
+    x_high = randn((2, 6, 4, 4)).to(torch.float32 if high_float32 else dtype)
     check_op(lambda i, w, b, x: ops.fade_in_from_rgb(i, x, w, b, 0.3, impl=impl),
              lambda i, w, b, x: ops.fade_in_from_rgb_reference(i, x, w, b, 0.3),
              (img, weight, bias, x_high), (True, True, True, False), dtype)
@@ -243,3 +245,37 @@ def test_grad_scaler_skips_an_overflowing_step():
         dcgan_step(gen, disc, *dcgan_optimizers(gen, disc), real, z, amp=torch.float16, scaler=scaler)
         assert all(torch.equal(a, p) for a, p in zip(before, (*gen.parameters(), *disc.parameters())))
         assert scaler.get_scale() < 2.0 ** 40
+
+
+def saved_activation_bytes(fn, x, n):
+    """Bytes of the distinct storages autograd saves for backward during fn(x) of the activations:
+    the saved tensors of x's batch shape (4-D, n in front), not the weights (the parameters or their
+    autocast copies) nor the per-channel statistics. Storages shared by several saved tensors count once."""
+    storages = {}
+
+    def pack(t):
+        if t.dim() == 4 and t.shape[0] == n:
+            s = t.untyped_storage()
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("kind", ["generator", "discriminator"])
+@pytest.mark.parametrize("impl", ["cpu", "reference"])
+def test_block_saves_half_the_activation_bytes_under_autocast(impl, kind, training):
+    """Under autocast to bfloat16 a conv block keeps what it saves for backward (its input, the conv
+    output, the output) in bfloat16, as eager's Conv -> BatchNorm -> activation does: half the bytes of
+    the same call in float32. A float32 copy of an activation left among them would break the 2:1."""
+    _, block = blocks(kind, impl)
+    block.train(training)
+    n = 5  # the batch, unlike any weight's first dim (10, 12): the activations only
+    x = randn((n, 12, 8, 8)).requires_grad_()
+    fp32 = saved_activation_bytes(block, x, n)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = saved_activation_bytes(block, x, n)
+    assert fp32 > 0 and 2 * amp == fp32, (amp, fp32)

@@ -77,6 +77,42 @@ def test_parity(impl, shape, layout, dtype):
     check(x, randn(shape[1:2], dtype=dtype), VARIANTS[3], impl, dtype)
 
 
+# (x's dtype, the bias's, autocast bfloat16 on): a float32 bias parameter meeting a half x from an
+# autocast convolution (standalone bias_act under autocast, and the same dtypes without it), and the
+# other pairs eager's x + bias promotes.
+MIXED_DTYPES = [(torch.bfloat16, torch.float32, True), (torch.bfloat16, torch.float32, False),
+                (torch.float16, torch.float32, False), (torch.float32, torch.bfloat16, False),
+                (torch.bfloat16, torch.float16, False), (torch.float32, torch.float64, False)]
+
+
+@pytest.mark.parametrize("x_dtype, bias_dtype, autocast", MIXED_DTYPES, ids=str)
+@pytest.mark.parametrize("impl", ["reference", *CPU_BACKENDS])
+def test_mixed_dtypes(impl, x_dtype, bias_dtype, autocast):
+    """x and a bias of another dtype: out in the dtype eager's act(x + bias) * gain gives (promoted:
+    float32 for a half x and a float32 bias, under autocast or not) and computed in it, against float64
+    from the same inputs; the gradients in x's and the bias's dtypes."""
+    variant = ("lrelu", 0.2, math.sqrt(2), None, 1.0, 1.0)
+    bias = randn((5,), dtype=bias_dtype)
+    x = off_kinks(randn((2, 5, 4, 3), dtype=x_dtype), bias, variant)
+    out_dtype = torch.promote_types(x_dtype, bias_dtype)
+    exact = [t.detach().double().requires_grad_() for t in (x, bias)]
+    mine = [t.detach().requires_grad_() for t in (x, bias)]
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        eager = torch.nn.functional.leaky_relu(x + bias.view(1, -1, 1, 1), 0.2) * math.sqrt(2)
+        got = fastgan.ops.bias_act(*mine, "lrelu", 0.2, math.sqrt(2), impl=impl)
+    assert got.dtype == eager.dtype == out_dtype
+    want = bias_act_reference(*exact, "lrelu", 0.2, math.sqrt(2))
+    assert_close(got, want, out_dtype)  # out_dtype's arithmetic (float32 / float64) and its rounding
+    grad = torch.randn_like(want).to(out_dtype)  # representable in out_dtype
+    want_grads = torch.autograd.grad(want, exact, grad.double())
+    got_grads = torch.autograd.grad(got, mine, grad)
+    assert got_grads[0].dtype == x_dtype and got_grads[1].dtype == bias_dtype
+    assert_close(got_grads[0], want_grads[0], x_dtype)  # out_dtype's arithmetic, rounded to x's dtype
+    # Summed in out_dtype's accumulation type, rounded once to the bias's dtype: the helper's model,
+    # its per-term rounding taken at the bias's u (>= out_dtype's).
+    assert_bias_grad_close(got_grads[1], want_grads[1], want_grads[0], 1, bias_dtype)
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("impl", CPU_BACKENDS)
@@ -233,7 +269,8 @@ def test_default_gain_is_stylegan2():
     (dict(x=torch.ones(2, 3, dtype=torch.int32)), TypeError, "x must be a floating tensor"),
     (dict(x=[1.0]), TypeError, "x must be a torch.Tensor"),
     (dict(bias=torch.ones(4)), ValueError, r"bias must have shape \(3,\)"),
-    (dict(bias=torch.ones(3, dtype=torch.float64)), TypeError, "bias has dtype"),
+    (dict(bias=torch.ones(3, device="meta")), ValueError, "bias is on meta but x is on cpu"),  # eager's x + bias too
+    (dict(bias=torch.ones(3, dtype=torch.int32)), TypeError, "bias must be a floating tensor"),
     (dict(bias=torch.ones(1, 3)), ValueError, "bias must be 1-D"),
     (dict(act="tanh"), ValueError, "act must be one of"),
     (dict(act="lrelu", alpha=-0.1), ValueError, "alpha"),

@@ -118,6 +118,41 @@ def test_compile_fullgraph(impl):
         torch.testing.assert_close(a, w)
 
 
+# (x's dtype, the bias's, autocast bfloat16 on): a float32 bias meeting a half x from an autocast
+# convolution, under autocast and without it, and the other pairs eager's x + bias promotes.
+MIXED_DTYPES = [(torch.bfloat16, torch.float32, True), (torch.bfloat16, torch.float32, False),
+                (torch.float16, torch.float32, False), (torch.float32, torch.bfloat16, False),
+                (torch.bfloat16, torch.float16, False), (torch.float32, torch.float64, False)]
+
+
+@pytest.mark.parametrize("x_dtype, bias_dtype, autocast", MIXED_DTYPES, ids=str)
+@pytest.mark.parametrize("impl", ["reference", *CPU_BACKENDS])
+def test_mixed_dtypes(impl, x_dtype, bias_dtype, autocast):
+    """x and a bias of another dtype: out in the dtype eager's pixel_norm(lrelu(x + bias)) gives
+    (promoted: float32 for a half x and a float32 bias, under autocast or not) and computed in it, eps
+    that dtype's default, against float64 from the same inputs; the gradients in x's and the bias's dtypes."""
+    x, bias = randn((2, 6, 4, 3), dtype=x_dtype), randn((6,), dtype=bias_dtype)
+    out_dtype = torch.promote_types(x_dtype, bias_dtype)
+    eps = default_eps(out_dtype)
+    exact = [t.detach().double().requires_grad_() for t in (x, bias)]
+    mine = [t.detach().requires_grad_() for t in (x, bias)]
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        a = torch.nn.functional.leaky_relu(x + bias.view(1, -1, 1, 1), 0.2)
+        eager = a * torch.rsqrt(a.square().mean(1, keepdim=True) + eps)
+        got = fastgan.ops.bias_act_pixel_norm(*mine, impl=impl)
+    assert got.dtype == eager.dtype == out_dtype
+    want = bias_act_pixel_norm_reference(*exact, 0.2, 1.0, eps)
+    assert_close(got, want, out_dtype)  # out_dtype's arithmetic (float32 / float64) and its rounding
+    grad = torch.randn_like(want).to(out_dtype)  # representable in out_dtype
+    want_grads = torch.autograd.grad(want, exact, grad.double())
+    got_grads = torch.autograd.grad(got, mine, grad)
+    assert got_grads[0].dtype == x_dtype and got_grads[1].dtype == bias_dtype
+    parts = gradient_parts(exact[0].detach(), exact[1].detach(), grad.double(), 0.2, 1.0, eps)
+    assert_close_to_parts(got_grads[0], want_grads[0], parts, x_dtype)  # rounded to x's dtype at the end
+    # Summed in out_dtype's accumulation type, rounded once to the bias's dtype (per-term rounding at its u).
+    assert_bias_grad_close(got_grads[1], want_grads[1], want_grads[0], 1, bias_dtype, parts)
+
+
 def test_matches_unfused_ops():
     x, b = randn((2, 8, 4, 4)), randn((8,))
     want = fastgan.ops.pixel_norm(fastgan.ops.bias_act(x, b, "lrelu", 0.2, 1.0, impl="cpu"), impl="cpu")
@@ -128,7 +163,8 @@ def test_matches_unfused_ops():
     (dict(x=torch.ones(2, 3, dtype=torch.int32)), TypeError, "x must be a floating tensor"),
     (dict(x=torch.ones(3)), ValueError, "x must have at least 2 dimensions"),
     (dict(bias=torch.ones(4)), ValueError, r"bias must have shape \(3,\)"),
-    (dict(bias=torch.ones(3, dtype=torch.float64)), TypeError, "bias has dtype"),
+    (dict(bias=torch.ones(3, device="meta")), ValueError, "bias is on meta but x is on cpu"),  # eager's x + bias too
+    (dict(bias=torch.ones(3, dtype=torch.int32)), TypeError, "bias must be a floating tensor"),
     (dict(bias=None), TypeError, "bias must be a torch.Tensor"),
     (dict(alpha=-1.0), ValueError, "alpha"),
     (dict(gain=-1.0), ValueError, "gain must be positive"),

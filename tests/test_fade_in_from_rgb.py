@@ -188,7 +188,8 @@ def test_weight_is_never_scaled_in_place():
     (0, torch.ones(2, 3, 4, 6, dtype=torch.int32), TypeError, "img must be a floating tensor"),
     (0, torch.ones(2, 3, 5, 6), ValueError, "x_high must be"),
     (1, torch.ones(2, 4, 2, 3, 1), ValueError, "x_high must be 4-D"),
-    (1, torch.ones(2, 4, 2, 3, dtype=F64), TypeError, "x_high has dtype"),
+    (1, torch.ones(2, 4, 2, 3, device="meta"), ValueError, "x_high is on meta but img is on cpu"),
+    (2, torch.ones(4, 3, 1, 1, dtype=F64), TypeError, "weight has dtype"),  # eager's conv2d rejects it too
     (2, torch.ones(4, 3, 3, 3), ValueError, r"weight must have shape \(4, 3, 1, 1\)"),
     (3, torch.ones(5), ValueError, r"bias must have shape \(4,\)"),
     (3, [0.0] * 4, TypeError, "bias must be a torch.Tensor"),

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgan.ops import bias_act
+from fastgan.ops._autocast import lower
 
 from . import Case
 from .bias_act import GPU_QUICK_SHAPES, GPU_SHAPES, MODES, PROGAN_SHAPES
@@ -26,6 +27,7 @@ def make_inputs(shape, dtype, device):
 
 
 def op(x, w, b, impl):
+    (b,) = lower(x.device.type, b)  # as EqualizedConv2d under torch.autocast (--amp), as the conv's bias in eager
     return bias_act(F.conv2d(x, w, padding=1), b, "lrelu", 0.2, 1.0, x_mul=w_mul(x.shape[1]), impl=impl)
 
 

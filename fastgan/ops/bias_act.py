@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import resolve
-from .._checks import as_layout, check_same, check_tensor, empty, memory_format
+from .._checks import as_layout, check_device, check_tensor, empty, memory_format
 from ._dispatch import _traced, fused_op, kernels
 
 ACTIVATIONS = ("linear", "relu", "lrelu")
@@ -69,9 +69,11 @@ def sum_except(t, dim, scale=1.0):
 
 
 def bias_act_reference(x, bias=None, act="linear", alpha=None, gain=None, clamp=None, dim=1, x_mul=1.0, b_mul=1.0):
-    """Eager PyTorch in float32 (float64 for float64 inputs), as StyleGAN2's reference."""
+    """Eager PyTorch in float32 (float64 for float64 inputs), as StyleGAN2's reference. Out in x's
+    dtype promoted with the bias's, as eager's x + bias (a bfloat16 x with a float32 bias: float32)."""
     slope, gain, clamp = act_params(act, alpha, gain, clamp)
-    xf = x if x.dtype == torch.float64 else x.float()
+    out_dtype = x.dtype if bias is None else torch.promote_types(x.dtype, bias.dtype)
+    xf = x.to(torch.float64 if out_dtype == torch.float64 else torch.float32)
     v = xf * x_mul if x_mul != 1 else xf
     if bias is not None:
         v = v + (bias.to(xf.dtype) * b_mul).reshape(bias_shape(x, dim % x.dim()))
@@ -82,7 +84,7 @@ def bias_act_reference(x, bias=None, act="linear", alpha=None, gain=None, clamp=
     v = v * gain if gain != 1 else v
     if clamp >= 0:
         v = v.clamp(-clamp, clamp)
-    return v.to(x.dtype)
+    return v.to(out_dtype)
 
 
 def bias_act(x, bias=None, act="linear", alpha=None, gain=None, clamp=None, dim=1, x_mul=1.0, b_mul=1.0,
@@ -96,6 +98,8 @@ def bias_act(x, bias=None, act="linear", alpha=None, gain=None, clamp=None, dim=
     dim %= ndim
     if bias is not None:
         _check_bias(bias, x, dim)
+        if bias.dtype != x.dtype:
+            x, bias = promote(x, bias)
     slope, gain, clamp = act_params(act, alpha, gain, clamp)
     x_mul, b_mul = float(x_mul), float(b_mul)
     impl = resolve(impl, x.device)
@@ -111,8 +115,19 @@ def _check_bias(bias, x, dim):
             and bias.shape[0] == x.shape[dim]):
         return  # the common case in one test: these checks run on every call
     check_tensor(bias, "bias", ndim=1)  # else the failing check raises its own error
-    check_same(bias, "bias", x, "x")
-    raise ValueError(f"fastgan: bias must have shape ({x.shape[dim]},) (x.shape[{dim}]), got {tuple(bias.shape)}")
+    check_device(bias, "bias", x, "x")
+    if bias.shape[0] != x.shape[dim]:
+        raise ValueError(f"fastgan: bias must have shape ({x.shape[dim]},) (x.shape[{dim}]), got {tuple(bias.shape)}")
+
+
+def promote(x, bias):
+    """x and bias in the dtype eager's x + bias gives them (torch.promote_types: a float32 bias with a
+    bfloat16 / float16 x, as under torch.autocast after a convolution, gives float32), so that the op
+    returns what the eager code it replaces returns. The kernels take one dtype: this costs a cast of
+    the lower-precision operand (x: one more pass over it) on this uncommon path only; the equalized
+    layers cast their bias to x's dtype under autocast instead, as autocast casts a conv's bias."""
+    dtype = torch.promote_types(x.dtype, bias.dtype)
+    return x.to(dtype), bias.to(dtype)  # differentiable: each gradient comes back in its input's dtype
 
 
 def _layout(x, dim):

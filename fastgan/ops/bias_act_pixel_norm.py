@@ -15,18 +15,20 @@ a and gg * M coming from the fused bias_act ops.
 import torch
 
 from .._backend import resolve
-from .._checks import as_layout, check_eps, check_same, check_tensor, empty, memory_format
+from .._checks import as_layout, check_device, check_eps, check_tensor, empty, memory_format
 from ._dispatch import fused_op, kernels
-from .bias_act import _bias_act, _bias_act_backward, act_params, bias_shape, sum_except
+from .bias_act import _bias_act, _bias_act_backward, act_params, bias_shape, promote, sum_except
 from .pixel_norm import _pixel_norm_backward, default_eps, pixel_norm_backward_x_grad, pixel_norm_reference
 
 
 def bias_act_pixel_norm_reference(x, bias, alpha=0.2, gain=1.0, eps=None):
-    """Eager PyTorch in float32 (float64 for float64 inputs)."""
-    eps = default_eps(x.dtype) if eps is None else eps
-    xf = x if x.dtype == torch.float64 else x.float()
+    """Eager PyTorch in float32 (float64 for float64 inputs). Out in x's dtype promoted with the bias's,
+    as eager's x + bias (a bfloat16 x with a float32 bias: float32), eps defaulting to that dtype's."""
+    out_dtype = torch.promote_types(x.dtype, bias.dtype)
+    eps = default_eps(out_dtype) if eps is None else eps
+    xf = x.to(torch.float64 if out_dtype == torch.float64 else torch.float32)
     a = torch.nn.functional.leaky_relu(xf + bias.to(xf.dtype).reshape(bias_shape(x, 1)), alpha) * gain
-    return pixel_norm_reference(a, eps).to(x.dtype)
+    return pixel_norm_reference(a, eps).to(out_dtype)
 
 
 def bias_act_pixel_norm(x, bias, alpha=0.2, gain=1.0, eps=None, impl=None):
@@ -34,9 +36,11 @@ def bias_act_pixel_norm(x, bias, alpha=0.2, gain=1.0, eps=None, impl=None):
     eps defaults to pixel_norm's (1e-8, 1e-4 for float16)."""
     check_tensor(x, "x", min_ndim=2)
     check_tensor(bias, "bias", ndim=1)
-    check_same(bias, "bias", x, "x")
+    check_device(bias, "bias", x, "x")
     if bias.shape[0] != x.shape[1]:
         raise ValueError(f"fastgan: bias must have shape ({x.shape[1]},) (the channels of x), got {tuple(bias.shape)}")
+    if bias.dtype != x.dtype:
+        x, bias = promote(x, bias)  # eager's x + bias dtype (float32 for a half x and a float32 bias)
     slope, gain, _ = act_params("lrelu", alpha, gain)
     eps = check_eps(default_eps(x.dtype) if eps is None else eps)
     impl = resolve(impl, x.device)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import resolve
-from .._checks import as_layout, check_alpha, check_same, check_tensor, empty, memory_format
+from .._checks import as_layout, check_alpha, check_device, check_same, check_tensor, empty, memory_format
 from ._autocast import lower
 from ._dispatch import fused_op, kernels
 
@@ -40,7 +40,8 @@ def _check_args(img, x_high, weight, bias):
     check_tensor(x_high, "x_high", ndim=4)
     check_tensor(weight, "weight", ndim=4)
     check_tensor(bias, "bias", ndim=1)
-    for t, name in ((x_high, "x_high"), (weight, "weight"), (bias, "bias")):
+    check_device(x_high, "x_high", img, "img")  # x_high's dtype may differ: the blend promotes
+    for t, name in ((weight, "weight"), (bias, "bias")):
         check_same(t, name, img, "img")
     n, ci, hh, wh = img.shape
     co = x_high.shape[1]
@@ -58,6 +59,12 @@ def fade_in_from_rgb(img, x_high, weight, bias, alpha, gain=math.sqrt(2), lr_mul
     """Blend from_rgb(avg_pool_2x2(img)) into x_high [N, C_out, H, W]; img is [N, C_img, 2H, 2W]."""
     img, weight, bias = lower(img.device.type, img, weight, bias)  # as torch.autocast casts from_rgb's conv
     _check_args(img, x_high, weight, bias)
+    if x_high.dtype != img.dtype:
+        # Eager's blend promotes (autocast's bfloat16 conv output + a float32 x_high: float32): the conv's
+        # operands, as autocast rounded them, and x_high go to that dtype (img is 12 / C_out of x_high's
+        # size). A weight or bias of another dtype than img _check_args rejects, as eager's conv2d does.
+        dtype = torch.promote_types(x_high.dtype, img.dtype)
+        img, x_high, weight, bias = (t.to(dtype) for t in (img, x_high, weight, bias))
     alpha = check_alpha(alpha)
     gain, lr_mul, slope = float(gain), float(lr_mul), float(slope)
     impl = resolve(impl, x_high.device)
