@@ -259,6 +259,20 @@ at::MemoryFormat format_of(const at::Tensor& t) {
   return t.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
 }
 
+// oneDNN's conv2d(x, weight) with an output of g.h x g.w pixels, in x's layout. bfloat16 with a small
+// output (<= 16 pixels: the 8x8 -> 4x4 products) goes through NCHW: oneDNN's NCHW kernel ran it in
+// 4.2 ms at batch 64 here, transposes included, against 6.9 channels-last, and an NCHW weight needs
+// no reorder (float32 and larger outputs ran as fast or faster channels-last).
+at::Tensor onednn_conv2d(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                         at::IntArrayRef padding, const Geometry& g) {
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  if (x.scalar_type() == at::kBFloat16 && g.h * g.w <= 16 && !x.is_contiguous() && x.is_contiguous(cl)) {
+    const auto z = at::conv2d(dense_as(x, at::MemoryFormat::Contiguous), weight.contiguous(), {}, stride, padding);
+    return dense_as(z, cl);
+  }
+  return at::conv2d(x, weight_for(x, weight), {}, stride, padding);
+}
+
 // (grad_x in x's layout, grad_weight in the weight's), [0] for a gradient not computed.
 std::tuple<at::Tensor, at::Tensor> finish_backward(const at::Tensor& grad_x, const at::Tensor& grad_w,
                                                    const at::Tensor& x, const at::Tensor& weight) {
@@ -288,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& gra
     // The direct convolution this one is the adjoint of, channels-last.
     const auto cl = at::MemoryFormat::ChannelsLast;
     const auto gl = dense_as(grad, cl), xl = dense_as(x, cl);
-    if (need_x) grad_x = at::conv2d(gl, weight_for(xl, weight), {}, stride, padding);
+    if (need_x) grad_x = onednn_conv2d(gl, weight, stride, padding, g);
     if (need_weight && weight_gemm) {
       grad_w = gemm(rows_of(xl).t(), im2col_rows(gl, g, true)).view(weight.sizes());
     } else if (need_weight) {
@@ -321,7 +335,7 @@ at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef
   if (use_gemm(x, g, true, false)) {
     z = from_rows(gemm(im2col_rows(x, g), weight.reshape({g.c_in, g.row()}).t()), g);
   } else {
-    z = at::conv2d(x, weight_for(x, weight), {}, stride, padding);
+    z = onednn_conv2d(x, weight, stride, padding, g);
   }
   return dense_as(z, x.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
 }
