@@ -16,9 +16,11 @@ CL = torch.channels_last
 CASES = {
     "transposed 1x1, all GEMM (cols is z)": (True, 3, 20, 1, 24, 4, 1, 0),
     "transposed 4x4, weight gradient GEMM, grad_x NCHW": (True, 3, 20, 4, 12, 4, 2, 1),
-    "transposed 8x8, oneDNN": (True, 2, 8, 8, 6, 4, 2, 1),
+    "transposed 8x8, weight gradient GEMM": (True, 2, 8, 8, 6, 4, 2, 1),
+    "transposed 16x16, oneDNN": (True, 2, 5, 16, 6, 4, 2, 1),
     "direct 8x8 -> 4x4, forward NCHW, weight gradient GEMM": (False, 3, 12, 8, 20, 4, 2, 1),
-    "direct 16x16 -> 8x8, oneDNN": (False, 2, 6, 16, 8, 4, 2, 1),
+    "direct 16x16 -> 8x8, weight gradient GEMM": (False, 2, 6, 16, 8, 4, 2, 1),
+    "direct 32x32 -> 16x16, oneDNN": (False, 2, 5, 32, 6, 4, 2, 1),
 }
 
 

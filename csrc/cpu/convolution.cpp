@@ -61,8 +61,11 @@ int64_t gemm_max_pixels(bool direct) {
 }
 
 // The weight gradient as a GEMM up to this many pixels on the small side (the 4x4 generator block,
-// the discriminator's 8x8 -> 4x4), the data gradient from oneDNN.
-constexpr int64_t kWeightGemmMaxPixels = 16;
+// the discriminator's 8x8 -> 4x4), the data gradient from oneDNN. bfloat16 up to 64 (the 8x8 ones):
+// oneDNN's bf16 matmul runs ~4.5x its float32 one here, and the 16x16 -> 8x8 weight gradient took
+// 6.4 ms as im2col + GEMM against oneDNN's 7.2 (batch 64; 13.8 against 14.8 at 128); at 256 pixels
+// the GEMM lost (8.6 against 6.4).
+int64_t weight_gemm_max_pixels(const at::Tensor& small) { return small.scalar_type() == at::kBFloat16 ? 64 : 16; }
 
 struct Geometry {
   int64_t n, c_in, h, w, c_out, kh, kw, oh, ow, sh, sw, ph, pw;
@@ -297,7 +300,7 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_backward(const at::Tensor& gra
     const auto w2 = weight.reshape({g.c_in, g.row()});
     if (need_x) grad_x = from_rows(gemm(gcols, w2.t()), g);
     if (need_weight) grad_w = gemm(rows_of(x).t(), gcols).view(weight.sizes());
-  } else if (const bool weight_gemm = use_gemm_up_to(x, g, kWeightGemmMaxPixels, false);
+  } else if (const bool weight_gemm = use_gemm_up_to(x, g, weight_gemm_max_pixels(x), false);
              weight_gemm || g.h * g.w >= 64) {
     // The direct convolution this one is the adjoint of, channels-last.
     const auto cl = at::MemoryFormat::ChannelsLast;
@@ -352,7 +355,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad, const
   at::Tensor grad_x, grad_w;
   // grad_x by GEMM goes through col2im (sums taps) unless cols is grad_x itself.
   const bool all_gemm = use_gemm(x, g, true, !g.cols_is_z()),
-             weight_gemm = need_weight && use_gemm_up_to(x, g, kWeightGemmMaxPixels, false);
+             weight_gemm = need_weight && use_gemm_up_to(x, g, weight_gemm_max_pixels(x), false);
   if (!all_gemm) {
     std::tie(grad_x, grad_w, std::ignore) =
         at::convolution_backward(grad, x, weight_for(x, weight), c10::nullopt, stride, padding, {1, 1}, false, {0, 0},
