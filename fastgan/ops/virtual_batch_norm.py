@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._backend import resolve
+from .._backend import BackendUnavailableError, resolve
 from .._checks import as_layout, check_eps, check_tensor, empty, memory_format
 from ._batch_norm import call, check_channel_vector, in_stats_dtype, stats_dtype
 from ._dispatch import fused_op, kernels
@@ -47,7 +47,7 @@ def check_vbn_arguments(n, ref_size, negative_slope, training, name="z"):
 
 def check_backend(impl):
     if impl not in BACKENDS:
-        raise NotImplementedError(f"fastgan: virtual batch norm has no {impl!r} backend yet (it has "
+        raise BackendUnavailableError(f"fastgan: virtual batch norm has no {impl!r} backend yet (it has "
                                   f"{', '.join(BACKENDS)}); pass impl='cpu' or impl='reference'")
 
 
