@@ -119,9 +119,31 @@ void combine(A* mean, A* m2, int64_t n, int64_t c, int64_t s, int64_t m, double 
   }
 }
 
+// NaN propagates: NaN > 0 is false and NaN * slope is NaN.
 template <typename A>
 inline A act(A u, A slope) {
-  return u > A(0) || std::isnan(u) ? u : u * slope;
+  return u > A(0) ? u : u * slope;
+}
+
+// act'(u) * g: slope 0 (ReLU) gives a true zero where u <= 0, as ReLU's backward (even for an
+// infinite g). A plain select in the loops, so that they vectorize.
+template <bool kRelu, typename A>
+inline A act_grad(A g, A u, A slope) {
+  if constexpr (kRelu) {
+    return u > A(0) ? g : A(0);
+  } else {
+    return u > A(0) ? g : g * slope;
+  }
+}
+
+// f.template operator()<kRelu>() with kRelu = (slope == 0).
+template <typename A, typename F>
+void with_relu(A slope, const F& f) {
+  if (slope == A(0)) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
 }
 
 // y = act((z - mean) * scale + beta) with per-(sample, channel) mean and scale = gamma * invstd.
@@ -216,7 +238,8 @@ template <typename T>
 void grad_sums(const T* gy, const T* z, const acc_t<T>* mean, const acc_t<T>* invstd, const acc_t<T>* gamma,
                const acc_t<T>* beta, acc_t<T> slope, acc_t<T>* sg, acc_t<T>* sgx, const Shape& d) {
   using A = acc_t<T>;
-  const auto gm = [slope](A g, A u) { return u > A(0) ? g : slope == A(0) ? A(0) : g * slope; };
+  with_relu(slope, [&](auto relu) {
+  const auto gm = [slope](A g, A u) { return act_grad<decltype(relu)::value>(g, u, slope); };
   if (!d.cl) {
     at::parallel_for(0, d.n * d.c, grain(2 * d.s), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
@@ -263,6 +286,7 @@ void grad_sums(const T* gy, const T* z, const acc_t<T>* mean, const acc_t<T>* in
       }
     }
   });
+  });
 }
 
 // The coefficients of grad_z = ca * g - k1 - k2 * (z - mean) per (sample, channel), written over
@@ -303,7 +327,8 @@ void grad_input(const T* gy, const T* z, T* gz, const acc_t<T>* mean, const acc_
                 const acc_t<T>* beta, acc_t<T> slope, const acc_t<T>* ca, const acc_t<T>* k1, const acc_t<T>* k2,
                 const Shape& d) {
   using A = acc_t<T>;
-  const auto gm = [slope](A g, A u) { return u > A(0) ? g : slope == A(0) ? A(0) : g * slope; };
+  with_relu(slope, [&](auto relu) {
+  const auto gm = [slope](A g, A u) { return act_grad<decltype(relu)::value>(g, u, slope); };
   if (!d.cl) {
     at::parallel_for(0, d.n * d.c, grain(3 * d.s), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
@@ -333,6 +358,7 @@ void grad_input(const T* gy, const T* z, T* gz, const acc_t<T>* mean, const acc_
         out[ch] = static_cast<T>(ca[o + ch] * g - k1[o + ch] - k2[o + ch] * e);
       }
     }
+  });
   });
 }
 
