@@ -282,3 +282,48 @@ def test_fuse_and_modules():
     torch.testing.assert_close(block(x), plain(x), rtol=1e-10, atol=1e-10)
     gen = fastgan.nn.ConvTransposeVBNReLU2d(3, 4, 4, ref_size=2, stride=2, padding=1, impl="cpu").double()
     assert gen(x).shape == (5, 4, 8, 8)
+
+
+# ---- models and the example ----
+
+def test_generator_vbn_option_and_example():
+    """examples/vbn_coupling.py: BatchNorm2d couples a sample to its batch-mates, VBN does not."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "vbn_coupling.py"
+    spec = importlib.util.spec_from_file_location("vbn_coupling", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    results = example.main(["--impl", "cpu", "--ref-size", "3"])
+    bn, vbn = results.values()
+    assert bn > 1e-3 and vbn == 0.0
+    gen = fastgan.models.DCGANGenerator(nz=8, ngf=4, vbn_ref_size=3, impl="cpu")
+    assert "reference_z" in gen.state_dict() and gen.reference_z.shape == (3, 8, 1, 1)
+    assert [r.pattern for r in gen.fusions] == ["ConvTranspose2d -> VirtualBatchNorm2d -> ReLU"] * 4
+    z = torch.randn(5, 8, 1, 1)
+    unfused = fastgan.models.DCGANGenerator(nz=8, ngf=4, vbn_ref_size=3, fused=False)
+    unfused.load_state_dict(gen.state_dict())
+    torch.testing.assert_close(gen(z), unfused(z), **TOLERANCES[torch.float32])
+
+
+def test_dcgan_step_label_smoothing_and_feature_matching():
+    from fastgan.models import DCGANDiscriminator, DCGANGenerator, dcgan_step
+    torch.manual_seed(0)
+    gen = DCGANGenerator(nz=8, ngf=4, vbn_ref_size=2, impl="cpu")
+    disc = DCGANDiscriminator(ndf=4, impl="cpu")
+    # lr 0: the step's losses can be recomputed from the same parameters afterwards
+    opt_g, opt_d = (torch.optim.SGD(m.parameters(), lr=0.0) for m in (gen, disc))
+    real, z = torch.rand(4, 3, 64, 64) * 2 - 1, torch.randn(4, 8, 1, 1)
+    loss_d, loss_g = dcgan_step(gen, disc, opt_g, opt_d, real, z, label_smoothing=0.1, feature_matching=True)
+    bce = F.binary_cross_entropy_with_logits
+    with torch.no_grad():
+        fake = gen(z)
+        logits_real, f_real = disc(real, return_features=True)
+        logits_fake, f_fake = disc(fake, return_features=True)
+    assert f_real.shape == (4, 4 * 8 * 4 * 4)
+    want_d = bce(logits_real, torch.full((4,), 0.9)) + bce(logits_fake, torch.zeros(4))
+    want_g = (f_real.mean(0) - f_fake.mean(0)).square().mean()
+    assert loss_d == pytest.approx(want_d.item(), rel=1e-5)
+    assert loss_g == pytest.approx(want_g.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        dcgan_step(gen, disc, opt_g, opt_d, real, z, label_smoothing=1.0)

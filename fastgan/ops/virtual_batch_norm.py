@@ -26,7 +26,7 @@ from torch.autograd.function import once_differentiable
 from .._backend import BackendUnavailableError, resolve
 from .._checks import as_layout, check_eps, check_tensor, empty, memory_format
 from ._batch_norm import call, check_channel_vector, in_stats_dtype, stats_dtype
-from ._dispatch import fused_op, kernels
+from ._dispatch import fused_op, kernels, to_layout
 
 # The compiled backends VBN has kernels for (cuda and triton: not yet).
 BACKENDS = ("reference", "cpu")
@@ -108,7 +108,16 @@ def virtual_batch_norm(z, ref_size, weight=None, bias=None, eps=1e-5, negative_s
 
 def _vbn_kernel(z: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], ref_size: int,
                 eps: float, negative_slope: float, impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return kernels(impl).vbn_forward(as_layout(z, memory_format(z)), ref_size, gamma, beta, eps, negative_slope)
+    k = kernels(impl)
+    return k.vbn_forward(dense(k, z, memory_format(z)), ref_size, gamma, beta, eps, negative_slope)
+
+
+def dense(k, t, fmt):
+    """t in layout `fmt`: the backend's to_layout kernel from the other dense layout (an NCHW loss
+    gradient for a channels-last z is common), PyTorch's copy from any other strides."""
+    if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+        return to_layout(k, t, fmt)
+    return as_layout(t, fmt)
 
 
 def _vbn_fake(z, gamma, beta, ref_size, eps, negative_slope, impl):
@@ -158,9 +167,9 @@ def vbn_backward(grad_y: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, invs
                  gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], ref_size: int, negative_slope: float,
                  impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernels' fused backward as a traceable op: grad_z (in z's layout), grad_gamma, grad_beta."""
-    fmt = memory_format(z)
-    return kernels(impl).vbn_backward(as_layout(grad_y, fmt), as_layout(z, fmt), mean, invstd, ref_size, gamma, beta,
-                                      negative_slope)
+    k, fmt = kernels(impl), memory_format(z)
+    return k.vbn_backward(dense(k, grad_y, fmt), dense(k, z, fmt), mean, invstd, ref_size, gamma, beta,
+                          negative_slope)
 
 
 @vbn_backward.register_fake
