@@ -3,7 +3,8 @@ ConvTranspose2d (kernel 4, stride 2, padding 1) -> VirtualBatchNorm2d -> ReLU, a
 module chain (fastgan's reference: the definition in torch ops) and torch.compile of it.
 
 VBN shape: (batch incl. R, C, H, ref_size); block shape: (batch incl. R, C_in, H, C_out, ref_size),
-doubling H. Inputs are NCHW as an nn.Sequential holds them. cpu only: VBN has no triton/cuda kernels.
+doubling H. Inputs are NCHW as an nn.Sequential holds them. cpu only: VBN has no triton/cuda kernels
+(on a GPU only eager and compile run, at batch 256 + R).
 """
 
 import torch
@@ -43,11 +44,12 @@ VBN_SHAPES = [(n + 16, c, h, 16) for n in (64, 128) for c, h in ((256, 8), (128,
 VBN = Case("virtual_batch_norm", VBN_SHAPES, [(80, 128, 16, 16)], vbn_inputs,
            lambda z, g, b, impl: virtual_batch_norm(z, 16, g, b, negative_slope=0.0, impl=impl),
            lambda z, g, b: virtual_batch_norm_reference(z, 16, g, b, negative_slope=0.0),
-           min_bytes=vbn_bytes, backends=("cpu",))
+           min_bytes=vbn_bytes, backends=("cpu",),
+           gpu_shapes=[(272, c, h, 16) for c, h in ((256, 8), (128, 16))], gpu_quick_shapes=[(272, 128, 16, 16)])
 
 BLOCK_SHAPES = [(n + 16, c_in, h, c_out, 16) for n in (64, 128)
                 for c_in, h, c_out in ((512, 4, 256), (256, 8, 128), (128, 16, 64))]
 BLOCK = Case("conv_transpose_vbn_relu", BLOCK_SHAPES, [(80, 256, 8, 128, 16)], block_inputs,
              lambda x, w, g, b, impl: conv_transpose_vbn_relu(x, w, None, g, b, 16, 1e-5, 2, 1, impl=impl),
              lambda x, w, g, b: conv_transpose_vbn_relu_reference(x, w, None, g, b, 16, 1e-5, 2, 1),
-             backends=("cpu",))
+             backends=("cpu",), gpu_shapes=[(272, 256, 8, 128, 16)], gpu_quick_shapes=[(272, 256, 8, 128, 16)])
