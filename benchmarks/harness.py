@@ -319,6 +319,7 @@ def bench_case(case, shape, device, dtype, providers, settings, timer, status=la
     oom = _out_of_memory(case, shape, itemsize, device)
 
     fns, rows = {}, []
+    providers = [p for p in providers if p not in BACKENDS or p in case.backends]  # ops without every backend
     for provider in providers:
         if oom and provider in ("eager", "compile"):
             rows += [_row(case, shape, m, provider, error=oom) for m in modes]

@@ -30,6 +30,8 @@ PARAMS = [pytest.param(case, shape, provider, id=f"{case.name}-{harness.shape_la
 def _why_not_here(case, shape, provider, inputs):
     """Why `provider` genuinely cannot run this case here, or None."""
     why = harness.unavailable(DEVICE, [provider]).get(provider)
+    if why is None and provider in harness.BACKENDS and provider not in case.backends:
+        why = f"{case.name} has no {provider} backend"
     if why is None and provider == "compile" and not (torch._dynamo.is_dynamo_supported()
                                                       and torch._dynamo.eval_frame.is_inductor_supported()):
         why = "torch.compile (dynamo + inductor) is not supported on this platform"

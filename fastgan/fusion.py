@@ -1,5 +1,6 @@
 """`fastgan.fuse(model)`: run an existing model's convolution blocks fused: the generator's
-ConvTranspose2d -> BatchNorm2d -> ReLU and the discriminator's Conv2d -> BatchNorm2d -> LeakyReLU.
+ConvTranspose2d -> BatchNorm2d -> ReLU and the discriminator's Conv2d -> BatchNorm2d -> LeakyReLU,
+and the same runs with a fastgan.nn.VirtualBatchNorm2d in place of the BatchNorm2d.
 
 The model keeps its modules, parameters and buffers: every `nn.Sequential` that holds such a run
 becomes a `FusedSequential` in place (a subclass whose forward runs each run as one fused call
@@ -17,13 +18,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .nn import Conv2dBNLeakyReLU, ConvTransposeBNReLU2d
+from .nn import Conv2dBNLeakyReLU, Conv2dVBNLeakyReLU, ConvTransposeBNReLU2d, ConvTransposeVBNReLU2d, VirtualBatchNorm2d
 from .nn.sync_batch_norm import FusedSyncBatchNorm, release
 
 # (conv type, activation type) -> (fused module, the pattern's name)
 PATTERNS = {
     (nn.ConvTranspose2d, nn.ReLU): (ConvTransposeBNReLU2d, "ConvTranspose2d -> BatchNorm2d -> ReLU"),
     (nn.Conv2d, nn.LeakyReLU): (Conv2dBNLeakyReLU, "Conv2d -> BatchNorm2d -> LeakyReLU"),
+}
+
+# The same runs with a VirtualBatchNorm2d (issue 18) in the middle.
+VBN_PATTERNS = {
+    (nn.ConvTranspose2d, nn.ReLU): (ConvTransposeVBNReLU2d, "ConvTranspose2d -> VirtualBatchNorm2d -> ReLU"),
+    (nn.Conv2d, nn.LeakyReLU): (Conv2dVBNLeakyReLU, "Conv2d -> VirtualBatchNorm2d -> LeakyReLU"),
 }
 
 
@@ -43,6 +50,8 @@ def _fused_block(children, impl):
     """(the fused module over children (conv, bn, act), the pattern's name) if they form a run it
     can run, else None."""
     conv, bn, act = children
+    if type(bn) is VirtualBatchNorm2d:
+        return _fused_vbn_block(conv, bn, act, impl)
     pattern = PATTERNS.get((type(conv), type(act)))
     if pattern is None or type(bn) not in BATCH_NORMS:
         return None
@@ -52,6 +61,19 @@ def _fused_block(children, impl):
             return ConvTransposeBNReLU2d.from_modules(conv, bn, impl=impl), name
         return Conv2dBNLeakyReLU.from_modules(conv, bn, act, impl=impl), name
     except ValueError:  # groups, dilation, padding_mode or channel counts it does not support
+        return None
+
+
+def _fused_vbn_block(conv, vbn, act, impl):
+    pattern = VBN_PATTERNS.get((type(conv), type(act)))
+    if pattern is None:
+        return None
+    module, name = pattern
+    try:
+        if module is ConvTransposeVBNReLU2d:
+            return ConvTransposeVBNReLU2d.from_modules(conv, vbn, impl=impl), name
+        return Conv2dVBNLeakyReLU.from_modules(conv, vbn, act, impl=impl), name
+    except ValueError:
         return None
 
 

@@ -39,6 +39,7 @@ class Case:
     eager_bytes: Optional[Callable] = None  # (shape, itemsize) -> bytes eager needs: where that is
     #                       more than the device has free, eager and compile are reported n/a
     #                       (out of memory) instead of run
+    backends: tuple = ("cpu", "triton", "cuda")  # the fastgan backends the op has (others are not run)
     gpu_shapes: Optional[list] = None        # --device cuda: GPU-sized shapes (default: shapes)
     gpu_quick_shapes: Optional[list] = None  # --device cuda --quick (default: quick_shapes): one or two,
     #                       as the GPU CI step has about 50 s for all the ops
@@ -59,7 +60,8 @@ class Case:
 
 # Imported after Case is defined: the case modules import it from this package.
 from . import (bias_act, bias_act_pixel_norm, blend_reals, conv2d_bn_leaky_relu, conv_transpose_bn_relu,  # noqa: E402
-               equalized_conv, fade_in, fade_in_from_rgb, minibatch_discrimination, minibatch_stddev, pixel_norm)
+               equalized_conv, fade_in, fade_in_from_rgb, minibatch_discrimination, minibatch_stddev, pixel_norm,
+               virtual_batch_norm)
 
 CASES = [
     fade_in.CASE, blend_reals.CASE, pixel_norm.CASE,                # progressive growing (issue 2)
@@ -68,4 +70,5 @@ CASES = [
     minibatch_discrimination.CASE,
     bias_act.CASE, bias_act_pixel_norm.CASE, equalized_conv.CASE,   # equalized layers
     minibatch_stddev.CASE, fade_in_from_rgb.CASE,                   # the ProGAN discriminator
+    virtual_batch_norm.VBN, virtual_batch_norm.BLOCK,              # issue 18 (cpu backend only)
 ]

@@ -7,6 +7,7 @@ from .equalized import EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinea
 from .minibatch_discrimination import MinibatchDiscrimination
 from .progressive import FadeIn, PixelNorm
 from .sync_batch_norm import FusedSyncBatchNorm
+from .virtual_batch_norm import Conv2dVBNLeakyReLU, ConvTransposeVBNReLU2d, VirtualBatchNorm2d
 
 __all__ = [
     "FadeIn",
@@ -20,4 +21,7 @@ __all__ = [
     "FadeInFromRGB",
     "MinibatchStdDev",
     "FusedSyncBatchNorm",
+    "VirtualBatchNorm2d",
+    "ConvTransposeVBNReLU2d",
+    "Conv2dVBNLeakyReLU",
 ]

@@ -12,6 +12,9 @@ from .minibatch_discrimination import (minibatch_discrimination, minibatch_discr
 from .minibatch_stddev import minibatch_stddev, minibatch_stddev_reference
 from .pixel_norm import pixel_norm, pixel_norm_reference
 from .schedule import fade_alpha
+from .virtual_batch_norm import virtual_batch_norm, virtual_batch_norm_reference
+from .conv_vbn import (conv2d_vbn_leaky_relu, conv2d_vbn_leaky_relu_reference, conv_transpose_vbn_relu,
+                       conv_transpose_vbn_relu_reference)
 from ._sync_batch_norm import WORLD
 
 __all__ = [
@@ -39,4 +42,10 @@ __all__ = [
     "fade_in_from_rgb_reference",
     "minibatch_stddev",
     "minibatch_stddev_reference",
+    "virtual_batch_norm",
+    "virtual_batch_norm_reference",
+    "conv_transpose_vbn_relu",
+    "conv_transpose_vbn_relu_reference",
+    "conv2d_vbn_leaky_relu",
+    "conv2d_vbn_leaky_relu_reference",
 ]
