@@ -11,7 +11,7 @@ import fastgan
 from fastgan._backend import BackendUnavailableError
 from fastgan.ops import virtual_batch_norm
 from fastgan.ops.virtual_batch_norm import check_backend
-from helpers import TOLERANCES, UNIT_ROUNDOFF, randn
+from helpers import TOLERANCES, UNIT_ROUNDOFF, conv_tolerance, randn
 
 IMPLS = ["reference", "cpu"]
 ODD = (7, 3, 5, 5)
@@ -223,6 +223,24 @@ def test_block_float64(name, block, want_fn, impl):
     for g, w in zip(grads(got, inputs, gy), grads(want, inputs, gy)):
         # the conv bias cancels: its gradient is exactly 0 for cpu, ~1e-16 for the reference
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name, block, want_fn", BLOCKS, ids=[b[0] for b in BLOCKS])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_block_under_autocast(name, block, want_fn, impl):
+    """Under torch.autocast("cpu", bfloat16) the convolution's operands go to bfloat16 as eager's do
+    (the output is bfloat16, gradients come back in their parameters' float32), and y matches the
+    definition in float64 from the same rounded operands within conv_tolerance's bfloat16 bound."""
+    x, w, b, gamma, beta = (t.detach().float().requires_grad_() for t in _block_inputs(name == "transposed"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(x, w, b, gamma, beta, impl=impl)
+    assert y.dtype == torch.bfloat16
+    rounded = [t.detach().to(torch.bfloat16).double() for t in (x, w, b)]
+    want = want_fn(*rounded, gamma.detach().double(), beta.detach().double())
+    torch.testing.assert_close(y.double(), want, **conv_tolerance(torch.bfloat16))
+    y.backward(torch.randn_like(y))
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 and t.grad.isfinite().all()
+               for t in (x, w, gamma, beta))
 
 
 @pytest.mark.parametrize("name, block, want_fn", BLOCKS, ids=[b[0] for b in BLOCKS])

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .._backend import resolve
 from .._checks import as_layout, check_eps, empty
+from ._autocast import lower
 from ._batch_norm import (LAYOUT, call, cancelled_bias_grad, check_block_arguments, dense_weight, in_stats_dtype,
                           pair, saved_input, saved_input_fake, stats_dtype)
 from ._dispatch import fused_op, kernels, to_layout
@@ -44,6 +45,7 @@ def conv_transpose_vbn_relu(x, weight, bias, bn_weight, bn_bias, ref_size, eps=1
 
     x [N, C_in, H, W] with the reference batch as its first ref_size samples, weight [C_in, C_out,
     kH, kW], bias / bn_weight / bn_bias [C_out] or None. `training`: as virtual_batch_norm's."""
+    x, weight, bias = lower(x.device.type, x, weight, bias)  # as torch.autocast casts a convolution
     check_block_arguments(x, weight, 0, bias, bn_weight, bn_bias, None, None, training, 0.1, None)
     sizes = [pair(stride, "stride", 1), pair(padding, "padding", 0), pair(output_padding, "output_padding", 0)]
     return _block(x, weight, bias, bn_weight, bn_bias, ref_size, eps, sizes, True, 0.0, training, impl)
@@ -55,6 +57,7 @@ def conv2d_vbn_leaky_relu(x, weight, bias, bn_weight, bn_bias, ref_size, eps=1e-
 
     x [N, C_in, H, W] with the reference batch as its first ref_size samples, weight [C_out, C_in,
     kH, kW], bias / bn_weight / bn_bias [C_out] or None. `training`: as virtual_batch_norm's."""
+    x, weight, bias = lower(x.device.type, x, weight, bias)  # as torch.autocast casts a convolution
     check_block_arguments(x, weight, 1, bias, bn_weight, bn_bias, None, None, training, 0.1, None)
     if not isinstance(negative_slope, (int, float)) or isinstance(negative_slope, bool):
         raise TypeError(f"fastgan: negative_slope must be a number, got {type(negative_slope).__name__}")
