@@ -7,13 +7,11 @@ import torch
 from .sync_batch_norm import adopt, is_sync_batch_norm, module_process_group
 
 
-def check_conv_bn(conv, bn, conv_type):
-    """The modules a fused block can run: a plain `conv_type` and a BatchNorm2d (or SyncBatchNorm,
-    issue 17) over its outputs."""
+def check_conv(conv, conv_type):
+    """The convolution a fused block can run: a plain `conv_type` (groups 1, no dilation, zero padding
+    given as numbers)."""
     if not isinstance(conv, conv_type):
         raise TypeError(f"fastgan: conv must be an nn.{conv_type.__name__}, got {type(conv).__name__}")
-    if not isinstance(bn, torch.nn.BatchNorm2d) and not is_sync_batch_norm(bn):
-        raise TypeError(f"fastgan: bn must be an nn.BatchNorm2d or nn.SyncBatchNorm, got {type(bn).__name__}")
     unsupported = {"groups": (conv.groups, 1), "dilation": (tuple(conv.dilation), (1, 1)),
                    "padding_mode": (conv.padding_mode, "zeros")}
     for name, (got, want) in unsupported.items():
@@ -21,9 +19,22 @@ def check_conv_bn(conv, bn, conv_type):
             raise ValueError(f"fastgan: conv.{name} must be {want!r} for the fused block, got {got!r}")
     if isinstance(conv.padding, str):
         raise ValueError(f"fastgan: conv.padding must be numbers for the fused block, got {conv.padding!r}")
-    if bn.num_features != conv.out_channels:
-        raise ValueError(f"fastgan: bn.num_features ({bn.num_features}) must equal conv.out_channels "
+
+
+def check_normalization(norm, name, conv):
+    """A normalization over conv's outputs: as many features as conv has output channels."""
+    if norm.num_features != conv.out_channels:
+        raise ValueError(f"fastgan: {name}.num_features ({norm.num_features}) must equal conv.out_channels "
                          f"({conv.out_channels})")
+
+
+def check_conv_bn(conv, bn, conv_type):
+    """The modules a fused block can run: a plain `conv_type` and a BatchNorm2d (or SyncBatchNorm,
+    issue 17) over its outputs."""
+    check_conv(conv, conv_type)
+    if not isinstance(bn, torch.nn.BatchNorm2d) and not is_sync_batch_norm(bn):
+        raise TypeError(f"fastgan: bn must be an nn.BatchNorm2d or nn.SyncBatchNorm, got {type(bn).__name__}")
+    check_normalization(bn, "bn", conv)
 
 
 def block_over(cls, conv, bn, **attributes):

@@ -4,7 +4,7 @@ ConvTranspose2d -> VirtualBatchNorm2d -> ReLU and Conv2d -> VirtualBatchNorm2d -
 import torch
 
 from .. import ops
-from ._conv_bn import block_over
+from ._conv_bn import block_over, check_conv, check_normalization
 
 
 class VirtualBatchNorm2d(torch.nn.Module):
@@ -37,20 +37,10 @@ class VirtualBatchNorm2d(torch.nn.Module):
 
 
 def _check_conv_vbn(conv, vbn, conv_type):
-    if not isinstance(conv, conv_type):
-        raise TypeError(f"fastgan: conv must be an nn.{conv_type.__name__}, got {type(conv).__name__}")
+    check_conv(conv, conv_type)
     if not isinstance(vbn, VirtualBatchNorm2d):
         raise TypeError(f"fastgan: vbn must be a fastgan.nn.VirtualBatchNorm2d, got {type(vbn).__name__}")
-    unsupported = {"groups": (conv.groups, 1), "dilation": (tuple(conv.dilation), (1, 1)),
-                   "padding_mode": (conv.padding_mode, "zeros")}
-    for name, (got, want) in unsupported.items():
-        if got != want:
-            raise ValueError(f"fastgan: conv.{name} must be {want!r} for the fused block, got {got!r}")
-    if isinstance(conv.padding, str):
-        raise ValueError(f"fastgan: conv.padding must be numbers for the fused block, got {conv.padding!r}")
-    if vbn.num_features != conv.out_channels:
-        raise ValueError(f"fastgan: vbn.num_features ({vbn.num_features}) must equal conv.out_channels "
-                         f"({conv.out_channels})")
+    check_normalization(vbn, "vbn", conv)
 
 
 class ConvTransposeVBNReLU2d(torch.nn.Module):
