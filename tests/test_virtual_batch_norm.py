@@ -74,6 +74,25 @@ def test_float64_parity_edge_shapes(shape):
             torch.testing.assert_close(g, w, **TOLERANCES[torch.float64])
 
 
+# float32 without an activation only: with one, an element within float32's rounding of the kink
+# could take the other side from float64's (the float64 cases check the activations).
+@pytest.mark.parametrize("dtype,slope", [(torch.float64, None), (torch.float64, 0.0), (torch.float64, 0.2),
+                                         (torch.float32, None)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_vector_lanes_and_tails(layout, slope, dtype):
+    """The backward's vector loops (csrc/cpu/virtual_batch_norm.cpp): 37 channels and 19 pixels are
+    whole vectors of 8 doubles / 16 floats and a tail, in either layout, each activation."""
+    z = randn((4, 37, 1, 19), layout, dtype).requires_grad_()
+    gamma, beta = (t.to(dtype).requires_grad_() for t in affine(37))
+    exact = [t.detach().double().requires_grad_() for t in (z, gamma, beta)]
+    want = definition(exact[0], 2, exact[1], exact[2], slope=slope)
+    got = virtual_batch_norm(z, 2, gamma, beta, negative_slope=slope, impl="cpu")
+    gy = torch.randn(want.shape, dtype=torch.float64)
+    tol = TOLERANCES[dtype]
+    for g, w in zip(grads(got, (z, gamma, beta), gy.to(dtype)), grads(want, exact, gy)):
+        torch.testing.assert_close(g.double(), w, rtol=tol["rtol"], atol=tol["atol"] * max(1, w.abs().max().item()))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 def test_low_precision(dtype, layout):
