@@ -32,7 +32,7 @@ import distributed  # noqa: E402
 import images  # noqa: E402
 import runtime  # noqa: E402
 
-from fastgan.distributed import data_parallel, synchronized, unwrapped  # noqa: E402
+from fastgan.distributed import data_parallel, unwrapped  # noqa: E402
 from fastgan.fusion import fuse  # noqa: E402
 from fastgan.models import DCGANDiscriminator, DCGANGenerator, dcgan_optimizers, dcgan_step  # noqa: E402
 from fastgan.models.amp import AMP_DTYPES  # noqa: E402
