@@ -178,7 +178,9 @@ void normalize(const T* z, T* y, const acc_t<T>* mean, const acc_t<T>* scale, co
       T* __restrict__ yp = y + q * d.c;
       const A* __restrict__ mu = mean + i * d.c;
       const A* __restrict__ sc = scale + i * d.c;
-      for (int64_t ch = 0; ch < d.c; ++ch) yp[ch] = static_cast<T>(act((static_cast<A>(zp[ch]) - mu[ch]) * sc[ch] + beta[ch], slope));
+      for (int64_t ch = 0; ch < d.c; ++ch) {
+        yp[ch] = static_cast<T>(act((static_cast<A>(zp[ch]) - mu[ch]) * sc[ch] + beta[ch], slope));
+      }
     }
   });
 }
