@@ -11,6 +11,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "sum_except.h"
+
 namespace fastgan {
 
 // The typed handle of the kernel op `name` ("fastgan_cpu::bias_act"), looked up once per name.
@@ -22,6 +24,14 @@ c10::TypedOperatorHandle<Signature> kernel_op(const char* name) {
 using BiasActSignature = at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double, double,
                                     double, double, double);
 using BiasActBackwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, double, double, double, double);
+using BiasActBackwardBiasSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t,
+                                                                         double, double, double, double, double);
+
+// The layout of a kernel op's dense input, which its companions must share (an NCHW loss gradient
+// of a channels-last y goes to y's layout first).
+inline at::MemoryFormat layout_of(const at::Tensor& t) {
+  return t.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
+}
 
 // grad_x = bias_act_backward(grad, y): linear in grad and piecewise constant in y, so its own
 // backward is the same op on the incoming gradient, and nothing for y (schemas.h).
@@ -34,9 +44,7 @@ struct BiasActBackwardFunction : torch::autograd::Function<BiasActBackwardFuncti
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({y});
     ctx->saved_data["params"] = c10::List<double>({slope, gain, x_mul, clamp});
-    // The kernel takes grad in y's layout (an NCHW loss gradient of a channels-last y, say).
-    return op.call(grad.contiguous(y.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast),
-                   y, slope, gain, x_mul, clamp);
+    return op.call(grad.contiguous(layout_of(y)), y, slope, gain, x_mul, clamp);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -92,6 +100,17 @@ struct BiasActFunction : torch::autograd::Function<BiasActFunction<Names>> {
     const at::Tensor y = ctx->get_saved_variables()[0];
     const auto p = ctx->saved_data["params"].toDoubleList();
     const double slope = p[0], gain = p[1], x_mul = p[2], b_mul = p[3], clamp = p[4];
+    if (need_bias && x_mul != 0 && !at::GradMode::is_enabled()) {
+      // Not differentiated again: grad_x and the bias's sum in one pass over grad and y.
+      static const auto op = kernel_op<BiasActBackwardBiasSignature>(Names::kBiasActBackwardBias);
+      at::AutoDispatchBelowADInplaceOrView below;
+      const auto dim = ctx->saved_data["dim"].toInt();
+      auto [grad_x, grad_bias] = op.call(grad.contiguous(layout_of(y)), y, dim, slope, gain, x_mul, b_mul / x_mul,
+                                         clamp);
+      if (need_x) out[0] = std::move(grad_x);
+      out[1] = std::move(grad_bias);
+      return out;
+    }
     const at::Tensor grad_x = BiasActBackwardFunction<Names>::apply(grad, y, slope, gain, x_mul, clamp);
     if (need_x) out[0] = grad_x;
     if (need_bias) {
@@ -103,18 +122,6 @@ struct BiasActFunction : torch::autograd::Function<BiasActFunction<Names>> {
     return out;
   }
 
-  // The sum of t over all dims but `dim`, times scale, accumulated and scaled in float32 (float64 for
-  // float64) and rounded to t's dtype once.
-  static at::Tensor sum_except(const at::Tensor& t, int64_t dim, double scale) {
-    const auto acc = t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    std::vector<int64_t> dims;
-    for (int64_t d = 0; d < t.dim(); ++d) {
-      if (d != dim) dims.push_back(d);
-    }
-    at::Tensor s = dims.empty() ? t.to(acc, /*non_blocking=*/false, /*copy=*/true) : at::sum(t, dims, false, acc);
-    if (scale != 1) s = s * scale;
-    return s.to(t.scalar_type());
-  }
 };
 
 // Registers the Autograd kernels of `Names`'s ops (FASTGAN_REGISTER_AUTOGRAD below).

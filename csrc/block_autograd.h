@@ -25,10 +25,6 @@ using Sizes = std::vector<int64_t>;
 
 inline bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 
-inline at::MemoryFormat layout_of(const at::Tensor& t) {
-  return t.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
-}
-
 // The weight as the kernels take it: dense in its own layout (no copy for NCHW or channels-last).
 inline at::Tensor dense_weight(const at::Tensor& w) {
   return w.is_contiguous() || w.is_contiguous(at::MemoryFormat::ChannelsLast) ? w : w.contiguous();

@@ -121,6 +121,12 @@ inline void define_kernel_schemas(torch::Library& m) {
   // output of bias_act (same signs as its pre-activation since gain > 0 and slope >= 0). Linear in
   // grad and piecewise constant in y: its own backward is this op again.
   m.def("bias_act_backward(Tensor grad, Tensor y, float slope, float gain, float x_mul, float clamp) -> Tensor");
+  // (grad_x, grad_bias) in one pass over grad and y: grad_x as bias_act_backward and grad_bias[c] =
+  // b_scale * the sum of grad_x (as rounded to y's dtype) over all dims but `dim`, accumulated in
+  // float32 (float64 for float64) and rounded once to y's dtype: the bias's gradient without a
+  // second pass over grad_x. Channels-last inputs are 4-D with dim == 1.
+  m.def("bias_act_backward_bias(Tensor grad, Tensor y, int dim, float slope, float gain, float x_mul, "
+        "float b_scale, float clamp) -> (Tensor, Tensor)");
   // SPEC 3 + 4 (the ProGAN generator): y = pixel_norm(a), a = lrelu(x + bias[c], slope) * gain,
   // normalizing over dim 1 (bias: [C]); a is never stored.
   m.def("bias_act_pixel_norm(Tensor x, Tensor bias, float slope, float gain, float eps) -> Tensor");

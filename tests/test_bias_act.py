@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import fastgan
+from fastgan.ops._dispatch import kernels
 from fastgan.ops.bias_act import act_params, bias_act_reference, bias_shape, sum_except
 from helpers import (CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, UNIT_ROUNDOFF, assert_bias_grad_close, assert_close,
                      gradchecks, randn)
@@ -302,6 +303,67 @@ def test_sum_except_scales_exactly(dtype, scale):
     assert torch.equal(got, (v.to(acc) * scale).to(dtype))
 
 
+# (shape, dim, layout) of the fused backward's kernel: NCHW planes (a bias value a row, rows of a
+# channel apart), channels-last and [N, C] rows (the bias along the row), odd sizes for the vector
+# tails, and more rows than one run can take (the runs' partial sums merged: 2 threads here).
+BACKWARD_BIAS_CASES = [((2, 7, 5, 3), 1, "contiguous"), ((2, 7, 5, 3), 1, "channels_last"), ((9, 37), 1, "contiguous"),
+                       ((9, 37), 0, "contiguous"), ((41,), 0, "contiguous"), ((2, 3, 4, 5), 2, "contiguous"),
+                       ((64, 40, 8, 8), 1, "contiguous"), ((64, 40, 8, 8), 1, "channels_last")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", BACKWARD_BIAS_CASES, ids=str)
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_backward_bias_kernel(impl, case, dtype):
+    """bias_act_backward_bias: grad_x bit for bit bias_act_backward's, and the bias's gradient the scaled
+    sum of that grad_x as stored, against the float64 sum; every variant (the linear one reads no y)."""
+    shape, dim, layout = case
+    if impl == "triton" and (dtype in (torch.bfloat16, torch.float16) or math.prod(shape) > 10_000):
+        pytest.skip("the interpreter: float32 / float64 and small shapes")
+    k = kernels(impl)
+    for variant in VARIANTS:
+        slope, gain, clamp = act_params(*variant[:4])
+        x_mul, b_scale = variant[4], -0.37
+        y, grad = randn(shape, layout, dtype), randn(shape, layout, dtype)
+        got_x, got_b = k.bias_act_backward_bias(grad, y, dim, slope, gain, x_mul, b_scale, clamp)
+        want_x = k.bias_act_backward(grad, y, slope, gain, x_mul, clamp)
+        assert torch.equal(got_x, want_x) and got_x.stride() == want_x.stride()
+        assert got_b.dtype == dtype and tuple(got_b.shape) == (shape[dim],)
+        terms = want_x.double() * b_scale
+        assert_bias_grad_close(got_b, sum_except(terms, dim), terms, dim, dtype)
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_backward_bias_kernel_empty(impl):
+    """No elements: grad_x empty, the bias's gradient zeros (an empty sum), not garbage."""
+    y = torch.randn(0, 5, 3, 3)
+    got_x, got_b = kernels(impl).bias_act_backward_bias(y, y, 1, 0.2, 1.0, 1.0, 1.0, -1.0)
+    assert got_x.shape == y.shape and torch.equal(got_b, torch.zeros(5))
+
+
+def _dispatched(fn):
+    """The names of the ops that fn dispatches (the profiler's CPU events)."""
+    with torch.autograd.profiler.profile() as prof:
+        fn()
+    return [e.name for e in prof.function_events]
+
+
+def test_backward_sums_the_bias_in_the_kernel():
+    """A plain cpu backward gets grad_x and the bias's gradient from one kernel op (one pass over grad and y,
+    no separate sum); create_graph keeps the differentiable pair (bias_act_backward, then the sum). (The
+    triton and cuda kernel ops are still that pair inside.)"""
+    impl = "cpu"
+    x = randn((2, 5, 3, 4)).requires_grad_()
+    b = randn((5,)).requires_grad_()
+    y = fastgan.ops.bias_act(x, b, "lrelu", x_mul=0.7, b_mul=0.5, impl=impl)
+    g = torch.randn_like(y)
+    names = _dispatched(lambda: torch.autograd.grad(y, (x, b), g, retain_graph=True))
+    assert any(n.endswith("bias_act_backward_bias") for n in names), names
+    assert "aten::sum" not in names
+    names = _dispatched(lambda: torch.autograd.grad(y, (x, b), g, create_graph=True))
+    assert not any(n.endswith("bias_act_backward_bias") for n in names) and "aten::sum" in names
+
+
 BIAS_ACT_KERNELS = ["bias_act", "bias_act_backward", "bias_act_pixel_norm", "bias_act_pixel_norm_backward"]
 
 
@@ -314,7 +376,7 @@ def test_extensions_register_the_kernels(namespace, key, module):
         if module == "_C" or os.environ.get("FASTGAN_REQUIRE_CUDA_EXT") == "1":
             pytest.fail(_extensions.load_error(module))
         pytest.skip(f"{module} not built: {_extensions.load_error(module)}")
-    for op in BIAS_ACT_KERNELS:
+    for op in [*BIAS_ACT_KERNELS, "bias_act_backward_bias"]:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{namespace}::{op}", key), op
 
 

@@ -7,6 +7,8 @@
 // against the bias vector. Vector code on at::vec chunks (half types in float).
 #include "bias_act.h"
 
+#include <vector>
+
 namespace fastgan::cpu {
 namespace {
 
@@ -130,11 +132,122 @@ at::Tensor bias_act_backward(const at::Tensor& grad, const at::Tensor& y, double
   return gx;
 }
 
+// grad_x[j] = grad[j] * factor for j < n (factor: ep's of y[j], or the constant k when `linear`),
+// each value as stored in T added to sums[j] (cols: rows of C against the bias) or to the returned
+// sum (a row sharing one bias value).
+template <typename T, bool kCols>
+at::opmath_type<T> backward_row(const T* g, const T* y, T* gx, int64_t n, const Epilogue<T>& ep, bool linear,
+                                at::opmath_type<T>* sums) {
+  using acc_t = at::opmath_type<T>;
+  using Vec = AccVec<T>;
+  const acc_t k = ep.x_mul * ep.gain;
+  int64_t j = 0;
+  acc_t total = 0;
+  if constexpr (kChunked<T>) {
+    Chunk<T> acc;
+    acc.fill(Vec(0));
+    for (; j + kChunk<T> <= n; j += kChunk<T>) {
+      auto v = load_chunk(g + j);
+      if (linear) {
+        for (auto& part : v) part = part * Vec(k);
+      } else {
+        const auto f = load_chunk(y + j);
+        for (int p = 0; p < kParts<T>; ++p) v[p] = v[p] * ep.factor(f[p]);
+      }
+      store_chunk(gx + j, v);
+      if constexpr (kReduced<T>) v = load_chunk(gx + j);  // the sum reads grad_x as stored
+      if constexpr (kCols) {
+        auto s = load_acc_chunk<T>(sums + j);
+        for (int p = 0; p < kParts<T>; ++p) s[p] = s[p] + v[p];
+        store_acc_chunk<T>(sums + j, s);
+      } else {
+        for (int p = 0; p < kParts<T>; ++p) acc[p] = acc[p] + v[p];
+      }
+    }
+    if constexpr (!kCols) {
+      std::array<acc_t, kParts<T> * Vec::size()> lanes;
+      store_acc_chunk<T>(lanes.data(), acc);
+      for (const acc_t lane : lanes) total += lane;
+    }
+  }
+  for (; j < n; ++j) {
+    const acc_t f = linear ? k : ep.factor(static_cast<acc_t>(y[j]));
+    gx[j] = static_cast<T>(static_cast<acc_t>(g[j]) * f);
+    if constexpr (kCols) {
+      sums[j] += static_cast<acc_t>(gx[j]);
+    } else {
+      total += static_cast<acc_t>(gx[j]);
+    }
+  }
+  return total;
+}
+
+std::tuple<at::Tensor, at::Tensor> bias_act_backward_bias(const at::Tensor& grad, const at::Tensor& y, int64_t dim,
+                                                          double slope, double gain, double x_mul, double b_scale,
+                                                          double clamp) {
+  TORCH_CHECK(y.dim() >= 1 && dim >= 0 && dim < y.dim(), "fastgan_cpu::bias_act_backward_bias: dim ", dim,
+              " out of range for y of sizes ", y.sizes());
+  TORCH_CHECK(grad.sizes() == y.sizes(), "fastgan_cpu::bias_act_backward_bias: grad and y must have the same "
+              "shape, got ", grad.sizes(), " and ", y.sizes());
+  const auto fmt = layout_of(y, "y");
+  check_like(grad, "grad", y, fmt);
+  TORCH_CHECK(fmt == at::MemoryFormat::Contiguous || dim == 1,
+              "fastgan_cpu::bias_act_backward_bias: a channels-last y takes its bias along dim 1, got dim ", dim);
+  auto gx = at::empty(y.sizes(), y.options().memory_format(fmt));
+  const int64_t c = y.size(dim);
+  auto gb = at::empty({c}, y.options().memory_format(at::MemoryFormat::Contiguous));
+  // y as [outer, C, in] along dim (channels-last: C innermost, in = 1), seen as rows of `len` values:
+  // rows of C against the bias (in = 1), else rows of `in` values sharing bias[row % C].
+  int64_t in = 1;
+  if (fmt == at::MemoryFormat::Contiguous) {
+    for (int64_t d = dim + 1; d < y.dim(); ++d) in *= y.size(d);
+  }
+  const int64_t len = in == 1 ? c : in;
+  const int64_t rows = len == 0 ? 0 : y.numel() / len;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fastgan_cpu::bias_act_backward_bias",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Epilogue<scalar_t> ep{static_cast<acc_t>(x_mul), static_cast<acc_t>(slope), static_cast<acc_t>(gain),
+                                static_cast<acc_t>(clamp)};
+    const bool linear = slope == 1.0 && clamp < 0;  // a constant factor, y unread
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    scalar_t* op = gx.mutable_data_ptr<scalar_t>();
+    // Fixed runs of rows, each with its own partial sums, added in run order afterwards: the sums
+    // depend on the thread count (as at::sum's do), not on the scheduling.
+    const int64_t runs = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                                rows / grain(len)));
+    const int64_t per = (rows + runs - 1) / runs;
+    std::vector<acc_t> partial(runs * c, acc_t(0));
+    at::parallel_for(0, runs, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        acc_t* sums = partial.data() + t * c;
+        for (int64_t r = t * per; r < std::min(rows, (t + 1) * per); ++r) {
+          const int64_t o = r * len;
+          if (in == 1) {
+            backward_row<scalar_t, true>(gp + o, yp + o, op + o, len, ep, linear, sums);
+          } else {
+            sums[r % c] += backward_row<scalar_t, false>(gp + o, yp + o, op + o, len, ep, linear, nullptr);
+          }
+        }
+      }
+    });
+    scalar_t* bp = gb.mutable_data_ptr<scalar_t>();
+    for (int64_t ch = 0; ch < c; ++ch) {
+      acc_t s = 0;
+      for (int64_t t = 0; t < runs; ++t) s += partial[t * c + ch];
+      bp[ch] = static_cast<scalar_t>(s * static_cast<acc_t>(b_scale));
+    }
+  });
+  return {gx, gb};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan_cpu, CPU, m) {
   m.impl("bias_act", &bias_act);
   m.impl("bias_act_backward", &bias_act_backward);
+  m.impl("bias_act_backward_bias", &bias_act_backward_bias);
 }
 
 }  // namespace fastgan::cpu

@@ -4,6 +4,7 @@
 // Both elementwise, grid-stride. The bias index of element i is (i / inner) % C,
 // inner = the product of the sizes after dim (1 in channels-last).
 #include "bias_act.cuh"
+#include "sum_except.h"
 
 namespace fastgan::cuda {
 namespace {
@@ -113,10 +114,24 @@ at::Tensor bias_act_backward_cuda(const at::Tensor& grad, const at::Tensor& y, d
   return out;
 }
 
+// The elementwise kernel, then ATen's reduction for the bias (two launches, as before this op): a
+// kernel that also reduces per channel is for a session that can run it on a GPU.
+std::tuple<at::Tensor, at::Tensor> bias_act_backward_bias_cuda(const at::Tensor& grad, const at::Tensor& y,
+                                                               int64_t dim, double slope, double gain, double x_mul,
+                                                               double b_scale, double clamp) {
+  TORCH_CHECK(y.dim() >= 1 && dim >= 0 && dim < y.dim(), "fastgan_cuda::bias_act_backward_bias: dim ", dim,
+              " out of range for y of sizes ", y.sizes());
+  TORCH_CHECK(y.is_contiguous() || dim == 1,
+              "fastgan_cuda::bias_act_backward_bias: a channels-last y takes its bias along dim 1, got dim ", dim);
+  at::Tensor grad_x = bias_act_backward_cuda(grad, y, slope, gain, x_mul, clamp);
+  return {grad_x, fastgan::sum_except(grad_x, dim, b_scale)};
+}
+
 }  // namespace
 }  // namespace fastgan::cuda
 
 TORCH_LIBRARY_IMPL(fastgan_cuda, CUDA, m) {
   m.impl("bias_act", &fastgan::cuda::bias_act_cuda);
   m.impl("bias_act_backward", &fastgan::cuda::bias_act_backward_cuda);
+  m.impl("bias_act_backward_bias", &fastgan::cuda::bias_act_backward_bias_cuda);
 }

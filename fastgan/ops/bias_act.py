@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .._backend import resolve
 from .._checks import as_layout, check_device, check_tensor, empty, memory_format
+from ._batch_norm import call
 from ._dispatch import _traced, fused_op, kernels
 
 ACTIVATIONS = ("linear", "relu", "lrelu")
@@ -179,6 +180,11 @@ def _bias_act_bwd(ctx, grad):
     (y,) = ctx.saved_tensors
     dim, slope, gain, x_mul, b_mul, clamp, impl = ctx.params
     need_x, need_bias = ctx.needs_input_grad[:2]  # need_bias: bias is a tensor that requires grad
+    if need_bias and x_mul != 0 and not torch.is_grad_enabled():
+        # Not differentiated again: grad_x and the bias's sum in one pass over grad and y.
+        grad_x, grad_bias = call(bias_act_backward_bias, grad, y, dim, slope, gain, x_mul, b_mul / x_mul, clamp,
+                                 impl)
+        return grad_x if need_x else None, grad_bias, None, None, None, None, None, None, None
     grad_x = grad_bias = None
     if need_x or need_bias:
         grad_x = _bias_act_backward(grad, y, slope, gain, x_mul, clamp, impl)
@@ -201,6 +207,21 @@ def _bias_act_backward_bwd(ctx, gg):
     if ctx.needs_input_grad[0]:
         d_grad = _bias_act_backward(gg, y, ctx.slope, ctx.gain, ctx.x_mul, ctx.clamp, ctx.impl)
     return d_grad, None, None, None, None, None, None
+
+
+@torch.library.custom_op("fastgan::bias_act_backward_bias", mutates_args=())
+def bias_act_backward_bias(grad: torch.Tensor, y: torch.Tensor, dim: int, slope: float, gain: float, x_mul: float,
+                           b_scale: float, clamp: float, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_bias), grad_bias = b_scale * sum_except(grad_x, dim), from one pass of the kernels.
+    Not differentiable: the backward calls it only when it is not differentiated again."""
+    if not (y.is_contiguous() and grad.is_contiguous()):
+        grad, y = as_layout(grad, memory_format(y)), as_layout(y, memory_format(y))
+    return kernels(impl).bias_act_backward_bias(grad, y, dim, slope, gain, x_mul, b_scale, clamp)
+
+
+@bias_act_backward_bias.register_fake
+def _(grad, y, dim, slope, gain, x_mul, b_scale, clamp, impl):
+    return empty(y.shape, y, memory_format(y)), y.new_empty(y.shape[dim])
 
 
 _bias_act = fused_op("bias_act", _bias_act_kernel, _bias_act_fake, _bias_act_bwd, _save_output)

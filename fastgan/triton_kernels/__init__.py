@@ -11,7 +11,7 @@ it is launched with, for the ahead-of-time compile test (tests/test_triton_aot.p
 
 from ._common import KernelSpec
 from .bias_act import KERNEL_SPECS as _BIAS_ACT_SPECS
-from .bias_act import bias_act, bias_act_backward
+from .bias_act import bias_act, bias_act_backward, bias_act_backward_bias
 from .bias_act_pixel_norm import KERNEL_SPECS as _BIAS_ACT_PIXEL_NORM_SPECS
 from .bias_act_pixel_norm import bias_act_pixel_norm, bias_act_pixel_norm_backward
 from .blend_reals import KERNEL_SPECS as _BLEND_REALS_SPECS
@@ -66,6 +66,7 @@ __all__ = [
     "minibatch_discrimination_backward",
     "bias_act",
     "bias_act_backward",
+    "bias_act_backward_bias",
     "bias_act_pixel_norm",
     "bias_act_pixel_norm_backward",
     "minibatch_stddev",

@@ -107,6 +107,15 @@ def bias_act_backward(grad, y, slope, gain, x_mul, clamp):
     return out
 
 
+def bias_act_backward_bias(grad, y, dim, slope, gain, x_mul, b_scale, clamp):
+    """(grad_x, b_scale * its sum over all dims but dim): the elementwise kernel, then PyTorch's
+    reduction in float32 (float64 for float64), rounded once, as the other backends."""
+    from ..ops.bias_act import sum_except  # fastgan.ops loads this module: import when called
+
+    grad_x = bias_act_backward(grad, y, slope, gain, x_mul, clamp)
+    return grad_x, sum_except(grad_x, dim, b_scale)
+
+
 _SCALARS = {"slope": "fp64", "gain": "fp64", "x_mul": "fp64"}
 KERNEL_SPECS = [
     KernelSpec("bias_act", _bias_act_kernel,
