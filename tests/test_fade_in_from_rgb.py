@@ -205,3 +205,25 @@ def test_bad_alpha():
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         fastgan.ops.fade_in_from_rgb(*make((2, 3, 4, 2, 3)), 1.5, impl="cpu")
 
+
+
+@pytest.mark.parametrize("given", [(True, False, False, False), (True, True, False, False), (False, False, True, False),
+                                   (False, False, False, True), (True, True, True, True)], ids=str)
+def test_double_backward_skips_absent_gradients(given):
+    """The backward's own backward with some incoming gradients None (what a gradient penalty through img
+    sends: gg_img and gg_x_high): the same as with those gradients zero, which it no longer computes."""
+    img, x_high = randn((2, 3, 6, 4), dtype=torch.float64), randn((2, 5, 3, 2), dtype=torch.float64)
+    weight, bias = randn((5, 3, 1, 1), dtype=torch.float64), randn((5,), dtype=torch.float64)
+    inputs = [t.requires_grad_() for t in (img, x_high, weight, bias)]
+    out = fastgan.ops.fade_in_from_rgb(*inputs, 0.3, impl="cpu")
+    grad = randn(out.shape, dtype=torch.float64).requires_grad_()
+    firsts = torch.autograd.grad(out, inputs, grad, create_graph=True)
+    ggs = [randn(t.shape, dtype=torch.float64) for t in firsts]
+    wrt = [grad, img, weight, bias]
+    picked = [(f, g) for f, g, keep in zip(firsts, ggs, given) if keep]
+    got = torch.autograd.grad([f for f, _ in picked], wrt, [g for _, g in picked], retain_graph=True,
+                              allow_unused=True, materialize_grads=True)
+    zeros = [g if keep else torch.zeros_like(g) for g, keep in zip(ggs, given)]
+    want = torch.autograd.grad(firsts, wrt, zeros, allow_unused=True, materialize_grads=True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

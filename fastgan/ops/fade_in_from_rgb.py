@@ -109,6 +109,7 @@ def _save_forward(ctx, inputs, output):
 
 def _save_backward(ctx, inputs, output):
     ctx.scalars = inputs[4:]
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: its terms are skipped
     ctx.save_for_backward(*inputs[:4])  # grad, img, weight, bias
 
 
@@ -132,31 +133,42 @@ def _fade_in_from_rgb_backward_bwd(ctx, gg_img, gg_high, gg_weight, gg_bias):
     alpha, w_mul, b_mul, slope, _ = ctx.scalars
     # Each scalar enters on its own (t - t * alpha, not (1 - alpha) * t): traced with dynamic
     # shapes they are symbolic floats, and AOT autograd cannot turn compound ones into tensors.
+    # An incoming gradient that is None (zero) skips its terms: a gradient penalty through img
+    # brings gg_img and gg_x_high alone, and the convolutions with gg_weight would be of zeros.
     co, ci = weight.shape[:2]
+    need_grad = ctx.needs_input_grad[0]
+    need_img = ctx.needs_input_grad[1] and gg_weight is not None
+    need_weight = ctx.needs_input_grad[2] and gg_img is not None
+    d_grad = d_img = d_weight = None
+    if not (need_grad or need_img or need_weight):
+        return d_grad, d_img, d_weight, None, None, None, None, None, None
     p = F.avg_pool2d(img, 2)
     z = F.conv2d(p, weight * w_mul, bias * b_mul)
     pos = (z > 0).to(grad.dtype)
     m = pos + (1.0 - pos) * slope  # lrelu'(z)
-    mg = m * grad
-    gz = mg - mg * alpha
-    zero_w = torch.zeros_like(weight)
-    gg_weight = zero_w if gg_weight is None else gg_weight
     q = None if gg_img is None else F.avg_pool2d(gg_img, 2)
-    d_grad = d_img = d_weight = None
-    if ctx.needs_input_grad[0]:
-        t = F.conv2d(p, gg_weight * w_mul, None if gg_bias is None else gg_bias * b_mul)
+    if need_grad:
+        t = None  # the change of z
+        if gg_weight is not None:
+            t = F.conv2d(p, gg_weight * w_mul, None if gg_bias is None else gg_bias * b_mul)
+        elif gg_bias is not None:
+            t = (gg_bias * b_mul)[:, None, None]
         if q is not None:
-            t = t + F.conv2d(q, weight * w_mul)
-        mt = m * t
-        d_grad = mt - mt * alpha
+            t = F.conv2d(q, weight * w_mul) if t is None else t + F.conv2d(q, weight * w_mul)
+        if t is not None:
+            mt = m * t
+            d_grad = mt - mt * alpha
         if gg_high is not None:
-            d_grad = d_grad + gg_high * alpha
-    if ctx.needs_input_grad[1]:
+            d_grad = gg_high * alpha if d_grad is None else d_grad + gg_high * alpha
+    if need_img or need_weight:
+        mg = m * grad
+        gz = mg - mg * alpha
+    if need_img:
         d_p = F.conv2d(gz, gg_weight.transpose(0, 1) * w_mul) * 0.25
         n, _, h, w = d_p.shape  # nearest 2x up-sampling (F.interpolate's float scale breaks dynamic shapes)
         d_img = d_p[:, :, :, None, :, None].expand(n, ci, h, 2, w, 2).reshape(img.shape)
-    if ctx.needs_input_grad[2]:
-        d_weight = zero_w if q is None else (torch.einsum("nohw,nihw->oi", gz, q) * w_mul).reshape(co, ci, 1, 1)
+    if need_weight:
+        d_weight = (torch.einsum("nohw,nihw->oi", gz, q) * w_mul).reshape(co, ci, 1, 1)
     return d_grad, d_img, d_weight, None, None, None, None, None, None
 
 
