@@ -144,12 +144,26 @@ def _device_type(device):
     return _device_types[device]
 
 
+# CPython's dict behind os.environ, keyed by encoded names: os.environ.get encodes the name and
+# decodes the value on each call (~0.5 us), and _chosen runs on every call without impl=.
+_environ_data = getattr(os.environ, "_data", None)
+_env_key = os.environ.encodekey(ENV_VAR) if _environ_data is not None and hasattr(os.environ, "encodekey") else None
+
+
+def _environment():
+    """The value of FASTGAN_BACKEND now (monkeypatch.setenv and os.environ[...] = are seen), or None."""
+    if _env_key is None:
+        return os.environ.get(ENV_VAR)
+    value = _environ_data.get(_env_key)
+    return None if value is None else os.environ.decodevalue(value)
+
+
 def _chosen(device_type):
     """The backend of a call without impl=: the innermost context, the environment, the default."""
     stack = _state.stack
     if stack:
         return stack[-1]
-    impl = os.environ.get(ENV_VAR)
+    impl = _environment()
     if impl:
         _check_name(impl, f"{ENV_VAR} value")
         return impl

@@ -436,3 +436,35 @@ def test_cpu_autograd_is_cpp():
         torch.testing.assert_close(a, w, rtol=0, atol=0)
     torch.testing.assert_close(torch.autograd.grad(got[0], g, v)[0], torch.autograd.grad(want[0], g, v)[0],
                                rtol=0, atol=0)
+
+
+def test_cpu_graph_node_guards_its_saved_output():
+    """The C++ node saves y as PyTorch's own nodes save outputs: a second backward without retain_graph
+    and a backward after y was modified in place both raise, never a silently wrong gradient."""
+    x = randn((2, 5, 3, 4)).requires_grad_()
+    b = randn((5,)).requires_grad_()
+    y = fastgan.ops.bias_act(x, b, "lrelu", impl="cpu")
+    assert y.grad_fn.name() == "BiasActBackward"
+    y.sum().backward()
+    with pytest.raises(RuntimeError, match="second time"):
+        y.sum().backward()
+    y = fastgan.ops.bias_act(x, b, "lrelu", impl="cpu")
+    y.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(y.sum(), x)
+
+
+def test_cpu_graph_node_edges():
+    """Gradients only where asked: x alone, the bias alone, a bias that needs none, no bias at all."""
+    x = randn((2, 5, 3, 4)).requires_grad_()
+    b = randn((5,)).requires_grad_()
+    g = torch.randn(2, 5, 3, 4)
+    full = torch.autograd.grad(fastgan.ops.bias_act(x, b, "lrelu", impl="cpu"), (x, b), g)
+    for inputs, want in (((x,), full[:1]), ((b,), full[1:])):
+        got = torch.autograd.grad(fastgan.ops.bias_act(x, b, "lrelu", impl="cpu"), inputs, g)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    (got,) = torch.autograd.grad(fastgan.ops.bias_act(x, b.detach(), "lrelu", impl="cpu"), x, g)
+    torch.testing.assert_close(got, full[0], rtol=0, atol=0)
+    (got,) = torch.autograd.grad(fastgan.ops.bias_act(x, None, "lrelu", impl="cpu"), x, g)
+    assert got.shape == x.shape
+    assert fastgan.ops.bias_act(x.detach(), b.detach(), impl="cpu").grad_fn is None
