@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .nn import Conv2dBNLeakyReLU, Conv2dVBNLeakyReLU, ConvTransposeBNReLU2d, ConvTransposeVBNReLU2d, VirtualBatchNorm2d
+from .nn import (Conv2dBNLeakyReLU, Conv2dVBNLeakyReLU, ConvTransposeBNReLU2d, ConvTransposeVBNReLU2d, EqualizedConv2d,
+                 EqualizedConvTranspose2d, VirtualBatchNorm2d)
 from .nn.sync_batch_norm import FusedSyncBatchNorm, release
 
 # (conv type, activation type) -> (fused module, the pattern's name)
@@ -103,6 +104,19 @@ class FusedSequential(nn.Sequential):
         return x
 
 
+CONVS = (nn.Conv2d, nn.ConvTranspose2d, EqualizedConv2d, EqualizedConvTranspose2d)
+
+
+def conv_weights_to(module, memory_format):
+    """The 4-D convolution weights in `module` laid out in `memory_format`, in place (the same Parameter
+    objects). A FusedSequential runs channels-last: with channels-last weights too, no convolution
+    converts its weight and no AccumulateGrad its gradient (a copy each, a kernel launch on a GPU)."""
+    for m in module.modules():
+        if isinstance(m, CONVS) and m.weight.dim() == 4:
+            if not m.weight.is_contiguous(memory_format=memory_format):
+                m.weight.data = m.weight.data.contiguous(memory_format=memory_format)
+
+
 def _fuse_sequential(seq, impl):
     """{first index: fused block} of the runs of `seq`, left to right, not overlapping."""
     children, blocks, i = list(seq._modules.values()), {}, 0
@@ -132,6 +146,7 @@ def fuse(model, impl=None):
             continue
         module.__class__ = FusedSequential
         module._fastgan_blocks = blocks
+        conv_weights_to(module, torch.channels_last)
         names = list(module._modules)
         done += [Replacement(path, i, blocks[i][1], tuple(names[i:i + 3])) for i in blocks]
     return done
@@ -146,6 +161,7 @@ def unfuse(model):
                 release(block._modules["1"])
             module.__class__ = nn.Sequential
             del module._fastgan_blocks
+            conv_weights_to(module, torch.contiguous_format)
     return model
 
 

@@ -9,8 +9,9 @@ ReLU and the blend; a minibatch-stddev layer precedes its last 3x3 conv. All twi
 differentiable, for the WGAN-GP penalty of `progan_step`.
 
 On a fastgan backend (impl not "reference") both networks run channels-last from their first
-feature map on: oneDNN's convolutions, which are most of a step, ran faster so here, and every
-fastgan op takes both layouts. With impl="reference" they are plain NCHW PyTorch models.
+feature map on, their convolution weights included (no per-step conversion of a weight or of its
+gradient): oneDNN's convolutions, which are most of a step, ran faster so here, and every fastgan
+op takes both layouts. With impl="reference" they are plain NCHW PyTorch models.
 """
 
 import math
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..fusion import conv_weights_to
 from ..nn import EqualizedConv2d, EqualizedLinear, MinibatchStdDev
 from ..ops._autocast import lower
 from ..ops.pixel_norm import default_eps
@@ -31,6 +33,11 @@ SLOPE = 0.2
 def _layout(x, impl):
     """x channels-last on a fastgan backend (see the module docstring), as it is otherwise."""
     return x if impl == "reference" else x.contiguous(memory_format=torch.channels_last)
+
+
+def _channels_last_weights(model, impl):
+    if impl != "reference":
+        conv_weights_to(model, torch.channels_last)
 
 
 def channels(level, fmap_base, fmap_max):
@@ -75,6 +82,7 @@ class ProGANGenerator(nn.Module):
                                               _ConvPixelNorm(nf[i], nf[i], impl)]))
         self.to_rgb = nn.ModuleList([EqualizedConv2d(nf[i], img_channels, 1, gain=1.0, impl=impl)
                                      for i in range(self.levels)])
+        _channels_last_weights(self, impl)
 
     def forward(self, z, level=None, alpha=1.0):
         level = self.levels - 1 if level is None else level
@@ -111,6 +119,7 @@ class ProGANDiscriminator(nn.Module):
         self.conv = EqualizedConv2d(nf[0] + 1, nf[0], 3, padding=1, **lrelu)
         self.dense = EqualizedLinear(nf[0] * 16, nf[0], **lrelu)
         self.out = EqualizedLinear(nf[0], 1, gain=1.0, impl=impl)
+        _channels_last_weights(self, impl)
 
     def forward(self, img, level=None, alpha=1.0):
         level = self.levels - 1 if level is None else level
