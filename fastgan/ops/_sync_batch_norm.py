@@ -14,12 +14,12 @@ it on a worker thread that the calling thread hands it to, and its messages arri
 thread, so each costs several thread wake-ups (~0.3-0.5 ms on a 2-core VM where a TCP round trip
 is ~15 us), and a DCGAN step has 26 of them. Hence, on CPU tensors: the backward's sums are
 all-gathered (gloo's ring all-reduce takes two rounds of messages, its all-gather one, on two
-processes), and the caller waits for a collective by polling it with sched_yield instead of
-sleeping on it (no wake-up of its own; the core stays with its process). Measured on 2 gloo
-processes with a convolution between collectives, the time from both ranks' arrival to the
-result: all-reduce 430-450 us median (1.3-1.7 ms mean), all-gather 340-380 (1.0-1.3 ms),
-all-gather + polling 290-300 (0.5-0.8 ms). On a GPU the collectives are issued on the current
-stream with async_op=False (NCCL): no host sync, CUDA-graph safe.
+processes), and the caller waits for a collective by polling it with sched_yield for up to
+POLL_S before sleeping on it (no wake-up of its own; the core stays with its process). Measured
+on 2 gloo processes with a convolution between collectives, the time from both ranks' arrival to
+the result, in three runs: all-reduce 350-450 us median (0.8-1.7 ms mean), all-gather 230-380
+(0.5-1.3 ms), all-gather + polling 230-300 (0.5-0.8 ms). On a GPU the collectives are issued on
+the current stream with async_op=False (NCCL): no host sync, CUDA-graph safe.
 
 Gradients as torch's SyncBatchNorm gives them (torch/nn/modules/_functions.py): the input's from
 the global sums and count, exactly the gradient of the sum of all ranks' losses; gamma's and
@@ -28,6 +28,7 @@ the convolution weight's.
 """
 
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -64,16 +65,21 @@ def sync_group(process_group):
     return (group, size) if size > 1 else None
 
 
+POLL_S = 5e-3  # longer than a collective's latency and the usual skew between the ranks here
+
+
 def _run(collective, *args, group):
     """collective(*args, group=group): on CPU tensors issued asynchronously and waited for by
-    polling (see the module's docstring; a plain wait where os.sched_yield does not exist),
-    elsewhere with async_op=False on the current stream."""
+    polling (see the module's docstring) for up to POLL_S, then by sleeping on it, so a rank that
+    waits long for another (one writing a checkpoint) does not hold a core; a plain wait where
+    os.sched_yield does not exist. Elsewhere with async_op=False on the current stream."""
     if args[0].device.type != "cpu":
         collective(*args, group=group)
         return
     work = collective(*args, group=group, async_op=True)
     if hasattr(os, "sched_yield"):
-        while not work.is_completed():
+        deadline = time.perf_counter() + POLL_S
+        while not work.is_completed() and time.perf_counter() < deadline:
             os.sched_yield()
     work.wait()  # raises what the collective raised
 
