@@ -176,6 +176,50 @@ def case_errors(rank, world_size):
     return out
 
 
+_COLLECTIVES = ["all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_single", "all_gather_object",
+                "reduce_scatter", "reduce_scatter_tensor", "broadcast", "reduce", "gather", "scatter", "all_to_all",
+                "all_to_all_single", "barrier", "all_reduce_coalesced", "all_gather_coalesced", "send", "recv",
+                "isend", "irecv", "batch_isend_irecv"]
+
+
+def case_collectives(rank, world_size, impl):
+    """Issue 17's budget: one collective per fused synchronized block per pass (forward: the
+    statistics; backward: the two sums), counted over every torch.distributed collective."""
+    torch.manual_seed(41)
+    g, _ = _block("generator", 0.1)
+    d, _ = _block("discriminator", 0.1)
+    seq = nn.Sequential(g, d, copy.deepcopy(d))  # 3 blocks: 4x3x3 -> 6x6x6; the direct ones want 4 channels
+    seq[1][0] = nn.Conv2d(6, 4, 3, 1, 1).double()
+    seq[1][1], seq[2][0] = nn.BatchNorm2d(4).double(), nn.Conv2d(4, 6, 3, 2, 1).double()
+    model = _distributed_copy(seq, impl)
+    calls = []
+    originals = {name: getattr(dist, name) for name in _COLLECTIVES if hasattr(dist, name)}
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    out = {}
+    try:
+        for name, fn in originals.items():
+            setattr(dist, name, counting(name, fn))
+        x = torch.randn(2 + rank, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+        for step in range(2):
+            del calls[:]
+            y = model(x)
+            forward = list(calls)
+            del calls[:]
+            y.square().sum().backward()
+            out[f"step {step} forward: {forward}"] = (float(len(forward) != 3), 0.0)
+            out[f"step {step} backward: {list(calls)}"] = (float(len(calls) != 3), 0.0)
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+    return out
+
+
 def case_minibatch(rank, world_size, impl, include_self):
     """minibatch_discrimination / minibatch_features / the module with global_batch=True against the
     op on the whole batch: outputs, gradients of x, T (summed over ranks) and bias."""
@@ -209,6 +253,7 @@ CASES.update({f"double D {impl} broadcast_buffers={bb}": (case_double_d, (impl, 
               for impl in IMPLS for bb in (False, True)})
 CASES.update({f"minibatch discrimination {impl} include_self={s}": (case_minibatch, (impl, s))
               for impl in IMPLS for s in (False, True)})
+CASES.update({f"one collective per block per pass {impl}": (case_collectives, (impl,)) for impl in IMPLS})
 CASES["errors"] = (case_errors, ())
 
 

@@ -4,9 +4,9 @@ process_group of more than one process.
 
 The same kernel ops as the local blocks, with one collective per pass (_sync_batch_norm.py):
 forward conv (+ statistics) -> all-gather of (count, mean, M2), merged -> bn_finalize with the
-global statistics -> bn_relu; backward bn_relu_backward (local sums) -> all-reduce of the two sums
--> grad_z corrected to the global sums (two elementwise passes, the cost over the local block
-besides the collective) -> the convolution's backward. The running statistics get the global
+global statistics -> bn_relu; backward bn_relu_backward (local sums) -> one collective of the two
+sums (reduce_sums) -> grad_z corrected to the global sums (two elementwise passes, the cost over
+the local block besides the collective) -> the convolution's backward. The running statistics get the global
 mean and unbiased variance, num_batches_tracked its count, in the bn_finalize kernel.
 
 Runs eagerly: torch.compile breaks the graph around it (torch.compiler.disable); under FakeTensor,
@@ -114,7 +114,7 @@ class _SyncBlock(torch.autograd.Function):
         grad_z, sum_dy_xhat, sum_dy = call(bn_relu_backward, grad_y, z, mean, invstd, gamma, beta, b.slope, b.impl)
         grad_x = grad_w = None
         if need_x or need_w:  # as SyncBatchNorm: the sums are reduced when its input needs a gradient
-            global_sums = reduce_sums(sum_dy, sum_dy_xhat, b.group)
+            global_sums = reduce_sums(sum_dy, sum_dy_xhat, b.group, b.world_size)
             globalize_grad_z(grad_z, z, mean, invstd, gamma, (sum_dy, sum_dy_xhat), global_sums, ctx.count, total)
             grad_x, grad_w = b.conv.backward(grad_z, x_k, weight, need_x, need_w, b.impl)
         grad_bias = cancelled_bias_grad(weight, b.conv.out_channels(weight)) if ctx.has_bias and need_bias else None
