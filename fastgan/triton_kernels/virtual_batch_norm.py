@@ -55,19 +55,21 @@ def _affine(gamma_ptr, beta_ptr, c, ok, like, AFFINE: tl.constexpr):
 @triton.jit
 def _vbn_tile(R, K, C, S, CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """Offsets and mask of this program's [BLOCK_R, BLOCK_K] tile, its channels and the index of each
-    element's (sample, channel) statistics in [N, C] (both broadcastable to the tile)."""
+    element's (sample, channel) statistics in [N, C] (both broadcastable to the tile). Rows and
+    statistics in int32 (R and N * C are int32): 64-bit divisions are subroutine calls that spilled in
+    float64; offsets in int64."""
     pid = tl.program_id(0)
     r_blocks = tl.cdiv(R, BLOCK_R)
-    r = (pid % r_blocks).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r32 = (pid % r_blocks) * BLOCK_R + tl.arange(0, BLOCK_R)
     k = (pid // r_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs = r[:, None] * K + k[None, :]
-    mask = (r < R)[:, None] & (k < K)[None, :]
+    offs = r32.to(tl.int64)[:, None] * K + k[None, :]
+    mask = (r32 < R)[:, None] & (k < K)[None, :]
     if CHANNELS_LAST:
         c = k[None, :]
-        stat = (r // S)[:, None] * C + c
+        stat = (r32 // S)[:, None] * C + c
     else:
-        c = (r % C).to(tl.int32)[:, None]
-        stat = r[:, None]
+        c = (r32 % C)[:, None]
+        stat = r32[:, None]
     return offs, mask, c, stat
 
 
@@ -161,11 +163,15 @@ def _sums_kernel(g_ptr, z_ptr, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, sums_p
         gamma, beta = _affine(gamma_ptr, beta_ptr, k[None, :], k_ok[None, :], invstd, AFFINE)
         s1 = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc_t)
         s2 = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc_t)
-        start = tl.program_id(0).to(tl.int64) * S
+        # The sample's base once, int32 offsets inside it (S * C < 2**31, checked by the host): 64-bit
+        # offsets in the loop spilled registers in float64 on sm_80.
+        base = tl.program_id(0).to(tl.int64) * S * K
+        g_ptr += base
+        z_ptr += base
         for p0 in range(0, S, BLOCK_R):
             p = p0 + tl.arange(0, BLOCK_R)
             mask = (p < S)[:, None] & k_ok[None, :]
-            offs = (start + p)[:, None] * K + k[None, :]
+            offs = p[:, None] * K + k[None, :]
             z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(acc_t)
             xhat = (z - mean) * invstd
             g = _act_grad(tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc_t), xhat * gamma + beta, slope)
@@ -175,11 +181,12 @@ def _sums_kernel(g_ptr, z_ptr, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, sums_p
         tl.store(sums_ptr + stat, tl.sum(s1, axis=0), mask=k_ok)
         tl.store(sums_ptr + nc + stat, tl.sum(s2, axis=0), mask=k_ok)
     else:
-        r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-        r_ok = r < R
+        r32 = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # int32: see _vbn_tile
+        r = r32.to(tl.int64)
+        r_ok = r32 < R
         mean = tl.load(mean_ptr + r, mask=r_ok, other=0.0)[:, None]
         invstd = tl.load(invstd_ptr + r, mask=r_ok, other=0.0)[:, None]
-        gamma, beta = _affine(gamma_ptr, beta_ptr, (r % C).to(tl.int32)[:, None], r_ok[:, None], invstd, AFFINE)
+        gamma, beta = _affine(gamma_ptr, beta_ptr, (r32 % C)[:, None], r_ok[:, None], invstd, AFFINE)
         s1 = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc_t)
         s2 = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc_t)
         for k0 in range(0, K, BLOCK_K):
@@ -291,6 +298,8 @@ def _check(z, ref_size, gamma, beta):
     zl, r, k, c = _rows(z)
     if not z.is_floating_point():
         raise ValueError(f"fastgan triton: z must be a floating-point tensor, got {z.dtype}")
+    if z.shape[1] * z.shape[2] * z.shape[3] >= 2**31:
+        raise ValueError(f"fastgan triton: z must have fewer than 2**31 elements a sample, got shape {tuple(z.shape)}")
     if isinstance(ref_size, bool) or not 1 <= ref_size <= z.shape[0]:
         raise ValueError(f"fastgan triton: ref_size must be in 1..N = {z.shape[0]}, got {ref_size}")
     for name, v in (("gamma", gamma), ("beta", beta)):
