@@ -393,6 +393,16 @@ def test_triton_kernels_match_cpu_kernels(layout, with_gamma, with_beta):
 
 
 @pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_strided_affine(impl):
+    """Strided gamma / beta (every other value of a buffer) are taken as the cpu kernels take them."""
+    z = randn((4, 3, 2, 5), dtype=torch.float64)
+    gamma = (torch.rand(6, dtype=torch.float64) + 0.5)[::2]
+    beta = torch.randn(6, dtype=torch.float64)[::2]
+    torch.testing.assert_close(virtual_batch_norm(z, 2, gamma, beta, impl=impl), definition(z, 2, gamma, beta),
+                               **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
 def test_kernel_bad_input(impl):
     """The kernels name the argument they reject (the public op checks first; these guard direct calls)."""
     k = kernels(impl)

@@ -286,17 +286,16 @@ __global__ void __launch_bounds__(kThreads)
 
 at::ScalarType stats_type(const at::Tensor& z) { return z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
-// gamma / beta: [C] contiguous vectors in the statistics' dtype on z's device, or undefined.
-const at::Tensor& check_vector(const std::optional<at::Tensor>& t, const at::Tensor& z, const char* name,
-                               const char* op) {
-  static const at::Tensor undefined;
-  if (!t || !t->defined()) return undefined;
+// gamma / beta: [C] vectors in the statistics' dtype on z's device (made contiguous, as the cpu
+// kernels do), or undefined.
+at::Tensor check_vector(const std::optional<at::Tensor>& t, const at::Tensor& z, const char* name, const char* op) {
+  if (!t || !t->defined()) return at::Tensor();
   check_cuda(*t, op, name);
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == z.size(1) && t->is_contiguous() && t->scalar_type() == stats_type(z) &&
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == z.size(1) && t->scalar_type() == stats_type(z) &&
                   t->device() == z.device(),
-              "fastgan_cuda::", op, ": ", name, " must be a contiguous [C] = [", z.size(1), "] ", stats_type(z),
-              " vector on ", z.device(), ", got ", t->scalar_type(), " ", t->sizes(), " on ", t->device());
-  return *t;
+              "fastgan_cuda::", op, ": ", name, " must be a [C] = [", z.size(1), "] ", stats_type(z), " vector on ",
+              z.device(), ", got ", t->scalar_type(), " ", t->sizes(), " on ", t->device());
+  return t->contiguous();
 }
 
 at::MemoryFormat check_z(const at::Tensor& z, int64_t ref_size, const char* op) {
@@ -330,8 +329,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vbn_forward_cuda(const at::Tensor
                                                                 double negative_slope) {
   const char* op = "vbn_forward";
   const auto fmt = check_z(z, ref_size, op);
-  const at::Tensor& gamma = check_vector(gamma_opt, z, "gamma", op);
-  const at::Tensor& beta = check_vector(beta_opt, z, "beta", op);
+  const at::Tensor gamma = check_vector(gamma_opt, z, "gamma", op);
+  const at::Tensor beta = check_vector(beta_opt, z, "beta", op);
   c10::cuda::CUDAGuard guard(z.device());
   const int64_t N = z.size(0), C = z.size(1), S = z.size(2) * z.size(3), numel = z.numel();
   auto y = at::empty(z.sizes(), z.options().memory_format(fmt));
@@ -376,8 +375,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vbn_backward_cuda(const at::Tenso
                                                                  double negative_slope) {
   const char* op = "vbn_backward";
   const auto fmt = check_z(z, ref_size, op);
-  const at::Tensor& gamma = check_vector(gamma_opt, z, "gamma", op);
-  const at::Tensor& beta = check_vector(beta_opt, z, "beta", op);
+  const at::Tensor gamma = check_vector(gamma_opt, z, "gamma", op);
+  const at::Tensor beta = check_vector(beta_opt, z, "beta", op);
   check_cuda(grad_y, op, "grad_y");
   check_same(grad_y, "grad_y", z, "z", op);
   TORCH_CHECK(grad_y.sizes() == z.sizes(), "fastgan_cuda::vbn_backward: grad_y must have z's shape ", z.sizes(),

@@ -302,6 +302,8 @@ def _check(z, ref_size, gamma, beta):
         raise ValueError(f"fastgan triton: z must have fewer than 2**31 elements a sample, got shape {tuple(z.shape)}")
     if isinstance(ref_size, bool) or not 1 <= ref_size <= z.shape[0]:
         raise ValueError(f"fastgan triton: ref_size must be in 1..N = {z.shape[0]}, got {ref_size}")
+    # Strided vectors made contiguous, as the cpu kernels do.
+    gamma, beta = (None if v is None else v.contiguous() for v in (gamma, beta))
     for name, v in (("gamma", gamma), ("beta", beta)):
         if v is not None:
             _check_vectors(z, **{name: v})
