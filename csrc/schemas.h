@@ -102,6 +102,19 @@ inline void define_kernel_schemas(torch::Library& m) {
         "float eps, int[2] stride, int[2] padding, int[2] output_padding, Tensor(a!)? running_mean, "
         "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, float momentum) -> Tensor");
 
+  // ---- SPEC 10: virtual batch normalization (Salimans et al. 2016). z [N, C, H, W] (NCHW or
+  // channels-last), its first ref_size samples the reference batch R: R's samples are normalized with
+  // R's statistics, current sample i with those of R united with sample i (each sample weighted
+  // 1 / (ref_size + 1)); per-sample mean and M2 merged with Chan's formula, never E[z^2] - mean^2.
+  // y = act(virtual_batch_norm(z)) with act(u) = u > 0 ? u : negative_slope * u (1: identity);
+  // gamma / beta [C] in the statistics' dtype (float32; float64 for float64 z) or None.
+  // mean / invstd: [N, C], what each sample was normalized with.
+  m.def("vbn_forward(Tensor z, int ref_size, Tensor? gamma, Tensor? beta, float eps, float negative_slope) -> "
+        "(Tensor y, Tensor mean, Tensor invstd)");
+  // -> (grad_z in z's layout, grad_gamma [C], grad_beta [C]); the formulas are in
+  // fastgan/ops/virtual_batch_norm.py. grad_y may come in either dense layout.
+  m.def("vbn_backward(Tensor grad_y, Tensor z, Tensor mean, Tensor invstd, int ref_size, Tensor? gamma, "
+        "Tensor? beta, float negative_slope) -> (Tensor grad_z, Tensor grad_gamma, Tensor grad_beta)");
   // ---- SPEC 2: minibatch discrimination. M is the projection x @ T as a contiguous [N, B, C];
   // distances, exponentials and sums are computed in float32 (float64 for float64 M), tile by
   // tile, never as an [N, N, B] tensor.

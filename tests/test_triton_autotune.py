@@ -215,6 +215,12 @@ def _conv2d_block(layout):
     _check(op, _x((2, 8, 12, 12), layout), _x((70, 8, 4, 4)), _x((70,)), _x((70,)))
 
 
+def _virtual_batch_norm(layout):
+    # 40 channels and 6x6 pixels: several row tiles of each config, with partial ones.
+    _check(lambda z, g, b, impl: fastgan.ops.virtual_batch_norm(z, 3, g, b, negative_slope=0.2, impl=impl),
+           _x((5, 40, 6, 6), layout), _x((40,)).abs() + 0.5, _x((40,)))
+
+
 def _batch_stats(layout):
     # NCHW: conv2d_bn_leaky_relu's z is channels-last, so no op reaches this path.
     z = _x((2, 40, 6, 6), layout)
@@ -226,7 +232,7 @@ def _batch_stats(layout):
 
 CASES = {f"{fn.__name__[1:]}-{layout}": (fn, layout) for fn in (
     _pixel_norm, _bias_act_pixel_norm, _bias_act, _fade_in, _blend_reals, _minibatch_stddev, _fade_in_from_rgb,
-    _conv_transpose_train, _conv_transpose_eval) for layout in LAYOUTS}
+    _conv_transpose_train, _conv_transpose_eval, _virtual_batch_norm) for layout in LAYOUTS}
 CASES.update({"minibatch_discrimination": (_minibatch_discrimination, None),
               "conv_transpose_fp32": (_conv_transpose_fp32, "channels_last"),
               "conv2d_bn_leaky_relu": (_conv2d_block, "channels_last"),  # z is channels-last either way

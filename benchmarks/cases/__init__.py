@@ -70,5 +70,5 @@ CASES = [
     minibatch_discrimination.CASE,
     bias_act.CASE, bias_act_pixel_norm.CASE, equalized_conv.CASE,   # equalized layers
     minibatch_stddev.CASE, fade_in_from_rgb.CASE,                   # the ProGAN discriminator
-    virtual_batch_norm.VBN, virtual_batch_norm.BLOCK,              # issue 18 (cpu backend only)
+    virtual_batch_norm.VBN, virtual_batch_norm.BLOCK, virtual_batch_norm.DISC,  # issue 18
 ]

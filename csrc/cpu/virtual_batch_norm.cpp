@@ -9,9 +9,6 @@
 // combination into per-(sample, channel) coefficients, one pass writing
 //   grad_z = ca * g - k1 - k2 * (z - mean)
 // (the derivation is in fastgan/ops/virtual_batch_norm.py).
-//
-// These ops are CPU-only (no CUDA kernels yet), so they are defined here in a fragment of
-// fastgan_cpu rather than in schemas.h, which both extensions must implement.
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -452,16 +449,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vbn_backward(const at::Tensor& gr
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(fastgan_cpu, m) {
-  // y = act(virtual_batch_norm(z)) with act(u) = u > 0 ? u : negative_slope * u (1: identity);
-  // gamma / beta [C] in the statistics' dtype (float32; float64 for float64 z) or None.
-  // mean / invstd: [N, C], what each sample was normalized with.
-  m.def("vbn_forward(Tensor z, int ref_size, Tensor? gamma, Tensor? beta, float eps, float negative_slope) -> "
-        "(Tensor y, Tensor mean, Tensor invstd)");
-  m.def("vbn_backward(Tensor grad_y, Tensor z, Tensor mean, Tensor invstd, int ref_size, Tensor? gamma, "
-        "Tensor? beta, float negative_slope) -> (Tensor grad_z, Tensor grad_gamma, Tensor grad_beta)");
-}
 
 TORCH_LIBRARY_IMPL(fastgan_cpu, CPU, m) {
   m.impl("vbn_forward", &vbn_forward);

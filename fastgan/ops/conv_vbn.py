@@ -21,8 +21,7 @@ from ._batch_norm import (LAYOUT, call, cancelled_bias_grad, check_block_argumen
 from ._dispatch import fused_op, kernels, to_layout
 from .conv2d_bn_leaky_relu import _conv2d_backward, _out_shape as _conv2d_shape
 from .conv_transpose_bn_relu import _conv_transpose_backward, _layout_for, _out_shape as _conv_transpose_shape
-from .virtual_batch_norm import (check_backend, check_vbn_arguments, vbn_backward,
-                                 virtual_batch_norm_reference)
+from .virtual_batch_norm import check_vbn_arguments, vbn_backward, virtual_batch_norm_reference
 
 
 def conv_transpose_vbn_relu_reference(x, weight, bias, bn_weight, bn_bias, ref_size, eps=1e-5, stride=1,
@@ -73,7 +72,6 @@ def _block(x, weight, bias, bn_weight, bn_bias, ref_size, eps, sizes, transposed
         raise ValueError(f"fastgan: the output of the convolution would be empty: {z_shape}")
     eps = check_eps(eps)
     impl = resolve(impl, x.device)
-    check_backend(impl)
     if impl == "reference":
         if transposed:
             return conv_transpose_vbn_relu_reference(x, weight, bias, bn_weight, bn_bias, ref_size, eps, *sizes)

@@ -5,7 +5,7 @@ samples. R's samples are normalized with R's statistics; current sample i with t
 with sample i alone (each of the m + 1 samples weighted a = 1 / (m + 1)), so a sample's output does
 not depend on its batch-mates. No running statistics: eval computes the same.
 
-Backward (the cpu kernels'; the reference gets it from autograd). With g = grad_y * act'(u), per
+Backward (the kernels'; the reference gets it from autograd). With g = grad_y * act'(u), per
 (sample k, channel) the sums sg_k = sum g and sgx_k = sum g * xhat over its S = H * W pixels, and
 its statistics' mean_k, invstd_k (R's samples share R's):
   current i:  grad_z = gamma invstd_i (g - a/S (sg_i + sgx_i xhat))   (BatchNorm over (m + 1) S values)
@@ -23,13 +23,10 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._backend import BackendUnavailableError, resolve
+from .._backend import resolve
 from .._checks import as_layout, check_eps, check_tensor, empty, memory_format
 from ._batch_norm import call, check_channel_vector, in_stats_dtype, stats_dtype
 from ._dispatch import fused_op, kernels, to_layout
-
-# The compiled backends VBN has kernels for (cuda and triton: not yet).
-BACKENDS = ("reference", "cpu")
 
 
 def check_vbn_arguments(n, ref_size, negative_slope, training, name="z"):
@@ -43,12 +40,6 @@ def check_vbn_arguments(n, ref_size, negative_slope, training, name="z"):
     if negative_slope is not None and (not isinstance(negative_slope, (int, float)) or isinstance(negative_slope,
                                                                                                    bool)):
         raise TypeError(f"fastgan: negative_slope must be a number or None, got {type(negative_slope).__name__}")
-
-
-def check_backend(impl):
-    if impl not in BACKENDS:
-        raise BackendUnavailableError(f"fastgan: virtual batch norm has no {impl!r} backend yet (it has "
-                                  f"{', '.join(BACKENDS)}); pass impl='cpu' or impl='reference'")
 
 
 def vbn_statistics(z, ref_size, eps):
@@ -95,8 +86,7 @@ def virtual_batch_norm(z, ref_size, weight=None, bias=None, eps=1e-5, negative_s
     if min(z.shape) <= 0:
         raise ValueError(f"fastgan: z must not be empty, got shape {tuple(z.shape)}")
     eps = check_eps(eps)
-    impl = resolve(impl, z.device)
-    check_backend(impl)
+    impl = resolve(impl, z.device)  # every backend has VBN kernels
     if impl == "reference":
         return virtual_batch_norm_reference(z, ref_size, weight, bias, eps, negative_slope)
     gamma, beta = in_stats_dtype(z, weight, bias)
@@ -104,7 +94,7 @@ def virtual_batch_norm(z, ref_size, weight=None, bias=None, eps=1e-5, negative_s
     return _vbn(z, gamma, beta, ref_size, eps, slope, impl)[0]
 
 
-# ---- the fused op (cpu kernels) ----
+# ---- the fused op (the backends' kernels) ----
 
 def _vbn_kernel(z: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], ref_size: int,
                 eps: float, negative_slope: float, impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

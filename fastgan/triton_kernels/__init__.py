@@ -30,6 +30,8 @@ from .minibatch_stddev import KERNEL_SPECS as _MINIBATCH_STDDEV_SPECS
 from .minibatch_stddev import minibatch_stddev, minibatch_stddev_backward
 from .pixel_norm import KERNEL_SPECS as _PIXEL_NORM_SPECS
 from .pixel_norm import pixel_norm, pixel_norm_backward
+from .virtual_batch_norm import KERNEL_SPECS as _VIRTUAL_BATCH_NORM_SPECS
+from .virtual_batch_norm import vbn_backward, vbn_forward
 
 KERNEL_SPECS = [
     *_PIXEL_NORM_SPECS,
@@ -41,6 +43,7 @@ KERNEL_SPECS = [
     *_BIAS_ACT_PIXEL_NORM_SPECS,
     *_MINIBATCH_STDDEV_SPECS,
     *_FADE_IN_FROM_RGB_SPECS,
+    *_VIRTUAL_BATCH_NORM_SPECS,
 ]
 
 __all__ = [
@@ -73,4 +76,6 @@ __all__ = [
     "minibatch_stddev_backward",
     "fade_in_from_rgb",
     "fade_in_from_rgb_backward",
+    "vbn_forward",
+    "vbn_backward",
 ]
