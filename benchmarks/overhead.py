@@ -67,6 +67,10 @@ TINY = {
     "equalized_conv": (4, 16, 4, 4),
     "minibatch_stddev": (4, 16, 4, 4),              # n a multiple of the group size, 4
     "fade_in_from_rgb": (4, 3, 16, 4, 4),           # n, c_in, c_out, h, w
+    # The VBN cases' ops take ref_size 16 (the last entry, as in cases/virtual_batch_norm.py): 4 current samples.
+    "virtual_batch_norm": (20, 16, 4, 16),          # n, c, h, ref_size
+    "conv_transpose_vbn_relu": (20, 16, 4, 8, 16),  # n, c_in, h, c_out, ref_size
+    "conv2d_vbn_leaky_relu": (20, 8, 8, 16, 16),
 }
 VIEWS = {"view", "_unsafe_view", "expand", "permute", "detach", "alias", "t", "transpose", "unsqueeze", "squeeze",
          "as_strided", "slice", "select", "reshape", "unflatten", "flatten", "split", "chunk", "narrow",

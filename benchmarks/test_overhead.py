@@ -24,6 +24,13 @@ needs_cpu = pytest.mark.skipif(availability("cpu", "cpu") is not None,
                                reason=f"cpu backend: {availability('cpu', 'cpu')}")
 
 
+def test_every_case_has_a_tiny_shape():
+    """--overhead runs every case of run.py at its TINY shape: a case without one would crash the mode."""
+    from cases import CASES
+
+    assert {c.name for c in CASES} <= set(overhead.TINY)
+
+
 def _pixel_norm_jobs(provider):
     return overhead._op_jobs(pixel_norm.CASE, provider, torch.device("cpu"), torch.float32)
 
