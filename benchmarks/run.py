@@ -9,7 +9,8 @@
 
 Prints a table and writes results.json, results.md and speedup.png to --out. See README.md.
 Exits 1 after all that if a fastgan backend (cpu, triton, cuda) failed anywhere, or one named in
---backends cannot run here; eager and compile rows that fail stay n/a with their reason.
+--backends (without --backends: the device's own, cpu or cuda) cannot run here; eager and compile
+rows that fail stay n/a with their reason.
 """
 
 import argparse
@@ -90,7 +91,10 @@ def main(argv=None):
     missing = harness.unavailable(device, wanted, forced=args.backends or ())
     providers = [p for p in wanted if p not in missing]
     cases = [c for c in CASES if not args.ops or c.name in args.ops]
-    forced = [b for b in args.backends or () if b in harness.BACKENDS]
+    # Required: the backends named in --backends, and without --backends the device's own (cpu on a
+    # CPU, cuda on a GPU): a run that times no fastgan kernel of the device (an extension not built)
+    # must not pass as one that did.
+    forced = [b for b in args.backends or (device.type,) if b in harness.BACKENDS]
     if args.model:
         print(f"GPU traffic model ({args.dtype}; H100: {traffic.H100_BYTES_PER_S / 1e12:.2f} TB/s, "
               f"{traffic.H100_TENSOR_FLOPS / 1e12:.0f} TFLOP/s; launch {traffic.LAUNCH_US} us):\n")

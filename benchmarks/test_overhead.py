@@ -96,3 +96,13 @@ def test_mode_fails_when_a_fastgan_provider_raises(tmp_path, monkeypatch):
     assert rc == 1
     rows = json.loads((tmp_path / "overhead.json").read_text())["rows"]
     assert rows[1]["error"] == "RuntimeError: kernel exploded" and rows[0]["error"] is None
+
+
+def test_run_fails_without_the_devices_backend(tmp_path, monkeypatch):
+    """Without --backends the device's own backend is required: a CPU run whose cpu extension is not built
+    exits 1 (it would time no fastgan kernel), as does naming an unavailable backend."""
+    monkeypatch.setattr(run.harness, "unavailable", lambda device, wanted, forced=(): {"cpu": "not built"})
+    args = ["--overhead", "--quick", "--ops", "pixel_norm", "--out", str(tmp_path)]
+    assert run.main(args) == 1
+    assert run.main(args + ["--backends", "eager,cpu"]) == 1
+    assert run.main(args + ["--backends", "eager"]) == 0
