@@ -166,6 +166,31 @@ def call(op, *args):
     return op(*args) if _traced() else op._init_fn(*args)
 
 
+def save_block(ctx, x, weight, bias, gamma, beta, z, mean, invstd, x_saved):
+    """What a twice-differentiable block's backward keeps (conv2d_bn_leaky_relu, the VBN blocks): the
+    kernels' x (x_saved, x converted to channels-last, when the op made it), the parameters and the
+    forward's z and statistics for the fused backward, and x as given for the differentiable fallback."""
+    ctx.has_bias = bias is not None
+    ctx.x_converted = bool(x_saved.numel())
+    ctx.save_for_backward(x_saved if ctx.x_converted else x, weight, gamma, beta, z, mean, invstd,
+                          x if ctx.x_converted else None, bias)
+
+
+def saved_block_inputs(ctx):
+    """For save_block's differentiable fallback: the block's inputs [x, weight, bias, gamma, beta], x as
+    the call gave it, and which of them want a gradient."""
+    x_kernel, weight, gamma, beta, _, _, _, x_orig, bias = ctx.saved_tensors
+    inputs = [x_orig if ctx.x_converted else x_kernel, weight, bias, gamma, beta]
+    return inputs, [t is not None and need for t, need in zip(inputs, ctx.needs_input_grad[:5])]
+
+
+def wanted_grads(y, inputs, wanted, grad_y):
+    """A differentiable fallback's gradients: torch.autograd.grad of y for the inputs flagged in `wanted`
+    (create_graph: differentiable again), None for the others."""
+    grads = iter(torch.autograd.grad(y, [t for t, w in zip(inputs, wanted) if w], grad_y, create_graph=True))
+    return [next(grads) if w else None for w in wanted]
+
+
 def layout_of(t):
     return torch.contiguous_format if t.is_contiguous() else LAYOUT
 

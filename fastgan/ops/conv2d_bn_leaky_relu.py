@@ -34,8 +34,8 @@ from .._backend import resolve
 from .._checks import as_layout, check_eps, empty
 from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call, cpp_block, cancelled_bias_grad,
                           check_batch, check_block_arguments, dense_weight, finalize, folded, in_stats_dtype, layout_of,
-                          momentum_factor, needs_grad, pair, running_update, saved_input, saved_input_fake, stats_dtype,
-                          weight_grad_fake)
+                          momentum_factor, needs_grad, pair, running_update, save_block, saved_block_inputs,
+                          saved_input, saved_input_fake, stats_dtype, wanted_grads, weight_grad_fake)
 from ._autocast import lower
 from ._dispatch import kernels, to_layout
 from ._sync_batch_norm import sync_group
@@ -146,10 +146,8 @@ def _train_setup(ctx, inputs, output):
     _, z, mean, var, invstd, x_saved = output
     ctx.mark_non_differentiable(z, mean, var, invstd, x_saved)
     ctx.set_materialize_grads(False)  # else autograd fills zero gradients for z and x_saved (passes over them)
-    ctx.has_bias, ctx.has_gamma, ctx.has_beta = bias is not None, gamma is not None, beta is not None
-    ctx.x_converted = bool(x_saved.numel())
-    ctx.save_for_backward(x_saved if ctx.x_converted else x, weight, gamma, beta, z, mean, invstd,
-                          x if ctx.x_converted else None, bias)
+    ctx.has_gamma, ctx.has_beta = gamma is not None, beta is not None
+    save_block(ctx, x, weight, bias, gamma, beta, z, mean, invstd, x_saved)
 
 
 def _train_bwd(ctx, grad_y, *_):
@@ -162,15 +160,13 @@ def _train_bwd(ctx, grad_y, *_):
 
 def _train_bwd_differentiable(ctx, grad_y):
     """The explicit fallback for double backward: the reference formula on the saved inputs."""
-    x_kernel, weight, gamma, beta, _, _, _, x_orig, bias = ctx.saved_tensors
-    x = x_orig if ctx.x_converted else x_kernel
-    inputs = [x, weight, bias, gamma, beta]
-    wanted = [t is not None and need for t, need in zip(inputs, ctx.needs_input_grad[:5])]
+    inputs, wanted = saved_block_inputs(ctx)
+    x, weight, bias, gamma, beta = inputs
     with torch.enable_grad():
         z = F.conv2d(x, weight, bias, ctx.stride, ctx.padding)
         y = F.leaky_relu(F.batch_norm(z, None, None, gamma, beta, True, 0.0, ctx.eps), ctx.negative_slope)
-        grads = iter(torch.autograd.grad(y, [t for t, w in zip(inputs, wanted) if w], grad_y, create_graph=True))
-    return (*[next(grads) if w else None for w in wanted], None, None, None, None, None)
+        grads = wanted_grads(y, inputs, wanted, grad_y)
+    return (*grads, None, None, None, None, None)
 
 
 @once_differentiable

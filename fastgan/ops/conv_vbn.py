@@ -17,7 +17,8 @@ from .._backend import resolve
 from .._checks import as_layout, check_eps, empty
 from ._autocast import lower
 from ._batch_norm import (LAYOUT, call, cancelled_bias_grad, check_block_arguments, dense_weight, in_stats_dtype,
-                          pair, saved_input, saved_input_fake, stats_dtype)
+                          pair, save_block, saved_block_inputs, saved_input, saved_input_fake, stats_dtype,
+                          wanted_grads)
 from ._dispatch import fused_op, kernels, to_layout
 from .conv2d_bn_leaky_relu import _conv2d_backward, _out_shape as _conv2d_shape
 from .conv_transpose_bn_relu import _conv_transpose_backward, _layout_for, _out_shape as _conv_transpose_shape
@@ -119,10 +120,7 @@ def _train_setup(ctx, inputs, output):
     _, z, mean, invstd, x_saved = output
     ctx.mark_non_differentiable(z, mean, invstd, x_saved)
     ctx.set_materialize_grads(False)  # else autograd fills zero gradients for z and x_saved (passes over them)
-    ctx.has_bias = bias is not None
-    ctx.x_converted = bool(x_saved.numel())
-    ctx.save_for_backward(x_saved if ctx.x_converted else x, weight, gamma, beta, z, mean, invstd,
-                          x if ctx.x_converted else None, bias)
+    save_block(ctx, x, weight, bias, gamma, beta, z, mean, invstd, x_saved)
 
 
 def _train_bwd(ctx, grad_y, *_):
@@ -135,18 +133,16 @@ def _train_bwd(ctx, grad_y, *_):
 
 def _train_bwd_differentiable(ctx, grad_y):
     """The explicit fallback for double backward: the reference formula on the saved inputs."""
-    x_kernel, weight, gamma, beta, _, _, _, x_orig, bias = ctx.saved_tensors
-    x = x_orig if ctx.x_converted else x_kernel
-    inputs = [x, weight, bias, gamma, beta]
-    wanted = [t is not None and need for t, need in zip(inputs, ctx.needs_input_grad[:5])]
+    inputs, wanted = saved_block_inputs(ctx)
+    x, weight, bias, gamma, beta = inputs
     with torch.enable_grad():
         if ctx.transposed:
             z = F.conv_transpose2d(x, weight, bias, ctx.stride, ctx.padding, ctx.output_padding)
         else:
             z = F.conv2d(x, weight, bias, ctx.stride, ctx.padding)
         y = virtual_batch_norm_reference(z, ctx.ref_size, gamma, beta, ctx.eps, ctx.negative_slope)
-        grads = iter(torch.autograd.grad(y, [t for t, w in zip(inputs, wanted) if w], grad_y, create_graph=True))
-    return (*[next(grads) if w else None for w in wanted],) + (None,) * 8
+        grads = wanted_grads(y, inputs, wanted, grad_y)
+    return (*grads,) + (None,) * 8
 
 
 @torch.autograd.function.once_differentiable

@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from .._backend import resolve
 from .._checks import as_layout, check_eps, check_tensor, empty, memory_format
-from ._batch_norm import call, check_channel_vector, in_stats_dtype, stats_dtype
+from ._batch_norm import call, check_channel_vector, in_stats_dtype, stats_dtype, wanted_grads
 from ._dispatch import fused_op, kernels, to_layout
 
 
@@ -139,8 +139,8 @@ def _vbn_bwd_differentiable(ctx, grad_y):
     slope = None if ctx.negative_slope == 1.0 else ctx.negative_slope
     with torch.enable_grad():
         y = virtual_batch_norm_reference(z, ctx.ref_size, gamma, beta, ctx.eps, slope)
-        grads = iter(torch.autograd.grad(y, [t for t, w in zip(inputs, wanted) if w], grad_y, create_graph=True))
-    return (*[next(grads) if w else None for w in wanted], None, None, None, None)
+        grads = wanted_grads(y, inputs, wanted, grad_y)
+    return (*grads, None, None, None, None)
 
 
 @once_differentiable

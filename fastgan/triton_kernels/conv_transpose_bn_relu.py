@@ -385,15 +385,22 @@ def _masked_grad(g_ptr, z_ptr, offs, mask, mean, invstd, gamma, beta, slope):
 
 
 @triton.jit
+def _affine(gamma_ptr, beta_ptr, c, ok, like, AFFINE: tl.constexpr):
+    """gamma and beta at channels c, or 1 and 0 shaped and typed like `like` without affine."""
+    if AFFINE:
+        gamma = tl.load(gamma_ptr + c, mask=ok, other=0.0)
+        beta = tl.load(beta_ptr + c, mask=ok, other=0.0)
+    else:
+        gamma = tl.full(like.shape, 1.0, like.dtype)
+        beta = tl.zeros(like.shape, like.dtype)
+    return gamma, beta
+
+
+@triton.jit
 def _channel_params(mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, c, c_ok, AFFINE: tl.constexpr):
     mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
     invstd = tl.load(invstd_ptr + c, mask=c_ok, other=0.0)
-    if AFFINE:
-        gamma = tl.load(gamma_ptr + c, mask=c_ok, other=0.0)
-        beta = tl.load(beta_ptr + c, mask=c_ok, other=0.0)
-    else:
-        gamma = tl.full(mean.shape, 1.0, mean.dtype)
-        beta = tl.zeros(mean.shape, mean.dtype)
+    gamma, beta = _affine(gamma_ptr, beta_ptr, c, c_ok, mean, AFFINE)
     return mean, invstd, gamma, beta
 
 

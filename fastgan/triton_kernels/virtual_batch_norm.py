@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ._common import KernelSpec, check_like, device_guard, fp64_scalar
-from .conv_transpose_bn_relu import (_AFFINE, _LAYOUT_FLAG, _ROW_BLOCKS, FINALIZE_CONFIG,
+from .conv_transpose_bn_relu import (_AFFINE, _affine, _LAYOUT_FLAG, _ROW_BLOCKS, FINALIZE_CONFIG,
                                      _acc_dtype, _batch_stats, _check_vectors, _chunk_grid, _FINALIZE_LAUNCH,
                                      _row_grid, _row_variants, _rows, _rows_autotuned, _rsqrt, _signature)
 
@@ -42,14 +42,14 @@ def _act_grad(g, u, slope):
 
 
 @triton.jit
-def _affine(gamma_ptr, beta_ptr, c, ok, like, AFFINE: tl.constexpr):
-    if AFFINE:
-        gamma = tl.load(gamma_ptr + c, mask=ok, other=0.0)
-        beta = tl.load(beta_ptr + c, mask=ok, other=0.0)
-    else:
-        gamma = tl.full(like.shape, 1.0, like.dtype)
-        beta = tl.zeros(like.shape, like.dtype)
-    return gamma, beta
+def _g_and_gxhat(z_ptr, g_ptr, offs, mask, mean, invstd, gamma, beta, slope):
+    """The backward sums' terms at a tile, in the statistics' dtype: g = grad_y * act'(u) and g * xhat
+    (0 where masked)."""
+    z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(mean.dtype)
+    xhat = (z - mean) * invstd
+    g = _act_grad(tl.load(g_ptr + offs, mask=mask, other=0.0).to(mean.dtype), xhat * gamma + beta, slope)
+    g = tl.where(mask, g, 0.0)
+    return g, g * xhat
 
 
 @triton.jit
@@ -172,12 +172,9 @@ def _sums_kernel(g_ptr, z_ptr, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, sums_p
             p = p0 + tl.arange(0, BLOCK_R)
             mask = (p < S)[:, None] & k_ok[None, :]
             offs = p[:, None] * K + k[None, :]
-            z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(acc_t)
-            xhat = (z - mean) * invstd
-            g = _act_grad(tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc_t), xhat * gamma + beta, slope)
-            g = tl.where(mask, g, 0.0)
+            g, gx = _g_and_gxhat(z_ptr, g_ptr, offs, mask, mean, invstd, gamma, beta, slope)
             s1 += g
-            s2 += g * xhat
+            s2 += gx
         tl.store(sums_ptr + stat, tl.sum(s1, axis=0), mask=k_ok)
         tl.store(sums_ptr + nc + stat, tl.sum(s2, axis=0), mask=k_ok)
     else:
@@ -193,12 +190,9 @@ def _sums_kernel(g_ptr, z_ptr, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, sums_p
             k = k0 + tl.arange(0, BLOCK_K)
             mask = r_ok[:, None] & (k < K)[None, :]
             offs = r[:, None] * K + k[None, :]
-            z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(acc_t)
-            xhat = (z - mean) * invstd
-            g = _act_grad(tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc_t), xhat * gamma + beta, slope)
-            g = tl.where(mask, g, 0.0)
+            g, gx = _g_and_gxhat(z_ptr, g_ptr, offs, mask, mean, invstd, gamma, beta, slope)
             s1 += g
-            s2 += g * xhat
+            s2 += gx
         tl.store(sums_ptr + r, tl.sum(s1, axis=1), mask=r_ok)
         tl.store(sums_ptr + nc + r, tl.sum(s2, axis=1), mask=r_ok)
 
