@@ -167,6 +167,14 @@ inline void define_kernel_schemas(torch::Library& m) {
   m.def("fade_in_from_rgb_backward(Tensor grad, Tensor img, Tensor weight, Tensor bias, float alpha, "
         "float w_mul, float b_mul, float slope) -> (Tensor grad_img, Tensor grad_x_high, Tensor grad_weight, "
         "Tensor grad_bias)");
+  // The gradient penalty's terms of the backward's own derivatives, for an incoming gradient gg_img
+  // of grad_img (fastgan/ops/fade_in_from_rgb.py has them all), with q = avg_pool_2x2(gg_img) and
+  // m = lrelu'(z): d_grad = (1 - alpha) * m * w_mul * W q (grad's shape and layout), and
+  // d_weight = (1 - alpha) * w_mul * sum m * grad * q^T (weight's shape; sums as the backward's).
+  // Each only when asked for (else an empty [0]); grad is read only for d_weight.
+  m.def("fade_in_from_rgb_double_backward(Tensor grad, Tensor img, Tensor gg_img, Tensor weight, Tensor bias, "
+        "float alpha, float w_mul, float b_mul, float slope, bool need_grad, bool need_weight) -> "
+        "(Tensor d_grad, Tensor d_weight)");
 }
 
 }  // namespace fastgan

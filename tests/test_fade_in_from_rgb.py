@@ -7,8 +7,9 @@ import torch.nn.functional as F
 import fastgan
 from fastgan.ops.fade_in_from_rgb import (_fade_in_from_rgb, _fade_in_from_rgb_backward,
                                           fade_in_from_rgb_reference)
-from helpers import (CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, assert_close, check_forward_backward,
-                     TOLERANCES, gradchecks, randn)
+from fastgan.ops._dispatch import kernels
+from helpers import (CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, assert_close, assert_sum_close,
+                     check_forward_backward, TOLERANCES, gradchecks, randn)
 
 F64 = torch.float64
 # (N, C_img, C_out, H, W) at the low resolution: RGB, odd sizes, vector tails, grey and RGBA images.
@@ -227,3 +228,128 @@ def test_double_backward_skips_absent_gradients(given):
     want = torch.autograd.grad(firsts, wrt, zeros, allow_unused=True, materialize_grads=True)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# ---- the double backward's kernel (the gradient penalty's terms)
+
+def lattice(shape, layout, dtype, device, denominator):
+    """Random multiples of 1 / denominator in [-2, 2]: exact in every dtype, and so are the pooling and
+    the 1x1 conv of such images and weights, in any order: the kernels' z is exact."""
+    return randn(shape, layout, torch.float64, device).mul(denominator).round().clamp(
+        -2 * denominator, 2 * denominator).div(denominator).to(dtype)
+
+
+def penalty_inputs(shape, layout, dtype, device):
+    """(grad, img, gg_img, weight, bias) whose z = W avg_pool_2x2(img) + bias (w_mul = b_mul = 1) is an
+    odd multiple of 1/512, never 0: W p is a multiple of 1/256 (1/8 * 1/32), bias an odd multiple of
+    1/512. No element is at the lrelu's kink, by design."""
+    n, ci, co, h, w = shape
+    img = lattice((n, ci, 2 * h, 2 * w), layout, dtype, device, 8)
+    weight = lattice((co, ci, 1, 1), "contiguous", dtype, device, 8)
+    bias = ((2 * torch.randint(-8, 8, (co,), device=device) + 1) / 512).to(dtype)
+    return randn((n, co, h, w), layout, dtype, device), img, randn(img.shape, layout, dtype, device), weight, bias
+
+
+def penalty_terms(grad, img, gg_img, weight, bias, alpha, slope):
+    """(d_grad, d_weight, the sum of |terms| of d_weight) in float64 from the definition: the gradients of
+    <grad_img, gg_img> with respect to grad and weight, grad_img the backward of
+    (1 - alpha) * lrelu(W avg_pool_2x2(img) + bias)."""
+    grad, img, weight = (t.detach().double().requires_grad_() for t in (grad, img, weight))
+    z = F.conv2d(F.avg_pool2d(img, 2), weight, bias.double())
+    (grad_img,) = torch.autograd.grad(F.leaky_relu(z, slope) * (1 - alpha), img, grad, create_graph=True)
+    d_grad, d_weight = torch.autograd.grad((grad_img * gg_img.double()).sum(), (grad, weight))
+    m_grad = torch.where(z > 0, 1.0, slope) * grad
+    terms = torch.einsum("nohw,nihw->oi", m_grad.abs(), F.avg_pool2d(gg_img.double(), 2).abs()) * (1 - alpha)
+    return d_grad, d_weight, terms.reshape(d_weight.shape).detach()
+
+
+def check_penalty_kernel(impl, shape, layout, dtype, need, device="cpu"):
+    grad, img, gg_img, weight, bias = penalty_inputs(shape, layout, dtype, device)
+    alpha, slope = 0.3, 0.2
+    want_grad, want_weight, terms = penalty_terms(grad, img, gg_img, weight, bias, alpha, slope)
+    got_grad, got_weight = kernels(impl).fade_in_from_rgb_double_backward(grad, img, gg_img, weight, bias, alpha, 1.0,
+                                                                         1.0, slope, *need)
+    if need[0]:
+        assert_close(got_grad, want_grad, dtype)
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        assert got_grad.is_contiguous(memory_format=fmt), "d_grad must be in grad's layout"
+    else:
+        assert got_grad.numel() == 0
+    if need[1]:
+        assert got_weight.dtype == dtype
+        assert_sum_close(got_weight, want_weight, terms, dtype)
+    else:
+        assert got_weight.numel() == 0
+
+
+NEEDS = [(True, True), (True, False), (False, True)]
+
+
+@pytest.mark.parametrize("need", NEEDS, ids=["both", "grad", "weight"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_penalty_kernel(impl, shape, layout, dtype, need):
+    """The double backward's kernel (the terms of gg_img) against float64 autograd of the definition."""
+    check_penalty_kernel(impl, shape, layout, dtype, need)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(2, 3, 64, 32, 32), (1, 3, 37, 9, 35), (1, 5, 70, 4, 20)])
+def test_penalty_kernel_cpu_large(shape, layout, dtype):
+    """Vector loops and tails of both layouts, more than 4 colours, several blocks of weight partials."""
+    check_penalty_kernel("cpu", shape, layout, dtype, (True, True))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_penalty_kernel_gpu(impl, layout, dtype):
+    for shape in SHAPES + [(32, 3, 64, 64, 64), (2, 3, 128, 16, 16)]:
+        for need in NEEDS:
+            check_penalty_kernel(impl, shape, layout, dtype, need, "cuda")
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_penalty_kernel_empty(impl):
+    grad, img, gg_img, weight, bias = penalty_inputs((0, 3, 4, 2, 3), "contiguous", torch.float32, "cpu")
+    d_grad, d_weight = kernels(impl).fade_in_from_rgb_double_backward(grad, img, gg_img, weight, bias, 0.3, 1.0, 1.0,
+                                                                     0.2, True, True)
+    assert d_grad.shape == grad.shape
+    assert torch.equal(d_weight, torch.zeros_like(weight))
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_penalty_kernel_bad_gg_img(impl):
+    grad, img, gg_img, weight, bias = penalty_inputs((2, 3, 4, 2, 3), "contiguous", torch.float32, "cpu")
+    with pytest.raises((RuntimeError, ValueError), match="gg_img"):
+        kernels(impl).fade_in_from_rgb_double_backward(grad, img, gg_img[:, :, :-2], weight, bias, 0.3, 1.0, 1.0,
+                                                       0.2, True, True)
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_gradient_penalty_uses_the_kernel(impl, monkeypatch):
+    """A gradient penalty through img (gg_img alone) runs the kernel, and no eager convolution; its
+    gradients match float64 autograd of the reference (float64 inputs: no kink within rounding)."""
+    img, x_high, weight, bias = (t.requires_grad_() for t in make((2, 3, 4, 2, 3), dtype=F64))
+    out = fastgan.ops.fade_in_from_rgb(img, x_high, weight, bias, 0.3, impl=impl)
+    (grad_img,) = torch.autograd.grad(out.square().sum(), img, create_graph=True)
+    calls = []
+    k = kernels(impl)
+    original = k.fade_in_from_rgb_double_backward
+    monkeypatch.setattr(k, "fade_in_from_rgb_double_backward", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(F, "conv2d", None)  # the eager formula would fail
+    grads = torch.autograd.grad(grad_img.square().sum(), (img, x_high, weight, bias), allow_unused=True)
+    assert calls == [1]
+    monkeypatch.undo()
+    want = torch.autograd.grad(
+        torch.autograd.grad(fade_in_from_rgb_reference(img, x_high, weight, bias, 0.3).square().sum(), img,
+                            create_graph=True)[0].square().sum(), (img, x_high, weight, bias), allow_unused=True)
+    for g, w in zip(grads, want):
+        if w is None or g is None:
+            assert g is None or not g.any()
+            continue
+        torch.testing.assert_close(g, w, **TOLERANCES[F64])

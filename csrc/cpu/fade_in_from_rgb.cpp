@@ -2,7 +2,8 @@
 // z = w_mul * W avg_pool_2x2(img) + b_mul * bias, the equalized 1x1 conv over the Ci
 // colour channels; and its backward (z recomputed, gz = (1 - alpha) * lrelu'(z) * grad):
 //   grad_img = up_2x(w_mul * W^T gz) / 4, grad_x_high = alpha * grad,
-//   grad_weight = w_mul * sum gz p^T, grad_bias = b_mul * sum gz.
+//   grad_weight = w_mul * sum gz p^T, grad_bias = b_mul * sum gz;
+// and the gradient penalty's terms of the backward's backward (schemas.h), as the backward's tasks.
 // A task takes tiles of low-resolution rows (n, h0 .. h0 + nh), up to kTilePixels pixels:
 // it pools the image rows above them into p[Ci][tile pixels] (float), then walks x_high's
 // Co channels. NCHW vectorizes along the tile's pixels (contiguous in each channel plane,
@@ -351,6 +352,157 @@ void fade_in_from_rgb_backward_kernel(const T* grad, const T* img, const T* weig
   }
 }
 
+// Double backward state of a task (schemas.h: fade_in_from_rgb_double_backward): pooled rows p
+// (img, for the mask) and q (gg_img), and the weight partials part[i * Co + o] = sum m * grad * q_i
+// (unscaled; null without d_weight). grad runs are read, and d_grad runs written, only when given.
+template <typename T>
+struct DoubleBackwardRow {
+  using acc_t = at::opmath_type<T>;
+  const Shape& s;
+  const Scaled<T>& sc;
+  acc_t b, sl;
+  const acc_t* p;
+  const acc_t* q;
+  acc_t* part;
+
+  // One channel o of an NCHW tile: runs of len pixels.
+  void nchw_channel(int64_t o, int64_t len, const T* g, T* dg) {
+    const int64_t pl = s.pl();
+    int64_t j = 0;
+    if constexpr (kChunked<T>) {
+      using Vec = AccVec<T>;
+      std::array<Vec, 4> sum_w{Vec(0), Vec(0), Vec(0), Vec(0)};  // colours 0..3; more go to part directly
+      const int64_t vi = std::min<int64_t>(s.ci, 4);
+      for (; j + kChunk<T> <= len; j += kChunk<T>) {
+        Chunk<T> gv, dv;
+        if (g) gv = load_chunk(g + j);
+        for (int r = 0; r < kParts<T>; ++r) {
+          const int64_t k = j + r * Vec::size();
+          Vec z(sc.bb[o]), t(0);
+          for (int64_t i = 0; i < s.ci; ++i) {
+            const Vec w(sc.wt[i * s.co + o]);
+            z = at::vec::fmadd(w, Vec::loadu(p + i * pl + k), z);
+            if (dg) t = at::vec::fmadd(w, Vec::loadu(q + i * pl + k), t);
+          }
+          const Vec m = lrelu_slope_vec(z, Vec(sl));
+          if (dg) dv[r] = Vec(b) * m * t;
+          if (g) {
+            const Vec gm = m * gv[r];
+            for (int64_t i = 0; i < s.ci; ++i) {
+              const Vec qv = Vec::loadu(q + i * pl + k);
+              if (i < vi) {
+                sum_w[i] = at::vec::fmadd(gm, qv, sum_w[i]);
+              } else {
+                part[i * s.co + o] += BackwardRow<T>::vec_sum(gm * qv);
+              }
+            }
+          }
+        }
+        if (dg) store_chunk(dg + j, dv);
+      }
+      if (g) {
+        for (int64_t i = 0; i < vi; ++i) part[i * s.co + o] += BackwardRow<T>::vec_sum(sum_w[i]);
+      }
+    }
+    for (; j < len; ++j) scalar(o, j, g ? g + j : nullptr, dg ? dg + j : nullptr);
+  }
+
+  // One NHWC pixel w of the tile: its Co channels, vectorized along them.
+  void nhwc_pixel(int64_t w, const T* g, T* dg) {
+    const int64_t pl = s.pl();
+    int64_t o = 0;
+    if constexpr (kChunked<T>) {
+      using Vec = AccVec<T>;
+      for (; o + kChunk<T> <= s.co; o += kChunk<T>) {
+        auto z = load_acc_chunk<T>(sc.bb.data() + o);
+        Chunk<T> t, m;
+        for (int r = 0; r < kParts<T>; ++r) t[r] = Vec(0);
+        for (int64_t i = 0; i < s.ci; ++i) {
+          const auto wv = load_acc_chunk<T>(sc.wt.data() + i * s.co + o);
+          for (int r = 0; r < kParts<T>; ++r) {
+            z[r] = at::vec::fmadd(Vec(p[i * pl + w]), wv[r], z[r]);
+            if (dg) t[r] = at::vec::fmadd(Vec(q[i * pl + w]), wv[r], t[r]);
+          }
+        }
+        for (int r = 0; r < kParts<T>; ++r) m[r] = lrelu_slope_vec(z[r], Vec(sl));
+        if (dg) {
+          for (int r = 0; r < kParts<T>; ++r) t[r] = Vec(b) * m[r] * t[r];
+          store_chunk(dg + o, t);
+        }
+        if (g) {
+          auto gm = load_chunk(g + o);
+          for (int r = 0; r < kParts<T>; ++r) gm[r] = m[r] * gm[r];
+          for (int64_t i = 0; i < s.ci; ++i) {
+            auto pw = load_acc_chunk<T>(part + i * s.co + o);
+            for (int r = 0; r < kParts<T>; ++r) pw[r] = at::vec::fmadd(Vec(q[i * pl + w]), gm[r], pw[r]);
+            store_acc_chunk<T>(part + i * s.co + o, pw);
+          }
+        }
+      }
+    }
+    for (; o < s.co; ++o) scalar(o, w, g ? g + o : nullptr, dg ? dg + o : nullptr);
+  }
+
+  // The scalar code of channel o at tile pixel k.
+  void scalar(int64_t o, int64_t k, const T* g, T* dg) {
+    const int64_t pl = s.pl();
+    const acc_t m = lrelu_slope(sc.z(p, s, o, k), sl);
+    if (dg) {
+      acc_t t = 0;
+      for (int64_t i = 0; i < s.ci; ++i) t += sc.wt[i * s.co + o] * q[i * pl + k];
+      *dg = static_cast<T>(b * m * t);
+    }
+    if (g) {
+      const acc_t gm = m * static_cast<acc_t>(*g);
+      for (int64_t i = 0; i < s.ci; ++i) part[i * s.co + o] += gm * q[i * pl + k];
+    }
+  }
+};
+
+// d_grad and d_weight of schemas.h's fade_in_from_rgb_double_backward; either may be null (not asked).
+template <typename T>
+void fade_in_from_rgb_double_backward_kernel(const T* grad, const T* img, const T* gg_img, const T* weight,
+                                             const T* bias, T* d_grad, T* d_weight, const Shape& s, double alpha,
+                                             double w_mul, double b_mul, double slope) {
+  using acc_t = at::opmath_type<T>;
+  const Scaled<T> sc(weight, bias, s, w_mul, b_mul);
+  // Fixed blocks of tiles, each with its own partials, as the backward's.
+  const int64_t per_block = grain(s.co * s.pl()), blocks = (s.tiles() + per_block - 1) / per_block;
+  const int64_t np = s.ci * s.co;
+  std::vector<acc_t> partial(d_weight ? blocks * np : 0, acc_t(0));
+  const acc_t b = static_cast<acc_t>(1.0 - alpha);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> p(s.ci * s.pl()), q(s.ci * s.pl());
+    for (int64_t blk = begin; blk < end; ++blk) {
+      DoubleBackwardRow<T> row{s, sc, b, static_cast<acc_t>(slope), p.data(), q.data(),
+                               d_weight ? partial.data() + blk * np : nullptr};
+      for (int64_t t = blk * per_block; t < std::min(s.tiles(), (blk + 1) * per_block); ++t) {
+        const Tile tl = tile_of(s, t);
+        pool_rgb_tile(img, s, tl, p.data());
+        pool_rgb_tile(gg_img, s, tl, q.data());
+        if (s.nhwc) {
+          for (int64_t w = 0; w < tl.len; ++w) {
+            const int64_t off = ((tl.n * s.h + tl.h0) * s.w + w) * s.co;
+            row.nhwc_pixel(w, d_weight ? grad + off : nullptr, d_grad ? d_grad + off : nullptr);
+          }
+        } else {
+          for (int64_t o = 0; o < s.co; ++o) {
+            const int64_t off = ((tl.n * s.co + o) * s.h + tl.h0) * s.w;
+            row.nchw_channel(o, tl.len, d_weight ? grad + off : nullptr, d_grad ? d_grad + off : nullptr);
+          }
+        }
+      }
+    }
+  });
+  if (!d_weight) return;
+  const acc_t scale = static_cast<acc_t>(w_mul) * b;
+  for (int64_t k = 0; k < np; ++k) {
+    acc_t total = 0;
+    for (int64_t blk = 0; blk < blocks; ++blk) total += partial[blk * np + k];
+    d_weight[k % s.co * s.ci + k / s.co] = static_cast<T>(scale * total);
+  }
+}
+
 Shape check_shapes(const char* op, const at::Tensor& img, const at::Tensor& xh, const at::Tensor& weight,
                    const at::Tensor& bias, at::MemoryFormat fmt) {
   TORCH_CHECK(img.dim() == 4 && xh.dim() == 4, "fastgan_cpu::", op, ": img and x_high must be 4-D, got ", img.sizes(),
@@ -409,11 +561,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fade_in_from_rgb_back
   return {g_img, g_xh, g_weight, g_bias};
 }
 
+std::tuple<at::Tensor, at::Tensor> fade_in_from_rgb_double_backward(
+    const at::Tensor& grad, const at::Tensor& img, const at::Tensor& gg_img, const at::Tensor& weight,
+    const at::Tensor& bias, double alpha, double w_mul, double b_mul, double slope, bool need_grad, bool need_weight) {
+  const char* op = "fade_in_from_rgb_double_backward";
+  const auto fmt = layout_of(grad, "grad");
+  const Shape s = check_shapes(op, img, grad, weight, bias, fmt);
+  TORCH_CHECK(gg_img.sizes() == img.sizes(), "fastgan_cpu::", op, ": gg_img must have img's shape ", img.sizes(),
+              ", got ", gg_img.sizes());
+  check_like(gg_img, "gg_img", grad, fmt);
+  auto d_grad =
+      need_grad ? at::empty(grad.sizes(), grad.options().memory_format(fmt)) : at::empty({0}, grad.options());
+  auto d_weight = need_weight ? at::empty(weight.sizes(), weight.options()) : at::empty({0}, weight.options());
+  if (grad.numel() == 0 || !(need_grad || need_weight)) {
+    if (need_weight) d_weight.zero_();
+    return {d_grad, d_weight};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
+                                  "fastgan_cpu::fade_in_from_rgb_double_backward", [&] {
+    fade_in_from_rgb_double_backward_kernel(
+        grad.const_data_ptr<scalar_t>(), img.const_data_ptr<scalar_t>(), gg_img.const_data_ptr<scalar_t>(),
+        weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
+        need_grad ? d_grad.mutable_data_ptr<scalar_t>() : nullptr,
+        need_weight ? d_weight.mutable_data_ptr<scalar_t>() : nullptr, s, alpha, w_mul, b_mul, slope);
+  });
+  return {d_grad, d_weight};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan_cpu, CPU, m) {
   m.impl("fade_in_from_rgb", &fade_in_from_rgb);
   m.impl("fade_in_from_rgb_backward", &fade_in_from_rgb_backward);
+  m.impl("fade_in_from_rgb_double_backward", &fade_in_from_rgb_double_backward);
 }
 
 }  // namespace fastgan::cpu

@@ -8,6 +8,8 @@
 //   the Ci-colour pooling is recomputed per element from L1/L2.
 // - backward, pixels: a thread a low-resolution pixel, looping over the Co channels:
 //   grad_x_high, and grad_p for its Ci <= kMaxColours colours, then grad_img's 2x2 blocks.
+// - double backward (the gradient penalty's terms, schemas.h): d_grad as the forward, a thread
+//   an element; its weight term as the backward's weight sums, with gg_img pooled for p.
 // - backward, weights: blocks (o, split) sum gz * p_i and gz over a share of the pixels into
 //   partials [split, Co, Ci + 1], added in order by ATen afterwards (deterministic).
 #include "common.cuh"
@@ -123,18 +125,22 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Block (o = blockIdx.x, split = blockIdx.y): partial[split, o, i] = sum gz * p_i (i < Ci), and
-// partial[split, o, Ci] = sum gz, over the pixels split, split + splits, ... (a thread each).
-template <typename scalar_t>
+// Block (o = blockIdx.x, split = blockIdx.y), over the pixels split, split + splits, ... (a thread
+// each), with gz = (1 - alpha) * lrelu'(z) * grad: the backward (kDouble false) sums
+// partial[split, o, i] = sum gz * p_i (i < Ci) and partial[split, o, Ci] = sum gz; the double
+// backward's weight term sums partial[split, o, i] = sum gz * q_i, q = avg_pool_2x2(gg_img).
+template <typename scalar_t, bool kDouble>
 __global__ void __launch_bounds__(kThreads)
     backward_weight_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ img,
-                           const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias,
-                           at::opmath_type<scalar_t>* partial, Geometry g, Scalars sc, int64_t pixels) {
+                           const scalar_t* __restrict__ gg_img, const scalar_t* __restrict__ weight,
+                           const scalar_t* __restrict__ bias, at::opmath_type<scalar_t>* partial, Geometry g,
+                           Scalars sc, int64_t pixels) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t smem[kThreads];
   const acc_t a = static_cast<acc_t>(sc.alpha), wm = static_cast<acc_t>(sc.w_mul), bm = static_cast<acc_t>(sc.b_mul);
   const acc_t sl = static_cast<acc_t>(sc.slope);
   const int64_t o = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+  const int64_t width = kDouble ? g.Ci : g.Ci + 1;
   acc_t sums[kMaxColours + 1] = {};
   for (int64_t q = split * kThreads + threadIdx.x; q < pixels; q += splits * kThreads) {
     const int64_t w = q % g.W, h = q / g.W % g.H, n = q / (g.W * g.H);
@@ -143,11 +149,12 @@ __global__ void __launch_bounds__(kThreads)
     const acc_t z = conv_at(weight, bias, p, o, g, wm, bm);
     const acc_t gv = static_cast<acc_t>(grad[n * g.xs_n + o * g.xs_c + h * g.xs_h + w * g.xs_w]);
     const acc_t gz = (acc_t(1) - a) * gv * (z > acc_t(0) ? acc_t(1) : sl);
-    for (int64_t i = 0; i < g.Ci; ++i) sums[i] += gz * p[i];
-    sums[g.Ci] += gz;
+    for (int64_t i = 0; i < g.Ci; ++i)
+      sums[i] += gz * (kDouble ? pooled<scalar_t, acc_t>(gg_img, g, n, i, h, w) : p[i]);
+    if (!kDouble) sums[g.Ci] += gz;
   }
-  acc_t* row = partial + (split * g.Co + o) * (g.Ci + 1);
-  for (int64_t i = 0; i <= g.Ci; ++i) {
+  acc_t* row = partial + (split * g.Co + o) * width;
+  for (int64_t i = 0; i < width; ++i) {
     smem[threadIdx.x] = sums[i];
     __syncthreads();
     for (int s = kThreads / 2; s > 0; s /= 2) {
@@ -156,6 +163,30 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (threadIdx.x == 0) row[i] = smem[0];
     __syncthreads();
+  }
+}
+
+// The double backward's d_grad = (1 - alpha) * lrelu'(z) * w_mul * W q, q = avg_pool_2x2(gg_img)
+// (img's strides): a thread an element, in memory order, as the forward.
+template <typename scalar_t, bool kNHWC>
+__global__ void __launch_bounds__(kThreads)
+    double_backward_grad_kernel(const scalar_t* __restrict__ img, const scalar_t* __restrict__ gg_img,
+                                const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias,
+                                scalar_t* __restrict__ d_grad, Geometry g, Scalars sc, int64_t numel) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t a = static_cast<acc_t>(sc.alpha), wm = static_cast<acc_t>(sc.w_mul), bm = static_cast<acc_t>(sc.b_mul);
+  for (int64_t idx = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; idx < numel;
+       idx += int64_t{gridDim.x} * blockDim.x) {
+    int64_t n, o, h, w;
+    decode<kNHWC>(idx, g, n, o, h, w);
+    acc_t z = bm * static_cast<acc_t>(bias[o]), t = 0;
+    // The mask's sum, then the change's: one loop with both sums spilled (bfloat16, sm_90).
+    for (int64_t i = 0; i < g.Ci; ++i)
+      z += wm * static_cast<acc_t>(weight[o * g.Ci + i]) * pooled<scalar_t, acc_t>(img, g, n, i, h, w);
+    for (int64_t i = 0; i < g.Ci; ++i)
+      t += wm * static_cast<acc_t>(weight[o * g.Ci + i]) * pooled<scalar_t, acc_t>(gg_img, g, n, i, h, w);
+    const acc_t m = z > acc_t(0) ? acc_t(1) : static_cast<acc_t>(sc.slope);
+    d_grad[n * g.xs_n + o * g.xs_c + h * g.xs_h + w * g.xs_w] = static_cast<scalar_t>((acc_t(1) - a) * m * t);
   }
 }
 
@@ -227,10 +258,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fade_in_from_rgb_back
         bias.const_data_ptr<scalar_t>(), g_img.mutable_data_ptr<scalar_t>(), g_xh.mutable_data_ptr<scalar_t>(), g, sc,
         pixels);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    backward_weight_kernel<scalar_t><<<dim3(static_cast<unsigned>(g.Co), static_cast<unsigned>(splits)), kThreads, 0,
-                                       stream>>>(grad.const_data_ptr<scalar_t>(), img.const_data_ptr<scalar_t>(),
-                                                 weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
-                                                 partial.mutable_data_ptr<acc_t>(), g, sc, pixels);
+    backward_weight_kernel<scalar_t, false>
+        <<<dim3(static_cast<unsigned>(g.Co), static_cast<unsigned>(splits)), kThreads, 0, stream>>>(
+            grad.const_data_ptr<scalar_t>(), img.const_data_ptr<scalar_t>(), nullptr, weight.const_data_ptr<scalar_t>(),
+            bias.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), g, sc, pixels);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   const auto sums = partial.sum(0);  // [Co, Ci + 1], in a fixed order
@@ -239,10 +270,64 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fade_in_from_rgb_back
   return {g_img, g_xh, g_weight, g_bias};
 }
 
+void launch_double_backward_grad(const at::Tensor& img, const at::Tensor& gg_img, const at::Tensor& weight,
+                                 const at::Tensor& bias, const at::Tensor& d_grad, const Geometry& g, double alpha,
+                                 double w_mul, double b_mul, double slope) {
+  const int64_t numel = d_grad.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d_grad.scalar_type(),
+                                  "fastgan_cuda::fade_in_from_rgb_double_backward", [&] {
+    dispatch_index_layout(false, !d_grad.is_contiguous(), [&](auto, auto layout) {
+      double_backward_grad_kernel<scalar_t, decltype(layout)::value>
+          <<<grid_size(numel, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              img.const_data_ptr<scalar_t>(), gg_img.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+              bias.const_data_ptr<scalar_t>(), d_grad.mutable_data_ptr<scalar_t>(), g,
+              Scalars{alpha, w_mul, b_mul, slope}, numel);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> fade_in_from_rgb_double_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& img, const at::Tensor& gg_img, const at::Tensor& weight,
+    const at::Tensor& bias, double alpha, double w_mul, double b_mul, double slope, bool need_grad, bool need_weight) {
+  const char* op = "fade_in_from_rgb_double_backward";
+  const Geometry g = geometry(op, img, grad, weight, bias);
+  check_cuda(gg_img, op, "gg_img");
+  check_same(gg_img, "gg_img", grad, "grad", op);
+  TORCH_CHECK(gg_img.sizes() == img.sizes() && gg_img.strides() == img.strides(), "fastgan_cuda::", op,
+              ": gg_img must have img's shape ", img.sizes(), " and strides ", img.strides(), ", got ",
+              gg_img.sizes(), " and ", gg_img.strides());
+  c10::cuda::CUDAGuard guard(grad.device());
+  auto d_grad = need_grad ? at::empty_like(grad) : at::empty({0}, grad.options());
+  const int64_t pixels = g.N * g.H * g.W, numel = grad.numel();
+  if (need_grad && numel > 0)
+    launch_double_backward_grad(img, gg_img, weight, bias, d_grad, g, alpha, w_mul, b_mul, slope);
+  if (!need_weight) return {d_grad, at::empty({0}, weight.options())};
+  if (numel == 0) return {d_grad, at::zeros_like(weight)};
+  const auto acc = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t splits = std::min<int64_t>(kMaxSplits, ceil_div(pixels, kThreads * 16));
+  auto partial = at::empty({splits, g.Co, g.Ci}, grad.options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
+                                  "fastgan_cuda::fade_in_from_rgb_double_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    backward_weight_kernel<scalar_t, true>
+        <<<dim3(static_cast<unsigned>(g.Co), static_cast<unsigned>(splits)), kThreads, 0,
+            at::cuda::getCurrentCUDAStream()>>>(
+            grad.const_data_ptr<scalar_t>(), img.const_data_ptr<scalar_t>(), gg_img.const_data_ptr<scalar_t>(),
+            weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), g,
+            Scalars{alpha, w_mul, b_mul, slope}, pixels);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  // The partials added in a fixed order, scaled by w_mul (gz carries the 1 - alpha).
+  auto d_weight = partial.sum(0).mul(w_mul).to(weight.scalar_type()).reshape(weight.sizes()).contiguous();
+  return {d_grad, d_weight};
+}
+
 }  // namespace
 }  // namespace fastgan::cuda
 
 TORCH_LIBRARY_IMPL(fastgan_cuda, CUDA, m) {
   m.impl("fade_in_from_rgb", &fastgan::cuda::fade_in_from_rgb_cuda);
   m.impl("fade_in_from_rgb_backward", &fastgan::cuda::fade_in_from_rgb_backward_cuda);
+  m.impl("fade_in_from_rgb_double_backward", &fastgan::cuda::fade_in_from_rgb_double_backward_cuda);
 }

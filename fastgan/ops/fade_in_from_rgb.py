@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .._backend import resolve
 from .._checks import as_layout, check_alpha, check_device, check_same, check_tensor, empty, memory_format
 from ._autocast import lower
-from ._dispatch import fused_op, kernels
+from ._dispatch import _traced, fused_op, kernels
 
 
 def _scales(img_channels, gain, lr_mul):
@@ -120,7 +120,7 @@ def _fade_in_from_rgb_bwd(ctx, grad):
 
 
 def _fade_in_from_rgb_backward_bwd(ctx, gg_img, gg_high, gg_weight, gg_bias):
-    """Second derivatives, eager. With p = avg_pool_2x2(img), z the conv output, m = lrelu'(z)
+    """Second derivatives. With p = avg_pool_2x2(img), z the conv output, m = lrelu'(z)
     (1 or slope) and gz = (1 - alpha) * m * grad, the backward is
         grad_img = up_2x(w_mul * W^T gz) / 4, grad_x_high = alpha * grad,
         grad_weight = w_mul * sum gz p^T, grad_bias = b_mul * sum gz.
@@ -128,48 +128,75 @@ def _fade_in_from_rgb_backward_bwd(ctx, gg_img, gg_high, gg_weight, gg_bias):
         d grad   = (1 - alpha) * m * (w_mul * (W q + gg_weight p) + b_mul * gg_bias) + alpha * gg_x_high
         d img    = up_2x(w_mul * gg_weight^T gz) / 4
         d weight = w_mul * sum gz q^T
-        d bias   = 0 (bias enters only through the mask)."""
+        d bias   = 0 (bias enters only through the mask).
+    A gradient penalty through img brings gg_img (and gg_x_high) alone: the terms of q are one
+    kernel pass (fade_in_from_rgb_double_backward) when nothing differentiates this backward again
+    or traces it; everything else is eager, with autograd."""
     grad, img, weight, bias = ctx.saved_tensors
-    alpha, w_mul, b_mul, slope, _ = ctx.scalars
-    # Each scalar enters on its own (t - t * alpha, not (1 - alpha) * t): traced with dynamic
-    # shapes they are symbolic floats, and AOT autograd cannot turn compound ones into tensors.
-    # An incoming gradient that is None (zero) skips its terms: a gradient penalty through img
-    # brings gg_img and gg_x_high alone, and the convolutions with gg_weight would be of zeros.
+    alpha, w_mul, b_mul, slope, impl = ctx.scalars
+    # An incoming gradient that is None (zero) skips its terms: the convolutions with gg_weight
+    # would be of zeros.
     co, ci = weight.shape[:2]
     need_grad = ctx.needs_input_grad[0]
     need_img = ctx.needs_input_grad[1] and gg_weight is not None
     need_weight = ctx.needs_input_grad[2] and gg_img is not None
     d_grad = d_img = d_weight = None
-    if not (need_grad or need_img or need_weight):
-        return d_grad, d_img, d_weight, None, None, None, None, None, None
-    p = F.avg_pool2d(img, 2)
-    z = F.conv2d(p, weight * w_mul, bias * b_mul)
-    pos = (z > 0).to(grad.dtype)
-    m = pos + (1.0 - pos) * slope  # lrelu'(z)
-    q = None if gg_img is None else F.avg_pool2d(gg_img, 2)
-    if need_grad:
-        t = None  # the change of z
-        if gg_weight is not None:
-            t = F.conv2d(p, gg_weight * w_mul, None if gg_bias is None else gg_bias * b_mul)
-        elif gg_bias is not None:
-            t = (gg_bias * b_mul)[:, None, None]
-        if q is not None:
-            t = F.conv2d(q, weight * w_mul) if t is None else t + F.conv2d(q, weight * w_mul)
-        if t is not None:
-            mt = m * t
-            d_grad = mt - mt * alpha
-        if gg_high is not None:
-            d_grad = gg_high * alpha if d_grad is None else d_grad + gg_high * alpha
-    if need_img or need_weight:
-        mg = m * grad
-        gz = mg - mg * alpha
-    if need_img:
-        d_p = F.conv2d(gz, gg_weight.transpose(0, 1) * w_mul) * 0.25
-        n, _, h, w = d_p.shape  # nearest 2x up-sampling (F.interpolate's float scale breaks dynamic shapes)
-        d_img = d_p[:, :, :, None, :, None].expand(n, ci, h, 2, w, 2).reshape(img.shape)
-    if need_weight:
-        d_weight = (torch.einsum("nohw,nihw->oi", gz, q) * w_mul).reshape(co, ci, 1, 1)
+    if gg_img is not None and (need_grad or need_weight) and not torch.is_grad_enabled() and not _traced():
+        fmt = memory_format(grad)
+        d_grad, d_weight = kernels(impl).fade_in_from_rgb_double_backward(
+            as_layout(grad, fmt), as_layout(img, fmt), as_layout(gg_img, fmt), weight.contiguous(), bias.contiguous(),
+            alpha, w_mul, b_mul, slope, need_grad, need_weight)
+        d_grad, d_weight, gg_img = d_grad if need_grad else None, d_weight if need_weight else None, None
+    grad_of_z = need_grad and (gg_img is not None or gg_weight is not None or gg_bias is not None)
+    if grad_of_z or need_img or (need_weight and gg_img is not None):
+        d_grad, d_img, d_weight_q = _eager_terms(grad, img, weight, bias, gg_img, gg_weight, gg_bias, alpha, w_mul,
+                                                 b_mul, slope, grad_of_z, need_img, need_weight, d_grad)
+        d_weight = d_weight if d_weight_q is None else d_weight_q
+    if need_grad and gg_high is not None:
+        d_grad = gg_high * alpha if d_grad is None else d_grad + gg_high * alpha
     return d_grad, d_img, d_weight, None, None, None, None, None, None
+
+
+def _eager_terms(grad, img, weight, bias, gg_img, gg_weight, gg_bias, alpha, w_mul, b_mul, slope, grad_of_z,
+                 need_img, need_weight, d_grad):
+    """The double backward's terms through z (see _fade_in_from_rgb_backward_bwd) in eager PyTorch,
+    differentiable: (d_grad with them added, d_img, d_weight), None where not asked for. The
+    full-size work is z, the product with the mask (leaky_relu_backward: exactly m * t) and the
+    convolutions; the scales are folded into the small weight-sized tensors."""
+    co, ci = weight.shape[:2]
+    # Each scalar enters on its own (t - t * alpha, not (1 - alpha) * t): traced with dynamic
+    # shapes they are symbolic floats, and AOT autograd cannot turn compound ones into tensors.
+
+    def blended(t):  # (1 - alpha) * t
+        return t - t * alpha
+
+    # In the saved tensors' dtype, as the first backward: autocast would round z to half precision
+    # and move the mask.
+    with torch.autocast(img.device.type, enabled=False):
+        p = F.avg_pool2d(img, 2)
+        z = F.conv2d(p, weight * w_mul, bias * b_mul)
+        q = None if gg_img is None else F.avg_pool2d(gg_img, 2)
+        d_img = d_weight = None
+        if grad_of_z:
+            t = None  # (1 - alpha) * the change of z
+            if gg_weight is not None:
+                t = F.conv2d(p, blended(gg_weight * w_mul), None if gg_bias is None else blended(gg_bias * b_mul))
+            elif gg_bias is not None:
+                t = blended(gg_bias * b_mul)[:, None, None].expand_as(z)
+            if q is not None:
+                tq = F.conv2d(q, blended(weight * w_mul))
+                t = tq if t is None else t + tq
+            d_t = torch.ops.aten.leaky_relu_backward(t, z, slope, False)
+            d_grad = d_t if d_grad is None else d_grad + d_t
+        if need_img or (need_weight and q is not None):
+            mg = torch.ops.aten.leaky_relu_backward(grad, z, slope, False)  # gz / (1 - alpha)
+        if need_img:
+            d_p = F.conv2d(mg, blended(gg_weight.transpose(0, 1) * w_mul) * 0.25)
+            n, _, h, w = d_p.shape  # nearest 2x up-sampling (F.interpolate's float scale breaks dynamic shapes)
+            d_img = d_p[:, :, :, None, :, None].expand(n, ci, h, 2, w, 2).reshape(img.shape)
+        if need_weight and q is not None:
+            d_weight = blended(torch.einsum("nohw,nihw->oi", mg, q) * w_mul).reshape(co, ci, 1, 1)
+    return d_grad, d_img, d_weight
 
 
 _fade_in_from_rgb = fused_op("fade_in_from_rgb", _fade_in_from_rgb_kernel, _fade_in_from_rgb_fake,

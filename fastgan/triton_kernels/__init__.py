@@ -23,7 +23,7 @@ from .convolution import conv2d, conv2d_backward, conv_transpose_backward, to_la
 from .fade_in import KERNEL_SPECS as _FADE_IN_SPECS
 from .fade_in import fade_in, fade_in_backward
 from .fade_in_from_rgb import KERNEL_SPECS as _FADE_IN_FROM_RGB_SPECS
-from .fade_in_from_rgb import fade_in_from_rgb, fade_in_from_rgb_backward
+from .fade_in_from_rgb import fade_in_from_rgb, fade_in_from_rgb_backward, fade_in_from_rgb_double_backward
 from .minibatch_discrimination import KERNEL_SPECS as _MINIBATCH_DISCRIMINATION_SPECS
 from .minibatch_discrimination import minibatch_discrimination, minibatch_discrimination_backward
 from .minibatch_stddev import KERNEL_SPECS as _MINIBATCH_STDDEV_SPECS
@@ -76,6 +76,7 @@ __all__ = [
     "minibatch_stddev_backward",
     "fade_in_from_rgb",
     "fade_in_from_rgb_backward",
+    "fade_in_from_rgb_double_backward",
     "vbn_forward",
     "vbn_backward",
 ]

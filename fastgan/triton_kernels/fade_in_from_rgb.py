@@ -4,6 +4,9 @@
     gz  = (1 - alpha) * lrelu'(z) * grad:  grad_img = up_2x(w_mul * W^T gz) / 4,  grad_x_high = alpha * grad,
           grad_weight = w_mul * sum gz p^T,  grad_bias = b_mul * sum gz
 
+The double backward's gradient-penalty terms (schemas.h) run as the backward's programs,
+pooling gg_img as well.
+
 A program owns BLOCK_P low-resolution pixels (flattened over N, H, W) and pools their
 Ci colours. The 1x1 conv is unrolled over the CI colours as 2-D multiply-adds on
 [BLOCK_O, BLOCK_P] tiles, z = bias + sum_i W[:, i] p_i; not a broadcast product summed
@@ -157,19 +160,61 @@ def _backward_kernel(grad_ptr, img_ptr, w_ptr, b_ptr, gimg_ptr, gxh_ptr, partial
 
 @triton.jit
 def _reduce_kernel(partial_ptr, gw_ptr, gb_ptr, ROWS, CO, w_mul: "fp64", b_mul: "fp64",
-                   CI: tl.constexpr, BLOCK: tl.constexpr):
-    """Columns col = o * (CI + 1) + i of the partials, summed over the rows in order, scaled."""
+                   CI: tl.constexpr, BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    """Columns col = o * (CI + BIAS) + i of the partials, summed over the rows in order, scaled:
+    the weight's (i < CI) and, with BIAS, the bias's (i == CI)."""
     acc_t: tl.constexpr = partial_ptr.dtype.element_ty
+    WIDTH: tl.constexpr = CI + BIAS
     col = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    cols = tl.cast(CO, tl.int64) * (CI + 1)
+    cols = tl.cast(CO, tl.int64) * WIDTH
     mask = col < cols
     total = tl.zeros([BLOCK], dtype=acc_t)
     for r in range(ROWS):
         total += tl.load(partial_ptr + r * cols + col, mask=mask, other=0.0)
-    o = col // (CI + 1)
-    i = col % (CI + 1)
+    o = col // WIDTH
+    i = col % WIDTH
     tl.store(gw_ptr + o * CI + i, (tl.cast(w_mul, acc_t) * total).to(gw_ptr.dtype.element_ty), mask=mask & (i < CI))
-    tl.store(gb_ptr + o, (tl.cast(b_mul, acc_t) * total).to(gb_ptr.dtype.element_ty), mask=mask & (i == CI))
+    if BIAS:
+        tl.store(gb_ptr + o, (tl.cast(b_mul, acc_t) * total).to(gb_ptr.dtype.element_ty), mask=mask & (i == CI))
+
+
+@triton.jit
+def _double_backward_kernel(grad_ptr, img_ptr, ggimg_ptr, w_ptr, b_ptr, dgrad_ptr, partial_ptr, P, HW, W, CO,
+                            is_n, is_c, is_h, is_w, xs_n, xs_c, xs_h, xs_w,
+                            alpha: "fp64", w_mul: "fp64", b_mul: "fp64", slope: "fp64",
+                            NEED_GRAD: tl.constexpr, NEED_WEIGHT: tl.constexpr, CI: tl.constexpr,
+                            CI_PAD: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The gradient penalty's terms (schemas.h: fade_in_from_rgb_double_backward), programs as the
+    backward's: d_grad = (1 - alpha) * m * w_mul * W q, and the rows of partials [o * CI + i] of
+    sum m * grad * q_i, with q = avg_pool_2x2(gg_img) (img's strides) and m = lrelu'(z)."""
+    acc_t: tl.constexpr = compute_dtype(grad_ptr.dtype.element_ty)
+    pid = tl.program_id(0)
+    q = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    q_mask = q < P
+    p, _, _, n, h, w = _pooled(img_ptr, q, q_mask, HW, W, is_n, is_c, is_h, is_w, CI, CI_PAD, acc_t)
+    gq, _, _, _, _, _ = _pooled(ggimg_ptr, q, q_mask, HW, W, is_n, is_c, is_h, is_w, CI, CI_PAD, acc_t)
+    a = tl.cast(alpha, acc_t)
+    sl = tl.cast(slope, acc_t)
+    wm = tl.cast(w_mul, acc_t)
+    pix = (n * xs_n + h * xs_h + w * xs_w)[None, :]
+    row = partial_ptr + pid.to(tl.int64) * CO * CI
+    for o0 in range(0, CO, BLOCK_O):
+        o = o0 + tl.arange(0, BLOCK_O)
+        o_mask = o < CO
+        z = _conv(w_ptr, b_ptr, p, o, CO, wm, tl.cast(b_mul, acc_t), CI, CI_PAD, BLOCK_P, acc_t)
+        m = tl.where(z > 0, 1.0, sl)
+        offs = o[:, None].to(tl.int64) * xs_c + pix
+        mask = o_mask[:, None] & q_mask[None, :]
+        if NEED_GRAD:
+            t = tl.zeros([BLOCK_O, BLOCK_P], dtype=acc_t)
+            for i in tl.static_range(CI):
+                t += _weight(w_ptr, o, i, CO, wm, CI, acc_t)[:, None] * _row(gq, i, CI_PAD)[None, :]
+            tl.store(dgrad_ptr + offs, ((1.0 - a) * m * t).to(dgrad_ptr.dtype.element_ty), mask=mask)
+        if NEED_WEIGHT:
+            gm = m * tl.load(grad_ptr + offs, mask=mask, other=0.0).to(acc_t)  # zero outside the mask
+            o_sums = row + o.to(tl.int64) * CI
+            for i in tl.static_range(CI):
+                tl.store(o_sums + i, tl.sum(gm * _row(gq, i, CI_PAD)[None, :], axis=1), mask=o_mask)
 
 
 _forward = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["P", "CO", "is_c", "xs_c"])(_forward_kernel)
@@ -231,8 +276,36 @@ def fade_in_from_rgb_backward(grad, img, weight, bias, alpha, w_mul, b_mul, slop
                                   *grad.stride(), *_scalars(alpha, w_mul, b_mul, slope), CI=ci,
                                   CI_PAD=triton.next_power_of_2(ci), num_warps=config.num_warps, **config.kwargs)
         _reduce_kernel[(triton.cdiv(co * (ci + 1), _REDUCE_BLOCK),)](
-            partial, g_weight, g_bias, rows, co, fp64_scalar(w_mul), fp64_scalar(b_mul), CI=ci, BLOCK=_REDUCE_BLOCK)
+            partial, g_weight, g_bias, rows, co, fp64_scalar(w_mul), fp64_scalar(b_mul), CI=ci, BIAS=True,
+            BLOCK=_REDUCE_BLOCK)
     return g_img, g_xh, g_weight, g_bias
+
+
+def fade_in_from_rgb_double_backward(grad, img, gg_img, weight, bias, alpha, w_mul, b_mul, slope, need_grad,
+                                     need_weight):
+    """(d_grad in grad's layout, d_weight), each an empty [0] when not asked for (schemas.h)."""
+    p, hw, w, co, ci = _check(img, grad, weight, bias, "grad")
+    if tuple(gg_img.shape) != tuple(img.shape):
+        raise ValueError(f"fastgan triton: gg_img must have img's shape {tuple(img.shape)}, got {tuple(gg_img.shape)}")
+    check_like(gg_img, "gg_img", grad, layout(grad, "grad"))
+    d_grad = torch.empty_like(grad) if need_grad else grad.new_empty(0)
+    d_weight = torch.empty_like(weight) if need_weight else weight.new_empty(0)
+    if grad.numel() == 0 or not (need_grad or need_weight):
+        return d_grad, d_weight.zero_()
+    config = _BACKWARD_CONFIG
+    rows = triton.cdiv(p, config.kwargs["BLOCK_P"])
+    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    partial = torch.empty(rows * co * ci if need_weight else 1, dtype=acc, device=grad.device)
+    with device_guard(grad):
+        _double_backward_kernel[(rows,)](
+            grad, img, gg_img, weight, bias, d_grad if need_grad else grad, partial, p, hw, w, co, *img.stride(),
+            *grad.stride(), *_scalars(alpha, w_mul, b_mul, slope), NEED_GRAD=need_grad, NEED_WEIGHT=need_weight,
+            CI=ci, CI_PAD=triton.next_power_of_2(ci), num_warps=config.num_warps, **config.kwargs)
+        if need_weight:
+            _reduce_kernel[(triton.cdiv(co * ci, _REDUCE_BLOCK),)](
+                partial, d_weight, d_weight, rows, co, fp64_scalar(w_mul * (1.0 - alpha)), fp64_scalar(b_mul), CI=ci,
+                BIAS=False, BLOCK=_REDUCE_BLOCK)
+    return d_grad, d_weight
 
 
 def _variants(configs):
@@ -253,8 +326,15 @@ KERNEL_SPECS = [
                {"grad_ptr": "*{dtype}", "img_ptr": "*{dtype}", "w_ptr": "*{dtype}", "b_ptr": "*{dtype}",
                 "gimg_ptr": "*{dtype}", "gxh_ptr": "*{dtype}", "partial_ptr": "*fp32", **_SIZES, **_STRIDES,
                 **_SCALARS, **_TILE}, _variants([_BACKWARD_GPU_CONFIG])),
+    KernelSpec("fade_in_from_rgb_double_backward", _double_backward_kernel,
+               {"grad_ptr": "*{dtype}", "img_ptr": "*{dtype}", "ggimg_ptr": "*{dtype}", "w_ptr": "*{dtype}",
+                "b_ptr": "*{dtype}", "dgrad_ptr": "*{dtype}", "partial_ptr": "*fp32", **_SIZES, **_STRIDES,
+                **_SCALARS, "NEED_GRAD": "constexpr", "NEED_WEIGHT": "constexpr", **_TILE},
+               tuple((name, {**constexprs, "NEED_GRAD": True, "NEED_WEIGHT": True}, configs)
+                     for name, constexprs, configs in _variants([_BACKWARD_GPU_CONFIG]))),
     KernelSpec("fade_in_from_rgb_reduce", _reduce_kernel,
                {"partial_ptr": "*fp32", "gw_ptr": "*{dtype}", "gb_ptr": "*{dtype}", "ROWS": "i32", "CO": "i32",
-                "w_mul": "fp64", "b_mul": "fp64", "CI": "constexpr", "BLOCK": "constexpr"},
-               (("any", {"CI": 3}, [triton.Config({"BLOCK": _REDUCE_BLOCK}, num_warps=4)]),)),
+                "w_mul": "fp64", "b_mul": "fp64", "CI": "constexpr", "BIAS": "constexpr", "BLOCK": "constexpr"},
+               tuple((name, {"CI": 3, "BIAS": bias}, [triton.Config({"BLOCK": _REDUCE_BLOCK}, num_warps=4)])
+                     for name, bias in (("weight and bias", True), ("weight", False)))),
 ]
