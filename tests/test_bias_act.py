@@ -143,10 +143,11 @@ def test_parity_low_precision_cpu(layout, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("shape", [(3, 64, 50, 50), (2, 71, 9, 7), (4, 512, 4, 4)])
+@pytest.mark.parametrize("shape", [(3, 64, 50, 50), (2, 71, 9, 7), (4, 512, 4, 4), (64, 40, 4, 4), (3, 5000, 2, 2)])
 def test_parity_cpu_large(shape, layout, dtype):
-    """Vector loops and their tails in both layouts, several parallel tasks; with the clamp (x drawn
-    off its kink) and the bias, whose gradient sums thousands of rounded grad_x values."""
+    """Vector loops and their tails in both layouts, several parallel tasks, NCHW maps of a few pixels as
+    whole samples (a sample too long for that: 5000 x 2 x 2); with the clamp (x drawn off its kink) and
+    the bias, whose gradient sums thousands of rounded grad_x values."""
     check(randn(shape, layout, dtype), randn(shape[1:2], dtype=dtype), VARIANTS[4], "cpu", dtype)
 
 
@@ -304,11 +305,13 @@ def test_sum_except_scales_exactly(dtype, scale):
 
 
 # (shape, dim, layout) of the fused backward's kernel: NCHW planes (a bias value a row, rows of a
-# channel apart), channels-last and [N, C] rows (the bias along the row), odd sizes for the vector
-# tails, and more rows than one run can take (the runs' partial sums merged: 2 threads here).
+# channel apart; short ones as whole samples on cpu, unless a sample is too long: 5000 x 2 x 2),
+# channels-last and [N, C] rows (the bias along the row), odd sizes for the vector tails, and more
+# rows than one run can take (the runs' partial sums merged: 2 threads here).
 BACKWARD_BIAS_CASES = [((2, 7, 5, 3), 1, "contiguous"), ((2, 7, 5, 3), 1, "channels_last"), ((9, 37), 1, "contiguous"),
                        ((9, 37), 0, "contiguous"), ((41,), 0, "contiguous"), ((2, 3, 4, 5), 2, "contiguous"),
-                       ((64, 40, 8, 8), 1, "contiguous"), ((64, 40, 8, 8), 1, "channels_last")]
+                       ((64, 40, 8, 8), 1, "contiguous"), ((64, 40, 8, 8), 1, "channels_last"),
+                       ((64, 40, 4, 4), 1, "contiguous"), ((3, 5000, 2, 2), 1, "contiguous")]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
