@@ -7,7 +7,7 @@ from fastgan.ops.pixel_norm import default_eps
 from helpers import (CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, assert_bias_grad_close, assert_close,
                      assert_close_to_parts, gradchecks, randn)
 
-SHAPES = [(1, 3, 5, 7), (2, 7, 4, 6), (3, 1, 8, 8), (2, 16, 9, 5), (2, 512, 2, 3)]
+SHAPES = [(1, 3, 5, 7), (2, 7, 4, 6), (3, 1, 8, 8), (2, 16, 9, 5), (2, 512, 2, 3), (2, 9, 3, 4)]
 OTHER_RANKS = [(5, 17), (1, 512), (3, 4, 10), (2, 3, 2, 3, 2)]
 
 
@@ -69,10 +69,11 @@ def test_parity_low_precision_cpu(layout, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("shape", [(3, 64, 50, 50), (2, 512, 20, 30), (2, 71, 9, 7)])
+@pytest.mark.parametrize("shape", [(3, 64, 50, 50), (2, 512, 20, 30), (2, 71, 9, 7), (32, 512, 4, 4), (5, 40, 3, 5)])
 def test_parity_cpu_large(shape, layout, dtype):
     """Vector loops and their tails in both layouts; samples of several NCHW tiles, the last one
-    partial; the bias gradient sums hundreds of rounded grad_x values (assert_sum_close)."""
+    partial; NCHW maps of fewer pixels than a vector (transposed into rows); the bias gradient sums
+    hundreds of rounded grad_x values (assert_sum_close)."""
     check(randn(shape, layout, dtype), "cpu", dtype)
 
 

@@ -6,7 +6,7 @@ from fastgan.ops.pixel_norm import default_eps, pixel_norm_reference
 from helpers import (CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, assert_close, assert_close_to_parts, gradchecks,
                      randn)
 
-SHAPES = [(1, 3, 5, 7), (2, 7, 4, 6), (3, 1, 8, 8), (2, 16, 9, 5), (2, 512, 2, 3)]
+SHAPES = [(1, 3, 5, 7), (2, 7, 4, 6), (3, 1, 8, 8), (2, 16, 9, 5), (2, 512, 2, 3), (2, 9, 3, 4)]
 OTHER_RANKS = [(5, 17), (1, 512), (3, 4, 10), (2, 3, 2, 3, 2)]
 
 
@@ -54,10 +54,12 @@ def test_parity_low_precision_cpu(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("shape", [(3, 64, 50, 50), (2, 512, 20, 30), (2, 64, 128, 128), (2, 71, 9, 7)])
+@pytest.mark.parametrize("shape", [(3, 64, 50, 50), (2, 512, 20, 30), (2, 64, 128, 128), (2, 71, 9, 7),
+                                   (32, 512, 4, 4), (32, 512, 2, 2), (5, 40, 3, 5)])
 def test_parity_cpu_large(shape, layout, dtype):
     """Vector loops and their tails in both layouts; samples of several NCHW tiles, the last one
-    partial, pipelined or not (csrc/cpu/pixel_norm.cpp)."""
+    partial, pipelined or not; NCHW maps of a few pixels as rows, transposed by register tiles (from
+    8 pixels) or element by element (csrc/cpu/pixel_norm.cpp)."""
     check(randn(shape, layout, dtype), "cpu", dtype)
 
 

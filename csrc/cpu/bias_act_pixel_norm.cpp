@@ -4,10 +4,12 @@
 // a is recomputed wherever it is needed, never stored. x is seen as [N, C, S]:
 // channels-last (or S == 1) pixels are rows of C contiguous values, reduced then
 // written from L1; NCHW runs tiles of pixels of one sample that stay in L2
-// between the reduction over the channels and the write (as pixel_norm.cpp).
+// between the reduction over the channels and the write (as pixel_norm.cpp), and
+// maps of a few pixels as rows, transposed in a buffer.
 #include <array>
 
 #include "bias_act.h"
+#include "layout.h"
 
 namespace fastgan::cpu {
 namespace {
@@ -23,58 +25,62 @@ void finish_stats(acc_t& ss, acc_t& sg, int64_t c, acc_t eps) {
   sg = r * r * r * sg / c;
 }
 
-// Channels-last rows: out = a * r (forward) or grad_x (backward, g given).
+// One pixel's row of C contiguous values: out = a * r (forward) or grad_x (backward, g given).
+template <typename T, bool kBackward>
+void pixel_row(const T* gr, const T* xr, const T* b, T* o, int64_t c, const Epilogue<T>& ep,
+               at::opmath_type<T> e) {
+  using acc_t = at::opmath_type<T>;
+  using Vec = AccVec<T>;
+  acc_t ss = 0, sg = 0;
+  int64_t j = 0;
+  if constexpr (kChunked<T>) {
+    Vec acc_ss(0), acc_sg(0);
+    for (; j + kChunk<T> <= c; j += kChunk<T>) {
+      const auto v = load_chunk(xr + j), bv = load_chunk(b + j);
+      for (int p = 0; p < kParts<T>; ++p) {
+        const Vec a = ep(v[p] + bv[p]);
+        acc_ss = at::vec::fmadd(a, a, acc_ss);
+        if constexpr (kBackward) acc_sg = at::vec::fmadd(load_chunk(gr + j)[p], a, acc_sg);
+      }
+    }
+    const auto add = [](const Vec& u, const Vec& v) { return u + v; };
+    ss = at::vec::vec_reduce_all<acc_t>(add, acc_ss);
+    if constexpr (kBackward) sg = at::vec::vec_reduce_all<acc_t>(add, acc_sg);
+  }
+  for (; j < c; ++j) {
+    const acc_t a = ep(static_cast<acc_t>(xr[j]) + static_cast<acc_t>(b[j]));
+    ss += a * a;
+    if constexpr (kBackward) sg += static_cast<acc_t>(gr[j]) * a;
+  }
+  finish_stats(ss, sg, c, e);
+  const acc_t r = ss, k = sg;
+  j = 0;
+  if constexpr (kChunked<T>) {
+    for (; j + kChunk<T> <= c; j += kChunk<T>) {
+      auto v = load_chunk(xr + j);
+      const auto bv = load_chunk(b + j);
+      const auto gv = kBackward ? load_chunk(gr + j) : v;
+      for (int p = 0; p < kParts<T>; ++p) {
+        const Vec a = ep(v[p] + bv[p]);
+        v[p] = kBackward ? (Vec(r) * gv[p] - Vec(k) * a) * ep.factor(a) : a * Vec(r);
+      }
+      store_chunk(o + j, v);
+    }
+  }
+  for (; j < c; ++j) {
+    const acc_t a = ep(static_cast<acc_t>(xr[j]) + static_cast<acc_t>(b[j]));
+    o[j] = static_cast<T>(kBackward ? (r * static_cast<acc_t>(gr[j]) - k * a) * ep.factor(a) : a * r);
+  }
+}
+
+// Channels-last rows (pixels of C contiguous values).
 template <typename T, bool kBackward>
 void rows_kernel(const T* g, const T* x, const T* b, T* out, int64_t rows, int64_t c, const Epilogue<T>& ep,
                  double eps) {
-  using acc_t = at::opmath_type<T>;
-  using Vec = AccVec<T>;
-  const acc_t e = static_cast<acc_t>(eps);
+  const auto e = static_cast<at::opmath_type<T>>(eps);
   at::parallel_for(0, rows, grain(c), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const T* xr = x + row * c;
-      const T* gr = kBackward ? g + row * c : nullptr;
-      T* o = out + row * c;
-      acc_t ss = 0, sg = 0;
-      int64_t j = 0;
-      if constexpr (kChunked<T>) {
-        Vec acc_ss(0), acc_sg(0);
-        for (; j + kChunk<T> <= c; j += kChunk<T>) {
-          const auto v = load_chunk(xr + j), bv = load_chunk(b + j);
-          for (int p = 0; p < kParts<T>; ++p) {
-            const Vec a = ep(v[p] + bv[p]);
-            acc_ss = at::vec::fmadd(a, a, acc_ss);
-            if constexpr (kBackward) acc_sg = at::vec::fmadd(load_chunk(gr + j)[p], a, acc_sg);
-          }
-        }
-        const auto add = [](const Vec& u, const Vec& v) { return u + v; };
-        ss = at::vec::vec_reduce_all<acc_t>(add, acc_ss);
-        if constexpr (kBackward) sg = at::vec::vec_reduce_all<acc_t>(add, acc_sg);
-      }
-      for (; j < c; ++j) {
-        const acc_t a = ep(static_cast<acc_t>(xr[j]) + static_cast<acc_t>(b[j]));
-        ss += a * a;
-        if constexpr (kBackward) sg += static_cast<acc_t>(gr[j]) * a;
-      }
-      finish_stats(ss, sg, c, e);
-      const acc_t r = ss, k = sg;
-      j = 0;
-      if constexpr (kChunked<T>) {
-        for (; j + kChunk<T> <= c; j += kChunk<T>) {
-          auto v = load_chunk(xr + j);
-          const auto bv = load_chunk(b + j);
-          const auto gv = kBackward ? load_chunk(gr + j) : v;
-          for (int p = 0; p < kParts<T>; ++p) {
-            const Vec a = ep(v[p] + bv[p]);
-            v[p] = kBackward ? (Vec(r) * gv[p] - Vec(k) * a) * ep.factor(a) : a * Vec(r);
-          }
-          store_chunk(o + j, v);
-        }
-      }
-      for (; j < c; ++j) {
-        const acc_t a = ep(static_cast<acc_t>(xr[j]) + static_cast<acc_t>(b[j]));
-        o[j] = static_cast<T>(kBackward ? (r * static_cast<acc_t>(gr[j]) - k * a) * ep.factor(a) : a * r);
-      }
+      pixel_row<T, kBackward>(kBackward ? g + row * c : nullptr, x + row * c, b, out + row * c, c, ep, e);
     }
   });
 }
@@ -181,6 +187,11 @@ at::Tensor bias_act_pixel_norm_impl(const char* op, const at::Tensor& grad, cons
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
     if (fmt == at::MemoryFormat::ChannelsLast || s == 1) {
       rows_kernel<scalar_t, kBackward>(gp, xp, bp, op_, n * s, c, ep, eps);
+    } else if (s < 2 * kChunk<scalar_t>) {  // maps of a few pixels: rows, transposed (sample_rows)
+      const acc_t e = static_cast<acc_t>(eps);
+      sample_rows(gp, xp, op_, n, c, s, [&](const scalar_t* gr, const scalar_t* xr, scalar_t* o) {
+        pixel_row<scalar_t, kBackward>(gr, xr, bp, o, c, ep, e);
+      });
     } else {
       strided_kernel<scalar_t, kBackward>(gp, xp, bp, op_, n, c, s, ep, eps);
     }

@@ -4,6 +4,10 @@
 #include <ATen/ATen.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <vector>
+
+#include "common.h"
+
 #if defined(CPU_CAPABILITY_AVX512)
 #include <immintrin.h>
 #endif
@@ -74,5 +78,31 @@ void transpose(const void* src, void* dst, int64_t rows, int64_t cols, int64_t e
 
 // The same on one thread: for a plane that fits in cache, inside a parallel loop.
 void transpose_plane(const void* src, void* dst, int64_t rows, int64_t cols, int64_t elem_size);
+
+// NCHW maps of fewer pixels than two vector chunks (a 4x4 map is half a bfloat16 chunk, one float
+// chunk): a per-pixel kernel over rows of C contiguous values runs on each sample's [C, S] block
+// transposed into S rows in a buffer, and its output is transposed back (in cache), rather than
+// vectorizing along pixels that fill a vector once or not at all. x (and g, when not null) are read, out written;
+// row(g_row or nullptr, x_row, out_row) computes one pixel. The transposes: register tiles from 8
+// pixels, element by element below (2x2 maps ran faster so: tiles of 4 columns are mostly empty).
+template <typename T, typename Row>
+void sample_rows(const T* g, const T* x, T* out, int64_t n, int64_t c, int64_t s, const Row& row) {
+  const int64_t len = c * s;
+  const auto transposed = [&](const T* src, T* dst, int64_t rows, int64_t cols) {
+    if (s >= 8) return transpose_plane(src, dst, rows, cols, static_cast<int64_t>(sizeof(T)));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t q = 0; q < cols; ++q) dst[q * rows + r] = src[r * cols + q];
+    }
+  };
+  at::parallel_for(0, n, grain(len), [&](int64_t begin, int64_t end) {
+    std::vector<T> xt(len), gt(g ? len : 0), ot(len);
+    for (int64_t i = begin; i < end; ++i) {
+      transposed(x + i * len, xt.data(), c, s);
+      if (g) transposed(g + i * len, gt.data(), c, s);
+      for (int64_t p = 0; p < s; ++p) row(g ? gt.data() + p * c : nullptr, xt.data() + p * c, ot.data() + p * c);
+      transposed(ot.data(), out + i * len, s, c);
+    }
+  });
+}
 
 }  // namespace fastgan::cpu
