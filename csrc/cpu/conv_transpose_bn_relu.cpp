@@ -495,7 +495,7 @@ void bn_relu_(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& sca
   if (few_channels(z, check_z(z, "bn_relu_"))) {
     auto zn = nchw(z);
     bn_relu_into(zn, zn, mean, scale, shift, negative_slope, "bn_relu_");
-    z.copy_(channels_last(zn));
+    dense_into(zn, z);
     return;
   }
   bn_relu_into(z, z, mean, scale, shift, negative_slope, "bn_relu_");

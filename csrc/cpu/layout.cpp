@@ -78,23 +78,44 @@ void transpose(const void* src, void* dst, int64_t rows, int64_t cols, int64_t e
   });
 }
 
-at::Tensor dense_as(const at::Tensor& t, at::MemoryFormat fmt) {
-  if (t.is_contiguous(fmt)) return t;
-  const auto cl = at::MemoryFormat::ChannelsLast;
-  const bool to_cl = fmt == cl;
+namespace {
+
+// Whether t (4-D, dense in one layout) can be transposed into the other layout, fmt, in tiles.
+bool swappable(const at::Tensor& t, at::MemoryFormat fmt) {
   const int64_t size = t.element_size();
-  const bool swap = t.dim() == 4 && (size == 2 || size == 4 || size == 8) &&
-                    (to_cl ? t.is_contiguous() : fmt == at::MemoryFormat::Contiguous && t.is_contiguous(cl));
-  if (!swap) return t.contiguous(fmt);
-  auto out = at::empty(t.sizes(), t.options().memory_format(fmt));
+  return t.dim() == 4 && (size == 2 || size == 4 || size == 8) &&
+         (fmt == at::MemoryFormat::ChannelsLast ? t.is_contiguous()
+                                                : fmt == at::MemoryFormat::Contiguous &&
+                                                      t.is_contiguous(at::MemoryFormat::ChannelsLast));
+}
+
+// [C, S] -> [S, C] per sample to channels-last, [S, C] -> [C, S] back, into out.
+void swap_into(const at::Tensor& t, const at::Tensor& out, bool to_cl) {
   const int64_t c = t.size(1), s = t.size(2) * t.size(3);
-  // [C, S] -> [S, C] per sample to channels-last, [S, C] -> [C, S] back.
-  by_size(size, [&](auto e) {
+  by_size(t.element_size(), [&](auto e) {
     using E = decltype(e);
     transpose_blocks(static_cast<const E*>(t.const_data_ptr()), static_cast<E*>(out.mutable_data_ptr()), t.size(0),
                      to_cl ? c : s, to_cl ? s : c);
   });
+}
+
+}  // namespace
+
+at::Tensor dense_as(const at::Tensor& t, at::MemoryFormat fmt) {
+  if (t.is_contiguous(fmt)) return t;
+  if (!swappable(t, fmt)) return t.contiguous(fmt);
+  auto out = at::empty(t.sizes(), t.options().memory_format(fmt));
+  swap_into(t, out, fmt == at::MemoryFormat::ChannelsLast);
   return out;
+}
+
+void dense_into(const at::Tensor& t, const at::Tensor& out) {
+  const auto fmt = out.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
+  if (t.is_contiguous(fmt) || !swappable(t, fmt) || !out.is_contiguous(fmt)) {
+    out.copy_(t);
+    return;
+  }
+  swap_into(t, out, fmt == at::MemoryFormat::ChannelsLast);
 }
 
 namespace {

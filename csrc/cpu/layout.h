@@ -72,6 +72,9 @@ inline void transpose_tile(const T* src, int64_t ld_src, T* dst, int64_t ld_dst,
 // tensor in the other layout; else t.contiguous(fmt).
 at::Tensor dense_as(const at::Tensor& t, at::MemoryFormat fmt);
 
+// out (same sizes and dtype) = t, by the same blocked transpose when their dense layouts differ.
+void dense_into(const at::Tensor& t, const at::Tensor& out);
+
 // dst[q][p] = src[p][q] for p < rows, q < cols, elements of elem_size bytes (2, 4 or 8), in
 // parallel blocks of register tiles.
 void transpose(const void* src, void* dst, int64_t rows, int64_t cols, int64_t elem_size);

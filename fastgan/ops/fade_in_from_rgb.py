@@ -136,7 +136,6 @@ def _fade_in_from_rgb_backward_bwd(ctx, gg_img, gg_high, gg_weight, gg_bias):
     alpha, w_mul, b_mul, slope, impl = ctx.scalars
     # An incoming gradient that is None (zero) skips its terms: the convolutions with gg_weight
     # would be of zeros.
-    co, ci = weight.shape[:2]
     need_grad = ctx.needs_input_grad[0]
     need_img = ctx.needs_input_grad[1] and gg_weight is not None
     need_weight = ctx.needs_input_grad[2] and gg_img is not None
