@@ -7,7 +7,7 @@ Providers, each DDP over `--distributed` spawned processes with the same per-pro
 - "fastgan DDP": fused, local BatchNorm (fastgan.distributed.data_parallel);
 - "fastgan DDP + SyncBN": fused, statistics over the global batch (fastgan.distributed.synchronized):
   its difference to the previous row is the cost of synchronizing (one all-gather per block forward,
-  one collective of the two sums per block backward, the grad_z correction).
+  one collective of the two sums per block backward).
 A step is dcgan_step (D on real and fake, one backward; then G). Timed on rank 0 per step (the
 collectives keep the ranks in step), providers interleaved round by round; median and spread.
 

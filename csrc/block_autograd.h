@@ -45,12 +45,11 @@ struct RunningStats {
 
 using ToLayoutSig = at::Tensor(const at::Tensor&, bool);
 using Conv2dSig = at::Tensor(const at::Tensor&, const at::Tensor&, c10::IntArrayRef, c10::IntArrayRef);
-using BatchStatsSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&);
-using ConvTransposeStatsSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef);
-using BnFinalizeSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, double, const OptTensor&,
-    const OptTensor&, const OptTensor&, const OptTensor&, double, int64_t);
+using BatchStatsFinalizeSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const OptTensor&, const OptTensor&, double, const OptTensor&, const OptTensor&,
+    const OptTensor&, const OptTensor&, double);
+using ConvTransposeSig = at::Tensor(const at::Tensor&, const at::Tensor&, c10::IntArrayRef, c10::IntArrayRef,
+                                    c10::IntArrayRef);
 using BnReluSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double);
 using BnReluInPlaceSig = void(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double);
 using BnReluBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
@@ -72,9 +71,8 @@ struct Kernels {
   }
   FASTGAN_KERNEL(to_layout, ToLayoutSig)
   FASTGAN_KERNEL(conv2d, Conv2dSig)
-  FASTGAN_KERNEL(batch_stats, BatchStatsSig)
-  FASTGAN_KERNEL(conv_transpose_stats, ConvTransposeStatsSig)
-  FASTGAN_KERNEL(bn_finalize, BnFinalizeSig)
+  FASTGAN_KERNEL(batch_stats_finalize, BatchStatsFinalizeSig)
+  FASTGAN_KERNEL(conv_transpose, ConvTransposeSig)
   FASTGAN_KERNEL(bn_relu, BnReluSig)
   FASTGAN_KERNEL(bn_relu_, BnReluInPlaceSig)
   FASTGAN_KERNEL(bn_relu_backward, BnReluBackwardSig)
@@ -94,16 +92,12 @@ struct Normalized {
   at::Tensor y, invstd;
 };
 
-// bn_finalize (the running statistics updated as `running` asks), then y = act((z - mean) * scale + shift):
-// into a new tensor, or over z when nothing needs z for a backward (in_place).
+// y = act((z - mean) * scale + shift) after the finalize that updated the running statistics as
+// `running` asks: into a new tensor, or over z when nothing needs z for a backward (in_place).
 template <typename Names>
-Normalized normalize(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& var, const OptTensor& gamma,
-                     const OptTensor& beta, double eps, const OptTensor& bias, const RunningStats& running,
-                     double slope, bool in_place) {
+Normalized activate(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& scale,
+                    const at::Tensor& shift, const RunningStats& running, double slope, bool in_place) {
   using K = Kernels<Names>;
-  auto [invstd, scale, shift] = K::bn_finalize().call(mean, var, gamma, beta, eps, running.mean, running.var,
-                                                      running.num_batches_tracked, bias, running.momentum,
-                                                      z.numel() / z.size(1));
   running.bump_versions();
   if (in_place) {
     K::bn_relu_().call(z, mean, scale, shift, slope);
@@ -151,10 +145,11 @@ Normalized conv2d_block_forward(const at::Tensor& x_kernel, const at::Tensor& we
                                 at::Tensor* z_out, at::Tensor* mean_out) {
   using K = Kernels<Names>;
   at::Tensor z = K::conv2d().call(x_kernel, dense_weight(weight), stride, padding);
-  auto [mean, var] = K::batch_stats().call(z);
+  auto [mean, var, invstd, scale, shift] = K::batch_stats_finalize().call(
+      z, gamma, beta, eps, running.mean, running.var, running.num_batches_tracked, bias, running.momentum);
   *z_out = z;
   *mean_out = mean;
-  return normalize<Names>(z, mean, var, gamma, beta, eps, bias, running, slope, in_place);
+  return activate<Names>(z, mean, invstd, scale, shift, running, slope, in_place);
 }
 
 template <typename Names>
@@ -243,13 +238,17 @@ Normalized conv_transpose_block_forward(const at::Tensor& x_kernel, const at::Te
                                         c10::IntArrayRef stride, c10::IntArrayRef padding,
                                         c10::IntArrayRef output_padding, const RunningStats& running, bool in_place,
                                         at::Tensor* z_out, at::Tensor* mean_out) {
+  using K = Kernels<Names>;
   const auto fmt = conv_transpose_layout(x_kernel);
-  auto [z, mean, var] =
-      Kernels<Names>::conv_transpose_stats().call(x_kernel, dense_weight(weight), stride, padding, output_padding);
-  z = z.contiguous(fmt);
+  // conv_transpose + batch_stats_finalize rather than conv_transpose_stats + bn_finalize: the same
+  // dispatches and passes, and on a GPU one launch less (the statistics' merge and the finalize in one).
+  const at::Tensor z =
+      K::conv_transpose().call(x_kernel, dense_weight(weight), stride, padding, output_padding).contiguous(fmt);
+  auto [mean, var, invstd, scale, shift] = K::batch_stats_finalize().call(
+      z, gamma, beta, eps, running.mean, running.var, running.num_batches_tracked, bias, running.momentum);
   *z_out = z;
   *mean_out = mean;
-  Normalized n = normalize<Names>(z, mean, var, gamma, beta, eps, bias, running, 0.0, in_place);
+  Normalized n = activate<Names>(z, mean, invstd, scale, shift, running, 0.0, in_place);
   n.y = n.y.contiguous(fmt);
   return n;
 }

@@ -67,10 +67,33 @@ inline void define_kernel_schemas(torch::Library& m) {
   // gamma/beta undefined = affine=False (gamma 1, beta 0).
   m.def("bn_relu_backward(Tensor grad_y, Tensor z, Tensor mean, Tensor invstd, Tensor? gamma, "
         "Tensor? beta, float negative_slope) -> (Tensor grad_z, Tensor grad_gamma, Tensor grad_beta)");
+  // bn_relu_backward in two halves, for statistics synchronized across processes (issue 17; as
+  // torch's batch_norm_backward_reduce / _elemt around SyncBatchNorm's all-reduce): the reduce pass
+  // alone, (sum_dy_xhat, sum_dy) = bn_relu_backward's (grad_gamma, grad_beta) over this z; then
+  // grad_z from the sums and element count of the whole batch (every process's; count a
+  // one-element tensor in the statistics' dtype, read on the device):
+  // grad_z = gamma * invstd * (gm - sum_dy / count - xhat * sum_dy_xhat / count).
+  m.def("bn_relu_backward_reduce(Tensor grad_y, Tensor z, Tensor mean, Tensor invstd, Tensor? gamma, "
+        "Tensor? beta, float negative_slope) -> (Tensor sum_dy_xhat, Tensor sum_dy)");
+  m.def("bn_relu_backward_elemt(Tensor grad_y, Tensor z, Tensor mean, Tensor invstd, Tensor? gamma, "
+        "Tensor? beta, float negative_slope, Tensor sum_dy_xhat, Tensor sum_dy, Tensor count) -> Tensor");
   // Per-channel mean and biased variance of a 4-D z over (N, H, W), as conv_transpose_stats
   // computes them (accurately, never E[z^2] - E[z]^2 in float32): the statistics of a
   // convolution the backend did not run itself (the discriminator's Conv2d, SPEC 7).
   m.def("batch_stats(Tensor z) -> (Tensor mean, Tensor var)");
+  // batch_stats, then bn_finalize with count = N * H * W, as one op (the blocks' training forward:
+  // one dispatch, and on a GPU the statistics' merge and the finalize in one launch).
+  // The statistics of processes' batches merged, then bn_finalize with them (issue 17): stats
+  // [P, 2C + 1] holds process p's row (count, mean [C], biased var [C]) in the statistics' dtype;
+  // merged in row order with Chan's formula (mean = sum n_p mean_p / n, M2 = sum n_p var_p +
+  // sum n_p (mean_p - mean)^2, var = M2 / n), the running variance updated with M2 / (n - 1), the
+  // total count n returned as a one-element tensor; nothing read on the host.
+  m.def("bn_gather_finalize(Tensor stats, Tensor? gamma, Tensor? beta, float eps, Tensor(a!)? running_mean, "
+        "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, Tensor? bias, float momentum) "
+        "-> (Tensor mean, Tensor var, Tensor invstd, Tensor scale, Tensor shift, Tensor count)");
+  m.def("batch_stats_finalize(Tensor z, Tensor? gamma, Tensor? beta, float eps, Tensor(a!)? running_mean, "
+        "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, Tensor? bias, float momentum) "
+        "-> (Tensor mean, Tensor var, Tensor invstd, Tensor scale, Tensor shift)");
   // Eval forward with the statistics folded into the weight and bias by the caller:
   // y = relu(conv_transpose2d(x, weight, bias)).
   m.def("conv_transpose_bias_relu(Tensor x, Tensor weight, Tensor bias, int[2] stride, "
@@ -90,9 +113,8 @@ inline void define_kernel_schemas(torch::Library& m) {
         "bool need_weight) -> (Tensor, Tensor)");
 
   // The blocks' training forward as one op, with its autograd in C++ (block_autograd.h; not a
-  // kernel of its own): [to_layout], conv2d + batch_stats or conv_transpose_stats, bn_finalize
-  // (the running statistics updated in place as it says: momentum -1 for None; none given, none
-  // updated), bn_relu. y in the layout the Python op's path gives. gamma / beta are in the
+  // kernel of its own): [to_layout], conv2d or conv_transpose, batch_stats_finalize (the running
+  // statistics updated in place as it says: momentum -1 for None; none given, none updated), bn_relu. y in the layout the Python op's path gives. gamma / beta are in the
   // statistics' dtype (float32; float64 for float64 x). The backward: bn_relu_backward, then the
   // convolution's backward; the conv bias gets a zero gradient (it cancels in the normalization).
   m.def("conv2d_bn_leaky_relu_train(Tensor x, Tensor weight, Tensor? bias, Tensor? gamma, Tensor? beta, float eps, "

@@ -10,7 +10,7 @@ from ._backend import BACKENDS, availability, triton_interpreted, triton_interpr
 # Public op -> the kernel op whose registration says a backend has it (csrc/schemas.h).
 OPS = {
     "conv_transpose_bn_relu": "conv_transpose_stats",
-    "conv2d_bn_leaky_relu": "batch_stats",
+    "conv2d_bn_leaky_relu": "batch_stats_finalize",
     "minibatch_discrimination": "minibatch_discrimination",
     "bias_act": "bias_act",
     "bias_act_pixel_norm": "bias_act_pixel_norm",

@@ -7,7 +7,11 @@ and the discriminator block's SPEC 7), called directly on every backend:
 - batch_stats against the float64 mean and biased variance, also far from zero (z + 1e4), where
   E[z^2] - E[z]^2 in float32 would be useless;
 - bn_finalize (invstd, scale, shift and the running-statistics update) against float64 and against
-  eager F.batch_norm's own update of running statistics, momentum given and None (cumulative).
+  eager F.batch_norm's own update of running statistics, momentum given and None (cumulative);
+- batch_stats_finalize against the same references and bitwise against batch_stats + bn_finalize;
+- the synchronized block's kernels (issue 17): bn_relu_backward_reduce + _elemt on a batch split
+  into two processes' parts against the whole batch's float64 gradient, bn_gather_finalize on the
+  parts' rows against batch_stats_finalize of the whole.
 
 NCHW and channels-last z, outputs in the input's layout. The cpu and triton (interpreted) backends
 run here; the gpu-marked tests run the cuda and triton kernels on a CUDA device.
@@ -183,6 +187,105 @@ def check_finalize(ops, dtype, affine, update, bias_dtype, running_dtype, device
             assert nbt.item() == 5
 
 
+def check_stats_finalize(ops, shape, layout, dtype, update, device="cpu"):
+    """batch_stats_finalize: the statistics against float64 and eager F.batch_norm's running update of
+    the same z, and bitwise what batch_stats then bn_finalize give (the two ops it replaces)."""
+    z = make_z(shape, layout, dtype, device)
+    c, acc = shape[1], acc_dtype(dtype)
+    gamma, beta = torch.rand(c, dtype=acc, device=device) + 0.5, torch.randn(c, dtype=acc, device=device)
+    bias = randn((c,), dtype=torch.float32, device=device)
+    running = (None, None, None)
+    momentum = 0.1
+    if update is not None:
+        momentum, with_count = UPDATES[update]
+        running = (randn((c,), dtype=torch.float32, device=device), torch.rand(c, device=device) + 0.5,
+                   torch.tensor(4, device=device) if with_count else None)
+        momentum = -1.0 if momentum is None else momentum
+    twin = tuple(None if t is None else t.clone() for t in running)
+    start = tuple(None if t is None else t.double() for t in running)
+    z_before = z.clone()
+    got = ops.batch_stats_finalize(z, gamma, beta, EPS, *running, bias, momentum)
+    assert torch.equal(z, z_before)
+    mean, var = ops.batch_stats(z)
+    want = (mean, var, *ops.bn_finalize(mean, var, gamma, beta, EPS, *twin, bias, momentum, z.numel() // c))
+    for g, w in zip(got, want):
+        assert g.dtype == acc and g.shape == (c,)
+        assert torch.equal(g, w)
+    for r, w in zip(running, twin):
+        assert r is None or torch.equal(r, w)
+    var64, mean64 = torch.var_mean(z.double(), dim=(0, 2, 3), unbiased=False)
+    invstd64 = torch.rsqrt(var64 + EPS)
+    for g, w in zip(got, (mean64, var64, invstd64, invstd64 * gamma.double(), beta.double())):
+        torch.testing.assert_close(g.double(), w, **TOLERANCES[acc])
+    if update is not None:
+        rm, rv, nbt = start
+        factor = 1 / 5 if momentum < 0 else momentum
+        F.batch_norm(z.double() + bias.double().view(1, -1, 1, 1), rm, rv, None, None, True, factor, EPS)
+        torch.testing.assert_close(running[0].double(), rm, **TOLERANCES[torch.float32])
+        torch.testing.assert_close(running[1].double(), rv, **TOLERANCES[torch.float32])
+        if nbt is not None:
+            assert running[2].item() == 5
+
+
+def check_backward_halves(ops, shape, layout, dtype, affine, slope, device="cpu", grad_layout=None):
+    """bn_relu_backward_reduce and _elemt as a synchronized block uses them: z's batch split into two
+    processes' parts (uneven), each part's sums reduced, added, and grad_z of the first part from the
+    sums and count of the whole batch, against the float64 gradient of the whole batch's BN."""
+    z, mean, var, invstd, gamma, beta = bn_inputs(shape, layout, dtype, affine, device, off_kink=True)
+    grad_y = randn(shape, grad_layout or layout, dtype, device)
+    fmt = LAYOUTS[layout]
+    parts = [(z[:1].contiguous(memory_format=fmt), grad_y[:1].contiguous(memory_format=LAYOUTS[grad_layout or layout])),
+             (z[1:].contiguous(memory_format=fmt), grad_y[1:].contiguous(memory_format=LAYOUTS[grad_layout or layout]))]
+    sums = [ops.bn_relu_backward_reduce(g, zp, mean, invstd, gamma, beta, slope) for zp, g in parts]
+    sum_dy_xhat, sum_dy = sums[0][0] + sums[1][0], sums[0][1] + sums[1][1]
+    count = torch.tensor([z.numel() // shape[1]], dtype=mean.dtype, device=device)
+    grad_z = ops.bn_relu_backward_elemt(parts[0][1], parts[0][0], mean, invstd, gamma, beta, slope, sum_dy_xhat,
+                                        sum_dy, count)
+    assert grad_z.dtype == dtype and grad_z.shape == parts[0][0].shape and grad_z.is_contiguous(memory_format=fmt)
+    whole_z, whole_gamma, whole_beta = ops.bn_relu_backward(grad_y, z, mean, invstd, gamma, beta, slope)
+    torch.testing.assert_close(sum_dy_xhat, whole_gamma, **tolerance(sum_dy.dtype, 10))
+    torch.testing.assert_close(sum_dy, whole_beta, **tolerance(sum_dy.dtype, 10))
+
+    zz = z.double().requires_grad_()
+    ga = gamma.double() if affine else None
+    be = beta.double() if affine else None
+    y = F.leaky_relu(F.batch_norm(zz, None, None, ga, be, True, 0.1, EPS), slope)
+    (want_z,) = torch.autograd.grad(y, zz, grad_y.double())
+    torch.testing.assert_close(grad_z.double(), want_z[:1], **tolerance(dtype, 10))
+    torch.testing.assert_close(grad_z, whole_z[:1], **tolerance(dtype, 10))
+
+
+def check_gather_finalize(ops, dtype, update, device="cpu"):
+    """bn_gather_finalize on the rows of two processes' uneven parts of a z: the statistics of the
+    whole z, as batch_stats_finalize of it gives them, and eager F.batch_norm's running update of it."""
+    z = make_z((5, 6, 4, 3), "channels_last", dtype, device)
+    c, acc = z.shape[1], acc_dtype(dtype)
+    gamma, beta = torch.rand(c, dtype=acc, device=device) + 0.5, torch.randn(c, dtype=acc, device=device)
+    bias = randn((c,), dtype=torch.float32, device=device)
+    rows = []
+    for part in (z[:2], z[2:]):
+        mean, var = ops.batch_stats(part.contiguous(memory_format=torch.channels_last))
+        rows.append(torch.cat([mean.new_full((1,), part.numel() // c), mean, var]))
+    rows = torch.stack(rows)
+    momentum, running = 0.1, (None, None, None)
+    if update is not None:
+        momentum, with_count = UPDATES[update]
+        momentum = -1.0 if momentum is None else momentum
+        running = (randn((c,), dtype=torch.float32, device=device), torch.rand(c, device=device) + 0.5,
+                   torch.tensor(4, device=device) if with_count else None)
+    twin = tuple(None if t is None else t.clone() for t in running)
+    mean, var, invstd, scale, shift, count = ops.bn_gather_finalize(rows, gamma, beta, EPS, *running, bias, momentum)
+    assert count.shape == (1,) and count.dtype == acc and count.item() == z.numel() // c
+    want = ops.batch_stats_finalize(z, gamma, beta, EPS, *twin, bias, momentum)
+    for got, w in zip((mean, var, invstd, scale, shift), want):
+        assert got.dtype == acc and got.shape == (c,)
+        torch.testing.assert_close(got, w, **TOLERANCES[acc])
+    for got, w in zip(running[:2], twin[:2]):
+        if got is not None:
+            torch.testing.assert_close(got, w, **TOLERANCES[torch.float32])
+    assert running[2] is None or torch.equal(running[2], twin[2])
+
+
 # ---------------------------------------------------------------------------
 # cpu and triton (interpreted) on CPU tensors.
 
@@ -214,6 +317,67 @@ def test_bn_finalize_bad_input(impl):
         ops.bn_finalize(mean, var.double(), None, None, EPS, None, None, None, None, 0.1, 8)
     with pytest.raises(error, match="mean"):
         ops.bn_finalize(mean.half(), var, None, None, EPS, None, None, None, None, 0.1, 8)
+
+
+@pytest.mark.parametrize("update", [None, *UPDATES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_batch_stats_finalize(impl, layout, dtype, update):
+    for shape in SHAPES + [(2, 3, 1, 1)]:
+        check_stats_finalize(kernels(impl), shape, layout, dtype, update)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("slope", SLOPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_bn_relu_backward_halves(impl, layout, dtype, slope, affine):
+    for shape in SHAPES + [(3, 3, 2, 2)]:
+        check_backward_halves(kernels(impl), shape, layout, dtype, affine, slope)
+    check_backward_halves(kernels(impl), SHAPES[1], layout, dtype, affine, slope, grad_layout=other_layout(layout))
+
+
+@pytest.mark.parametrize("update", [None, *UPDATES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_bn_gather_finalize(impl, dtype, update):
+    check_gather_finalize(kernels(impl), dtype, update)
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_sync_kernels_bad_input(impl):
+    ops, error = kernels(impl), (RuntimeError, ValueError)
+    z, mean, var, invstd, gamma, beta = bn_inputs((2, 4, 3, 3), "channels_last", torch.float32, True, "cpu")
+    with pytest.raises(error, match="stats"):
+        ops.bn_gather_finalize(torch.zeros(2, 8), gamma, beta, EPS, None, None, None, None, 0.1)
+    with pytest.raises(error, match="stats"):
+        ops.bn_gather_finalize(torch.zeros(2, 9, dtype=torch.float16), gamma, beta, EPS, None, None, None, None, 0.1)
+    with pytest.raises(error, match="grad_y"):
+        ops.bn_relu_backward_reduce(z[:1], z, mean, invstd, gamma, beta, 0.0)
+    count = torch.tensor([18.0])
+    with pytest.raises(error, match="count"):
+        ops.bn_relu_backward_elemt(z, z, mean, invstd, gamma, beta, 0.0, mean, mean, count.double())
+    with pytest.raises(error, match="sum_dy"):
+        ops.bn_relu_backward_elemt(z, z, mean, invstd, gamma, beta, 0.0, mean[:3], mean, count)
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_batch_stats_finalize_bad_input(impl):
+    ops = kernels(impl)
+    z, error = make_z((2, 4, 3, 3), "channels_last", torch.float32, "cpu"), (RuntimeError, ValueError)
+    rm, rv = torch.randn(4), torch.rand(4)
+    with pytest.raises(error, match="empty"):
+        ops.batch_stats_finalize(z[:0], None, None, EPS, None, None, None, None, 0.1)
+    with pytest.raises(error, match="running_mean and running_var"):
+        ops.batch_stats_finalize(z, None, None, EPS, rm, None, None, None, 0.1)
+    with pytest.raises(error, match="num_batches_tracked"):
+        ops.batch_stats_finalize(z, None, None, EPS, rm, rv, None, None, -1.0)
+    with pytest.raises(error, match="gamma"):
+        ops.batch_stats_finalize(z, torch.ones(3), None, EPS, None, None, None, None, 0.1)
+    with pytest.raises(error, match="count"):  # one value per channel: no unbiased variance
+        ops.batch_stats_finalize(z[:1, :, :1, :1], None, None, EPS, rm, rv, None, None, 0.1)
 
 
 @pytest.mark.parametrize("slope", SLOPES)
@@ -345,6 +509,30 @@ def test_bn_finalize_gpu(impl):
             (torch.float64, True, "cumulative", torch.float64, torch.float64),
             (torch.float32, True, None, None, torch.float32)]:
         check_finalize(kernels(impl), dtype, affine, update, bias_dtype, running_dtype, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES + [torch.float64])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_batch_stats_finalize_gpu(impl, layout, dtype):
+    for shape in GPU_SHAPES + [(2, 3, 1, 1)]:
+        for update in (None, *UPDATES):
+            check_stats_finalize(kernels(impl), shape, layout, dtype, update, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES + [torch.float64])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_sync_kernels_gpu(impl, layout, dtype):
+    for shape in GPU_SHAPES:
+        for slope in SLOPES:
+            check_backward_halves(kernels(impl), shape, layout, dtype, True, slope, "cuda")
+        check_backward_halves(kernels(impl), shape, layout, dtype, False, 0.2, "cuda", grad_layout=other_layout(layout))
+    if dtype in (torch.float32, torch.float64):
+        for update in (None, *UPDATES):
+            check_gather_finalize(kernels(impl), dtype, update, "cuda")
 
 
 @pytest.mark.gpu

@@ -249,6 +249,9 @@ def case_minibatch(rank, world_size, impl, include_self):
 
 CASES = {f"block {kind} {impl} momentum={m}": (case_block, (kind, impl, m))
          for kind in ("generator", "discriminator") for impl in IMPLS for m in (0.1, None)}
+# The triton backend's synchronized kernels under the interpreter (its conv blocks are slow there: one case each).
+CASES.update({f"block {kind} triton momentum=None": (case_block, (kind, "triton", None))
+              for kind in ("generator", "discriminator")})
 CASES.update({f"double D {impl} broadcast_buffers={bb}": (case_double_d, (impl, bb))
               for impl in IMPLS for bb in (False, True)})
 CASES.update({f"minibatch discrimination {impl} include_self={s}": (case_minibatch, (impl, s))

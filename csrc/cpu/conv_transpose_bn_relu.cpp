@@ -357,43 +357,52 @@ void finish_backward_sums(const std::vector<double>& s, double n, BackwardParams
 }
 
 // Both passes, g laid out like z.
-template <typename T>
-void bn_relu_backward_passes(const T* g, const T* z, T* gz, const View& v, BackwardParams<T>& P,
-                             acc_t<T>* grad_gamma, acc_t<T>* grad_beta) {
-  std::vector<double> s(2 * v.c, 0.0);
-  add_backward_sums(g, z, v, P, s.data());
-  finish_backward_sums(s, static_cast<double>(v.per_channel()), P, grad_gamma, grad_beta);
-  write_grad_z(g, z, gz, v, P);
+// Runs body(i, g_i) for each sample i of a channels-last z with an NCHW g (a loss gradient from
+// NCHW code), g_i its gradient transposed into a per-thread buffer that stays in L2, so that g is
+// never written out transposed.
+template <typename T, typename Body>
+void each_sample_nchw_grad(const T* g, const View& v, const Body& body) {
+  const int64_t per_sample = v.c * v.s;
+  at::parallel_for(0, v.n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(per_sample);
+    for (int64_t i = begin; i < end; ++i) {
+      transpose_plane(g + i * per_sample, buf.data(), v.c, v.s, sizeof(T));  // [C, S] -> [S, C]
+      body(i, buf.data());
+    }
+  });
 }
 
-// Both passes for a channels-last z with an NCHW g (a loss gradient from NCHW code): each pass
-// takes one sample at a time per thread, transposes its g into a buffer that stays in L2 and runs
-// the channels-last code on it, so g is never written out transposed. Sums per sample, added in
-// sample order.
+// Pass 1 of the backward: s1 = sum(gm) and s2 = sum(gm * xhat) per channel, s [2C] in double. An
+// NCHW g of a channels-last z (nchw_grad): sums per sample, added in sample order.
 template <typename T>
-void bn_relu_backward_passes_nchw_grad(const T* g, const T* z, T* gz, const View& v, BackwardParams<T>& P,
-                                       acc_t<T>* grad_gamma, acc_t<T>* grad_beta) {
-  const int64_t c = v.c, per_sample = v.c * v.s;
-  const View one_sample{true, 1, v.c, v.s};
-  const auto each_sample = [&](const auto& body) {
-    at::parallel_for(0, v.n, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> buf(per_sample);
-      for (int64_t i = begin; i < end; ++i) {
-        transpose_plane(g + i * per_sample, buf.data(), c, v.s, sizeof(T));  // [C, S] -> [S, C]
-        body(i, buf.data());
-      }
-    });
-  };
-  std::vector<double> per(v.n * 2 * c, 0.0);
-  each_sample([&](int64_t i, const T* gi) {
-    add_backward_sums(gi, z + i * per_sample, one_sample, P, &per[i * 2 * c]);
-  });
+std::vector<double> backward_sums(const T* g, const T* z, const View& v, const BackwardParams<T>& P, bool nchw_grad) {
+  const int64_t c = v.c;
   std::vector<double> s(2 * c, 0.0);
+  if (!nchw_grad) {
+    add_backward_sums(g, z, v, P, s.data());
+    return s;
+  }
+  const View one_sample{true, 1, v.c, v.s};
+  std::vector<double> per(v.n * 2 * c, 0.0);
+  each_sample_nchw_grad(g, v, [&](int64_t i, const T* gi) {
+    add_backward_sums(gi, z + i * c * v.s, one_sample, P, &per[i * 2 * c]);
+  });
   for (int64_t i = 0; i < v.n; ++i) {
     for (int64_t q = 0; q < 2 * c; ++q) s[q] += per[i * 2 * c + q];
   }
-  finish_backward_sums(s, static_cast<double>(v.per_channel()), P, grad_gamma, grad_beta);
-  each_sample([&](int64_t i, const T* gi) {
+  return s;
+}
+
+// Pass 2: grad_z = k * (gm - c1 - xhat * c2), P's coefficients set.
+template <typename T>
+void backward_grad_z(const T* g, const T* z, T* gz, const View& v, const BackwardParams<T>& P, bool nchw_grad) {
+  if (!nchw_grad) {
+    write_grad_z(g, z, gz, v, P);
+    return;
+  }
+  const int64_t per_sample = v.c * v.s;
+  const View one_sample{true, 1, v.c, v.s};
+  each_sample_nchw_grad(g, v, [&](int64_t i, const T* gi) {
     write_grad_z(gi, z + i * per_sample, gz + i * per_sample, one_sample, P);
   });
 }
@@ -509,46 +518,131 @@ std::vector<A> channel_values(const c10::optional<at::Tensor>& t, int64_t c, A f
   return std::vector<A>(p, p + c);
 }
 
+// bn_relu_backward's inputs checked: z's layout.
+at::MemoryFormat check_backward(const at::Tensor& grad_y, const at::Tensor& z, const at::Tensor& mean,
+                                const at::Tensor& invstd, const c10::optional<at::Tensor>& gamma,
+                                const c10::optional<at::Tensor>& beta, const char* op) {
+  const auto fmt = check_z(z, op);
+  TORCH_CHECK(grad_y.sizes() == z.sizes(), "fastgan_cpu::", op, ": grad_y must have z's shape ", z.sizes(), ", got ",
+              grad_y.sizes());
+  TORCH_CHECK(grad_y.scalar_type() == z.scalar_type(), "fastgan_cpu::", op, ": grad_y has dtype ",
+              grad_y.scalar_type(), ", expected z's ", z.scalar_type());
+  check_channel_vector(mean, "mean", z, op);
+  check_channel_vector(invstd, "invstd", z, op);
+  if (gamma.has_value() && gamma->defined()) check_channel_vector(*gamma, "gamma", z, op);
+  if (beta.has_value() && beta->defined()) check_channel_vector(*beta, "beta", z, op);
+  return fmt;
+}
+
+// grad_y as the passes read it for a z in layout fmt: an NCHW gradient of a channels-last z as it is
+// (nchw_grad, read in tiles one sample at a time), other mismatches brought to z's layout.
+struct Grad {
+  at::Tensor g;
+  bool nchw_grad;
+};
+
+Grad grad_for(const at::Tensor& grad_y, at::MemoryFormat fmt) {
+  const bool nchw_grad =
+      fmt == at::MemoryFormat::ChannelsLast && !grad_y.is_contiguous(fmt) && grad_y.is_contiguous();
+  return {nchw_grad ? grad_y : dense_as(grad_y, fmt), nchw_grad};
+}
+
+template <typename T>
+BackwardParams<T> backward_params(const at::Tensor& mean, const at::Tensor& invstd,
+                                  const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
+                                  double negative_slope) {
+  using A = acc_t<T>;
+  const int64_t c = mean.size(0);
+  return {channel_values<A>(mean, c, 0), channel_values<A>(invstd, c, 0), channel_values<A>(gamma, c, 1),
+          channel_values<A>(beta, c, 0),  std::vector<A>(c),                std::vector<A>(c),
+          std::vector<A>(c),              static_cast<A>(negative_slope)};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(const at::Tensor& grad_y, const at::Tensor& z,
                                                                 const at::Tensor& mean, const at::Tensor& invstd,
                                                                 const c10::optional<at::Tensor>& gamma,
                                                                 const c10::optional<at::Tensor>& beta,
                                                                 double negative_slope) {
-  const char* op = "bn_relu_backward";
-  const auto fmt = check_z(z, op);
-  TORCH_CHECK(grad_y.sizes() == z.sizes(), "fastgan_cpu::bn_relu_backward: grad_y must have z's shape ", z.sizes(),
-              ", got ", grad_y.sizes());
-  TORCH_CHECK(grad_y.scalar_type() == z.scalar_type(), "fastgan_cpu::bn_relu_backward: grad_y has dtype ",
-              grad_y.scalar_type(), ", expected z's ", z.scalar_type());
+  const auto fmt = check_backward(grad_y, z, mean, invstd, gamma, beta, "bn_relu_backward");
   if (few_channels(z, fmt)) {
     auto [grad_z, grad_gamma, grad_beta] =
         bn_relu_backward(nchw(grad_y), nchw(z), mean, invstd, gamma, beta, negative_slope);
     return {channels_last(grad_z), grad_gamma, grad_beta};
   }
-  // Any layout: an NCHW gradient of a channels-last z is read in tiles, one sample at a time;
-  // other mismatches are brought to z's layout first.
-  const bool nchw_grad =
-      fmt == at::MemoryFormat::ChannelsLast && !grad_y.is_contiguous(fmt) && grad_y.is_contiguous();
-  const auto g = nchw_grad ? grad_y : dense_as(grad_y, fmt);
-  check_channel_vector(mean, "mean", z, op);
-  check_channel_vector(invstd, "invstd", z, op);
-  if (gamma.has_value() && gamma->defined()) check_channel_vector(*gamma, "gamma", z, op);
-  if (beta.has_value() && beta->defined()) check_channel_vector(*beta, "beta", z, op);
+  const auto in = grad_for(grad_y, fmt);
   const int64_t c = z.size(1);
   auto grad_z = at::empty(z.sizes(), z.options().memory_format(fmt));
   auto grad_gamma = at::empty({c}, mean.options());
   auto grad_beta = at::empty({c}, mean.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cpu::bn_relu_backward", [&] {
     using A = acc_t<scalar_t>;
-    BackwardParams<scalar_t> P{channel_values<A>(mean, c, 0), channel_values<A>(invstd, c, 0),
-                               channel_values<A>(gamma, c, 1), channel_values<A>(beta, c, 0),
-                               std::vector<A>(c), std::vector<A>(c), std::vector<A>(c),
-                               static_cast<A>(negative_slope)};
-    const auto passes = nchw_grad ? bn_relu_backward_passes_nchw_grad<scalar_t> : bn_relu_backward_passes<scalar_t>;
-    passes(g.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), grad_z.mutable_data_ptr<scalar_t>(),
-           view_of(z, fmt), P, grad_gamma.mutable_data_ptr<A>(), grad_beta.mutable_data_ptr<A>());
+    auto P = backward_params<scalar_t>(mean, invstd, gamma, beta, negative_slope);
+    const View v = view_of(z, fmt);
+    const auto* g = in.g.const_data_ptr<scalar_t>();
+    const auto* zp = z.const_data_ptr<scalar_t>();
+    const auto s = backward_sums(g, zp, v, P, in.nchw_grad);
+    finish_backward_sums(s, static_cast<double>(v.per_channel()), P, grad_gamma.mutable_data_ptr<A>(),
+                         grad_beta.mutable_data_ptr<A>());
+    backward_grad_z(g, zp, grad_z.mutable_data_ptr<scalar_t>(), v, P, in.nchw_grad);
   });
   return {grad_z, grad_gamma, grad_beta};
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_relu_backward_reduce(const at::Tensor& grad_y, const at::Tensor& z,
+                                                           const at::Tensor& mean, const at::Tensor& invstd,
+                                                           const c10::optional<at::Tensor>& gamma,
+                                                           const c10::optional<at::Tensor>& beta,
+                                                           double negative_slope) {
+  const auto fmt = check_backward(grad_y, z, mean, invstd, gamma, beta, "bn_relu_backward_reduce");
+  if (few_channels(z, fmt))
+    return bn_relu_backward_reduce(nchw(grad_y), nchw(z), mean, invstd, gamma, beta, negative_slope);
+  const auto in = grad_for(grad_y, fmt);
+  const int64_t c = z.size(1);
+  auto sum_dy_xhat = at::empty({c}, mean.options());
+  auto sum_dy = at::empty({c}, mean.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cpu::bn_relu_backward", [&] {
+    using A = acc_t<scalar_t>;
+    const auto P = backward_params<scalar_t>(mean, invstd, gamma, beta, negative_slope);
+    const auto s =
+        backward_sums(in.g.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), view_of(z, fmt), P, in.nchw_grad);
+    for (int64_t ch = 0; ch < c; ++ch) {
+      sum_dy.mutable_data_ptr<A>()[ch] = static_cast<A>(s[ch]);
+      sum_dy_xhat.mutable_data_ptr<A>()[ch] = static_cast<A>(s[c + ch]);
+    }
+  });
+  return {sum_dy_xhat, sum_dy};
+}
+
+at::Tensor bn_relu_backward_elemt(const at::Tensor& grad_y, const at::Tensor& z, const at::Tensor& mean,
+                                  const at::Tensor& invstd, const c10::optional<at::Tensor>& gamma,
+                                  const c10::optional<at::Tensor>& beta, double negative_slope,
+                                  const at::Tensor& sum_dy_xhat, const at::Tensor& sum_dy, const at::Tensor& count) {
+  const char* op = "bn_relu_backward_elemt";
+  const auto fmt = check_backward(grad_y, z, mean, invstd, gamma, beta, op);
+  check_channel_vector(sum_dy_xhat, "sum_dy_xhat", z, op);
+  check_channel_vector(sum_dy, "sum_dy", z, op);
+  TORCH_CHECK(count.numel() == 1 && count.scalar_type() == stats_type(z) && count.device().is_cpu(),
+              "fastgan_cpu::", op, ": count must be a one-element ", stats_type(z), " CPU tensor, got ",
+              count.scalar_type(), " of shape ", count.sizes());
+  if (few_channels(z, fmt)) {
+    return channels_last(bn_relu_backward_elemt(nchw(grad_y), nchw(z), mean, invstd, gamma, beta, negative_slope,
+                                                sum_dy_xhat, sum_dy, count));
+  }
+  const auto in = grad_for(grad_y, fmt);
+  auto grad_z = at::empty(z.sizes(), z.options().memory_format(fmt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cpu::bn_relu_backward", [&] {
+    using A = acc_t<scalar_t>;
+    auto P = backward_params<scalar_t>(mean, invstd, gamma, beta, negative_slope);
+    const A n = *count.const_data_ptr<A>();
+    for (int64_t ch = 0; ch < z.size(1); ++ch) {
+      P.k[ch] = P.gamma[ch] * P.invstd[ch];
+      P.c1[ch] = sum_dy.const_data_ptr<A>()[ch] / n;
+      P.c2[ch] = sum_dy_xhat.const_data_ptr<A>()[ch] / n;
+    }
+    backward_grad_z(in.g.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
+                    grad_z.mutable_data_ptr<scalar_t>(), view_of(z, fmt), P, in.nchw_grad);
+  });
+  return grad_z;
 }
 
 // A per-channel vector of bn_finalize: [C], contiguous, on the CPU, of `dtype` (any floating
@@ -636,6 +730,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize(
   return {invstd, scale, shift};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_stats_finalize(
+    const at::Tensor& z, const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta, double eps,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
+    const c10::optional<at::Tensor>& num_batches_tracked, const c10::optional<at::Tensor>& bias, double momentum) {
+  auto [mean, var] = batch_stats(z);
+  auto [invstd, scale, shift] = bn_finalize(mean, var, gamma, beta, eps, running_mean, running_var,
+                                            num_batches_tracked, bias, momentum, z.numel() / z.size(1));
+  return {mean, var, invstd, scale, shift};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_gather_finalize(
+    const at::Tensor& stats, const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
+    double eps, const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
+    const c10::optional<at::Tensor>& num_batches_tracked, const c10::optional<at::Tensor>& bias, double momentum) {
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) > 0 && stats.size(1) % 2 == 1 && stats.is_contiguous() &&
+                  stats.device().is_cpu() &&
+                  (stats.scalar_type() == at::kFloat || stats.scalar_type() == at::kDouble),
+              "fastgan_cpu::bn_gather_finalize: stats must be a contiguous float32 or float64 CPU tensor [P, 2C + 1] ",
+              "(a row of count, mean, var per process), got ", stats.scalar_type(), " of shape ", stats.sizes());
+  const int64_t rows = stats.size(0), c = (stats.size(1) - 1) / 2;
+  auto mean = at::empty({c}, stats.options()), var = at::empty({c}, stats.options());
+  auto count = at::empty({1}, stats.options());
+  double n = 0;
+  AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "fastgan_cpu::bn_gather_finalize", [&] {
+    using A = scalar_t;
+    const A* s = stats.const_data_ptr<A>();
+    const auto row = [&](int64_t p) { return s + p * (2 * c + 1); };
+    for (int64_t p = 0; p < rows; ++p) n += static_cast<double>(row(p)[0]);
+    for (int64_t ch = 0; ch < c; ++ch) {  // Chan's merge in double, in row order
+      double mu = 0, m2 = 0;
+      for (int64_t p = 0; p < rows; ++p) mu += static_cast<double>(row(p)[0]) * static_cast<double>(row(p)[1 + ch]);
+      mu /= n;
+      for (int64_t p = 0; p < rows; ++p) {
+        const double np = row(p)[0], d = static_cast<double>(row(p)[1 + ch]) - mu;
+        m2 += np * static_cast<double>(row(p)[1 + c + ch]) + np * d * d;
+      }
+      mean.mutable_data_ptr<A>()[ch] = static_cast<A>(mu);
+      var.mutable_data_ptr<A>()[ch] = static_cast<A>(m2 / n);
+    }
+    *count.mutable_data_ptr<A>() = static_cast<A>(n);
+  });
+  auto [invstd, scale, shift] = bn_finalize(mean, var, gamma, beta, eps, running_mean, running_var,
+                                            num_batches_tracked, bias, momentum, std::llround(n));
+  return {mean, var, invstd, scale, shift, count};
+}
+
 // oneDNN's transposed convolution with the ReLU as a post-op (what torch.compile's CPU
 // backend calls), when this build of PyTorch has it; float32 and bfloat16 only.
 std::optional<at::Tensor> conv_transpose_pointwise_relu(const at::Tensor& x, const at::Tensor& w,
@@ -677,7 +817,11 @@ TORCH_LIBRARY_IMPL(fastgan_cpu, CPU, m) {
   m.impl("bn_relu", &bn_relu);
   m.impl("bn_relu_", &bn_relu_);
   m.impl("bn_relu_backward", &bn_relu_backward);
+  m.impl("bn_relu_backward_reduce", &bn_relu_backward_reduce);
+  m.impl("bn_relu_backward_elemt", &bn_relu_backward_elemt);
   m.impl("bn_finalize", &bn_finalize);
+  m.impl("batch_stats_finalize", &batch_stats_finalize);
+  m.impl("bn_gather_finalize", &bn_gather_finalize);
   m.impl("conv_transpose_bias_relu", &conv_transpose_bias_relu);
 }
 

@@ -259,9 +259,23 @@ __global__ void finalize_backward_kernel(const acc_t* __restrict__ partials, con
   const auto s = merge_partials<BackwardSums<acc_t>>(partials, chunks, C, c);
   grad_gamma[c] = s.s2;
   grad_beta[c] = s.s1;
+  if (coef == nullptr) return;  // bn_relu_backward_reduce: the sums alone
   coef[c] = (gamma ? gamma[c] : acc_t(1)) * invstd[c];
   coef[C + c] = s.s1 / n;
   coef[2 * C + c] = s.s2 / n;
+}
+
+// bn_relu_backward_elemt's coefficients, finalize_backward_kernel's from given sums over *count values.
+template <typename acc_t>
+__global__ void elemt_coef_kernel(const acc_t* __restrict__ sum_dy_xhat, const acc_t* __restrict__ sum_dy,
+                                  const acc_t* __restrict__ count, const acc_t* __restrict__ invstd,
+                                  const acc_t* __restrict__ gamma, acc_t* __restrict__ coef, int64_t C) {
+  const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const acc_t n = *count;
+  coef[c] = (gamma ? gamma[c] : acc_t(1)) * invstd[c];
+  coef[C + c] = sum_dy[c] / n;
+  coef[2 * C + c] = sum_dy_xhat[c] / n;
 }
 
 // ---------------------------------------------------------------------------
@@ -492,18 +506,20 @@ void bn_relu_inplace_cuda(const at::Tensor& z, const at::Tensor& mean, const at:
   bn_relu_into(z, z, mean, scale, shift, negative_slope, nhwc);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cuda(const at::Tensor& grad_y_any, const at::Tensor& z,
-                                                                     const at::Tensor& mean,
-                                                                     const at::Tensor& invstd,
-                                                                     const std::optional<at::Tensor>& gamma_opt,
-                                                                     const std::optional<at::Tensor>& beta_opt,
-                                                                     double negative_slope) {
-  const char* op = "bn_relu_backward";
+// The backward's inputs checked: grad_y in z's layout (it may come in either, schemas.h), gamma and
+// beta (undefined for affine=False), and whether z is channels-last.
+struct BackwardInputs {
+  at::Tensor grad_y, gamma, beta;
+  bool nhwc;
+};
+
+BackwardInputs check_backward(const at::Tensor& grad_y_any, const at::Tensor& z, const at::Tensor& mean,
+                              const at::Tensor& invstd, const std::optional<at::Tensor>& gamma_opt,
+                              const std::optional<at::Tensor>& beta_opt, const char* op) {
   check_z(z, op, "z");
   check_cuda(grad_y_any, op, "grad_y");
   TORCH_CHECK(grad_y_any.sizes() == z.sizes(), "fastgan_cuda::", op, ": grad_y has shape ", grad_y_any.sizes(),
               " but z has shape ", z.sizes());
-  // grad_y may come in either layout (schemas.h): brought to z's.
   const at::Tensor grad_y = grad_y_any.contiguous(
       z.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
   check_same(grad_y, "grad_y", z, "z", op);
@@ -513,78 +529,229 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cuda(const at::T
   const at::Tensor beta = beta_opt.value_or(at::Tensor());
   if (gamma.defined()) check_vector(gamma, op, "gamma", z);
   if (beta.defined()) check_vector(beta, op, "beta", z);
-  const bool nhwc = shared_layout(op, {grad_y, z}) == at::MemoryFormat::ChannelsLast;
+  return {grad_y, gamma, beta, shared_layout(op, {grad_y, z}) == at::MemoryFormat::ChannelsLast};
+}
 
-  c10::cuda::CUDAGuard guard(z.device());
+template <typename acc_t>
+const acc_t* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<acc_t>() : nullptr;
+}
+
+// The reduce pass and its merge: grad_gamma (sum gm * xhat), grad_beta (sum gm), and with coef
+// [3, C] given the coefficients of grad_z.
+template <typename scalar_t>
+void backward_sums(const BackwardInputs& in, const at::Tensor& z, const at::Tensor& mean, const at::Tensor& invstd,
+                   at::opmath_type<scalar_t> slope, const at::Tensor& grad_gamma, const at::Tensor& grad_beta,
+                   const at::Tensor& coef) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = z.size(1);
+  const at::Tensor partials =
+      reduce_channels<BackwardSums<acc_t>, scalar_t>(z, in.grad_y, in.nhwc, mean, invstd, in.gamma, in.beta, slope);
+  finalize_backward_kernel<acc_t>
+      <<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          partials.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(in.gamma),
+          grad_gamma.mutable_data_ptr<acc_t>(), grad_beta.mutable_data_ptr<acc_t>(),
+          coef.defined() ? coef.mutable_data_ptr<acc_t>() : nullptr, partials.size(0), C,
+          static_cast<acc_t>(z.numel() / C));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// grad_z = k * (gm - a - xhat * b) with coef = [k | a | b].
+template <typename scalar_t>
+void backward_grad_z(const BackwardInputs& in, const at::Tensor& z, const at::Tensor& grad_z, const at::Tensor& mean,
+                     const at::Tensor& invstd, at::opmath_type<scalar_t> slope, const at::Tensor& coef) {
+  using acc_t = at::opmath_type<scalar_t>;
   const int64_t C = z.size(1), numel = z.numel(), S = z.size(2) * z.size(3);
+  dispatch_vec<scalar_t>(numel, {in.grad_y.const_data_ptr(), z.const_data_ptr(), grad_z.const_data_ptr()},
+                         [&](auto vec) {
+    constexpr int kVec = decltype(vec)::value;
+    const int64_t packs = numel / kVec;
+    const unsigned grid = grid_size(packs, kThreads);
+    dispatch_index_layout(fits_int32(numel, grid, kThreads), in.nhwc, [&](auto index, auto layout) {
+      using index_t = decltype(index);
+      bn_relu_grad_kernel<scalar_t, kVec, index_t, decltype(layout)::value>
+          <<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              in.grad_y.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), grad_z.mutable_data_ptr<scalar_t>(),
+              mean.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(in.gamma),
+              ptr_or_null<acc_t>(in.beta), coef.const_data_ptr<acc_t>(), slope, static_cast<index_t>(packs),
+              static_cast<index_t>(C), static_cast<index_t>(S));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cuda(const at::Tensor& grad_y, const at::Tensor& z,
+                                                                     const at::Tensor& mean,
+                                                                     const at::Tensor& invstd,
+                                                                     const std::optional<at::Tensor>& gamma,
+                                                                     const std::optional<at::Tensor>& beta,
+                                                                     double negative_slope) {
+  const BackwardInputs in = check_backward(grad_y, z, mean, invstd, gamma, beta, "bn_relu_backward");
+  c10::cuda::CUDAGuard guard(z.device());
+  const int64_t C = z.size(1);
   at::Tensor grad_z = at::empty_like(z);
-  if (numel == 0) return {grad_z, at::zeros({C}, mean.options()), at::zeros({C}, mean.options())};
+  if (z.numel() == 0) return {grad_z, at::zeros({C}, mean.options()), at::zeros({C}, mean.options())};
   // Written whole by the finalize kernel: no fill launches.
   at::Tensor grad_gamma = at::empty({C}, mean.options());
   at::Tensor grad_beta = at::empty({C}, mean.options());
-
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::bn_relu_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    auto stream = at::cuda::getCurrentCUDAStream();
-    const acc_t slope = static_cast<acc_t>(negative_slope);
-    at::Tensor partials =
-        reduce_channels<BackwardSums<acc_t>, scalar_t>(z, grad_y, nhwc, mean, invstd, gamma, beta, slope);
-    at::Tensor coef = at::empty({3, C}, mean.options());
-    const acc_t* gamma_p = gamma.defined() ? gamma.const_data_ptr<acc_t>() : nullptr;
-    const acc_t* beta_p = beta.defined() ? beta.const_data_ptr<acc_t>() : nullptr;
-    finalize_backward_kernel<acc_t><<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0, stream>>>(
-        partials.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(), gamma_p,
-        grad_gamma.mutable_data_ptr<acc_t>(), grad_beta.mutable_data_ptr<acc_t>(), coef.mutable_data_ptr<acc_t>(),
-        partials.size(0), C, static_cast<acc_t>(numel / C));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-
-    dispatch_vec<scalar_t>(numel, {grad_y.const_data_ptr(), z.const_data_ptr(), grad_z.const_data_ptr()},
-                           [&](auto vec) {
-      constexpr int kVec = decltype(vec)::value;
-      const int64_t packs = numel / kVec;
-      const unsigned grid = grid_size(packs, kThreads);
-      dispatch_index_layout(fits_int32(numel, grid, kThreads), nhwc, [&](auto index, auto layout) {
-        using index_t = decltype(index);
-        bn_relu_grad_kernel<scalar_t, kVec, index_t, decltype(layout)::value><<<grid, kThreads, 0, stream>>>(
-            grad_y.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), grad_z.mutable_data_ptr<scalar_t>(),
-            mean.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(), gamma_p, beta_p,
-            coef.const_data_ptr<acc_t>(), slope, static_cast<index_t>(packs), static_cast<index_t>(C),
-            static_cast<index_t>(S));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    });
+    const auto slope = static_cast<at::opmath_type<scalar_t>>(negative_slope);
+    const at::Tensor coef = at::empty({3, C}, mean.options());
+    backward_sums<scalar_t>(in, z, mean, invstd, slope, grad_gamma, grad_beta, coef);
+    backward_grad_z<scalar_t>(in, z, grad_z, mean, invstd, slope, coef);
   });
   return {grad_z, grad_gamma, grad_beta};
 }
 
+std::tuple<at::Tensor, at::Tensor> bn_relu_backward_reduce_cuda(const at::Tensor& grad_y, const at::Tensor& z,
+                                                                const at::Tensor& mean, const at::Tensor& invstd,
+                                                                const std::optional<at::Tensor>& gamma,
+                                                                const std::optional<at::Tensor>& beta,
+                                                                double negative_slope) {
+  const BackwardInputs in = check_backward(grad_y, z, mean, invstd, gamma, beta, "bn_relu_backward_reduce");
+  c10::cuda::CUDAGuard guard(z.device());
+  const int64_t C = z.size(1);
+  if (z.numel() == 0) return {at::zeros({C}, mean.options()), at::zeros({C}, mean.options())};
+  at::Tensor sum_dy_xhat = at::empty({C}, mean.options());
+  at::Tensor sum_dy = at::empty({C}, mean.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::bn_relu_backward", [&] {
+    backward_sums<scalar_t>(in, z, mean, invstd, static_cast<at::opmath_type<scalar_t>>(negative_slope), sum_dy_xhat,
+                            sum_dy, at::Tensor());
+  });
+  return {sum_dy_xhat, sum_dy};
+}
+
+at::Tensor bn_relu_backward_elemt_cuda(const at::Tensor& grad_y, const at::Tensor& z, const at::Tensor& mean,
+                                       const at::Tensor& invstd, const std::optional<at::Tensor>& gamma,
+                                       const std::optional<at::Tensor>& beta, double negative_slope,
+                                       const at::Tensor& sum_dy_xhat, const at::Tensor& sum_dy,
+                                       const at::Tensor& count) {
+  const char* op = "bn_relu_backward_elemt";
+  const BackwardInputs in = check_backward(grad_y, z, mean, invstd, gamma, beta, op);
+  check_vector(sum_dy_xhat, op, "sum_dy_xhat", z);
+  check_vector(sum_dy, op, "sum_dy", z);
+  check_cuda(count, op, "count");
+  TORCH_CHECK(count.numel() == 1 && count.scalar_type() == acc_type(z) && count.device() == z.device(),
+              "fastgan_cuda::", op, ": count must be a one-element ", acc_type(z), " tensor on z's device, got ",
+              count.scalar_type(), " of shape ", count.sizes());
+  c10::cuda::CUDAGuard guard(z.device());
+  const int64_t C = z.size(1);
+  at::Tensor grad_z = at::empty_like(z);
+  if (z.numel() == 0) return grad_z;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::bn_relu_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor coef = at::empty({3, C}, mean.options());
+    elemt_coef_kernel<acc_t><<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0,
+                               at::cuda::getCurrentCUDAStream()>>>(
+        sum_dy_xhat.const_data_ptr<acc_t>(), sum_dy.const_data_ptr<acc_t>(), count.const_data_ptr<acc_t>(),
+        invstd.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(in.gamma), coef.mutable_data_ptr<acc_t>(), C);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    backward_grad_z<scalar_t>(in, z, grad_z, mean, invstd, static_cast<acc_t>(negative_slope), coef);
+  });
+  return grad_z;
+}
+
 // bn_finalize (schemas.h) in one block: its threads loop over the channels, and the block reads
 // num_batches_tracked before one thread increments it (a grid of blocks could read it after).
+// FinalizeArgs: its arguments besides mean and var (batch_stats_finalize's too).
+template <typename acc_t, typename run_t, typename bias_t>
+struct FinalizeArgs {
+  const acc_t* gamma;
+  const acc_t* beta;
+  acc_t eps;
+  run_t* running_mean;
+  run_t* running_var;
+  int64_t* num_batches_tracked;
+  const bias_t* bias;
+  double momentum;
+  acc_t unbias;
+  acc_t* invstd;
+  acc_t* scale;
+  acc_t* shift;
+  int64_t C;
+};
+
+// The momentum of this call's running update; num_batches_tracked incremented once the whole block
+// has read it (a grid of blocks could read it after).
+template <typename acc_t, typename run_t, typename bias_t>
+__device__ __forceinline__ acc_t finalize_momentum(const FinalizeArgs<acc_t, run_t, bias_t>& a) {
+  double m = a.momentum;
+  if (a.running_mean != nullptr && a.num_batches_tracked != nullptr) {
+    const int64_t n = *a.num_batches_tracked + 1;
+    if (a.momentum < 0) m = 1.0 / static_cast<double>(n);
+    __syncthreads();  // every thread has read the count before it changes
+    if (threadIdx.x == 0) *a.num_batches_tracked = n;
+  }
+  return static_cast<acc_t>(m);
+}
+
+template <typename acc_t, typename run_t, typename bias_t>
+__device__ __forceinline__ void finalize_channel(const FinalizeArgs<acc_t, run_t, bias_t>& a, int64_t c, acc_t mean,
+                                                 acc_t var, acc_t m) {
+  const acc_t is = acc_rsqrt(var + a.eps);
+  a.invstd[c] = is;
+  a.scale[c] = a.gamma ? a.gamma[c] * is : is;
+  a.shift[c] = a.beta ? a.beta[c] : acc_t(0);
+  if (a.running_mean != nullptr) {
+    const acc_t batch_mean = mean + (a.bias ? static_cast<acc_t>(a.bias[c]) : acc_t(0));
+    const acc_t rm = static_cast<acc_t>(a.running_mean[c]), rv = static_cast<acc_t>(a.running_var[c]);
+    a.running_mean[c] = static_cast<run_t>(rm + m * (batch_mean - rm));
+    a.running_var[c] = static_cast<run_t>(rv + m * (var * a.unbias - rv));
+  }
+}
+
 template <typename acc_t, typename run_t, typename bias_t>
 __global__ void __launch_bounds__(kThreads)
-    bn_finalize_kernel(const acc_t* __restrict__ mean, const acc_t* __restrict__ var, const acc_t* __restrict__ gamma,
-                       const acc_t* __restrict__ beta, acc_t eps, run_t* __restrict__ running_mean,
-                       run_t* __restrict__ running_var, int64_t* __restrict__ num_batches_tracked,
-                       const bias_t* __restrict__ bias, double momentum, acc_t unbias, acc_t* __restrict__ invstd,
-                       acc_t* __restrict__ scale, acc_t* __restrict__ shift, int64_t C) {
-  double m = momentum;
-  if (running_mean != nullptr && num_batches_tracked != nullptr) {
-    const int64_t n = *num_batches_tracked + 1;
-    if (momentum < 0) m = 1.0 / static_cast<double>(n);
-    __syncthreads();  // every thread has read the count before it changes
-    if (threadIdx.x == 0) *num_batches_tracked = n;
+    bn_finalize_kernel(const acc_t* __restrict__ mean, const acc_t* __restrict__ var,
+                       const FinalizeArgs<acc_t, run_t, bias_t> a) {
+  const acc_t m = finalize_momentum(a);
+  for (int64_t c = threadIdx.x; c < a.C; c += blockDim.x) finalize_channel(a, c, mean[c], var[c], m);
+}
+
+// batch_stats_finalize: finalize_stats_kernel's merge and bn_finalize_kernel in one block.
+template <typename scalar_t, typename acc_t, typename run_t, typename bias_t>
+__global__ void __launch_bounds__(kThreads)
+    stats_finalize_kernel(const acc_t* __restrict__ partials, const scalar_t* __restrict__ z, int64_t shift_stride,
+                          int64_t chunks, acc_t* __restrict__ mean, acc_t* __restrict__ var,
+                          const FinalizeArgs<acc_t, run_t, bias_t> a) {
+  const acc_t m = finalize_momentum(a);
+#pragma unroll 1  // unrolled, the variants with float64 running statistics spilled 8 bytes (ptxas -v)
+  for (int64_t c = threadIdx.x; c < a.C; c += blockDim.x) {
+    const auto s = merge_partials<WelfordState<acc_t>>(partials, chunks, a.C, c);
+    const acc_t mu = static_cast<acc_t>(z[c * shift_stride]) + s.mean, v = s.m2 / s.n;
+    mean[c] = mu;
+    var[c] = v;
+    finalize_channel(a, c, mu, v, m);
   }
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    const acc_t is = acc_rsqrt(var[c] + eps);
-    invstd[c] = is;
-    scale[c] = gamma ? gamma[c] * is : is;
-    shift[c] = beta ? beta[c] : acc_t(0);
-    if (running_mean != nullptr) {
-      const acc_t a = static_cast<acc_t>(m);
-      const acc_t batch_mean = mean[c] + (bias ? static_cast<acc_t>(bias[c]) : acc_t(0));
-      const acc_t rm = static_cast<acc_t>(running_mean[c]), rv = static_cast<acc_t>(running_var[c]);
-      running_mean[c] = static_cast<run_t>(rm + a * (batch_mean - rm));
-      running_var[c] = static_cast<run_t>(rv + a * (var[c] * unbias - rv));
+}
+
+// bn_gather_finalize: the processes' rows (count, mean [C], var [C]) merged in row order (Chan), then
+// bn_finalize_kernel's work with the running variance unbiased by the merged count, in one block.
+template <typename acc_t, typename run_t, typename bias_t>
+__global__ void __launch_bounds__(kThreads)
+    gather_finalize_kernel(const acc_t* __restrict__ stats, int64_t rows, acc_t* __restrict__ mean,
+                           acc_t* __restrict__ var, acc_t* __restrict__ count, FinalizeArgs<acc_t, run_t, bias_t> a) {
+  const int64_t width = 2 * a.C + 1;
+  acc_t n = 0;
+  for (int64_t p = 0; p < rows; ++p) n += stats[p * width];
+  if (threadIdx.x == 0) *count = n;
+  const acc_t inv_n = acc_t(1) / n;  // one division: float64 divisions in the loop spilled (ptxas -v)
+  a.unbias = n * (acc_t(1) / (n - acc_t(1)));
+  const acc_t m = finalize_momentum(a);
+#pragma unroll 1
+  for (int64_t c = threadIdx.x; c < a.C; c += blockDim.x) {
+    acc_t mu = 0, m2 = 0;
+#pragma unroll 1
+    for (int64_t p = 0; p < rows; ++p) mu += stats[p * width] * stats[p * width + 1 + c];
+    mu *= inv_n;
+#pragma unroll 1
+    for (int64_t p = 0; p < rows; ++p) {
+      const acc_t np = stats[p * width], d = stats[p * width + 1 + c] - mu;
+      m2 += np * stats[p * width + 1 + a.C + c] + np * d * d;
     }
+    mean[c] = mu;
+    var[c] = m2 * inv_n;
+    finalize_channel(a, c, mu, m2 * inv_n, m);
   }
 }
 
@@ -600,67 +767,156 @@ void check_finalize_vector(const at::Tensor& t, const char* name, const at::Tens
               own_dtype ? "a floating type" : c10::toString(mean.scalar_type()));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize_cuda(
-    const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& gamma_opt,
-    const std::optional<at::Tensor>& beta_opt, double eps, const std::optional<at::Tensor>& running_mean_opt,
-    const std::optional<at::Tensor>& running_var_opt, const std::optional<at::Tensor>& nbt_opt,
-    const std::optional<at::Tensor>& bias_opt, double momentum, int64_t count) {
+// bn_finalize's optional tensors, checked against mean ([C], its statistics' dtype).
+struct FinalizeInputs {
+  at::Tensor gamma, beta, running_mean, running_var, nbt, bias;
+  bool update() const { return running_mean.defined(); }
+};
+
+FinalizeInputs check_finalize(const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& gamma_opt,
+                              const std::optional<at::Tensor>& beta_opt,
+                              const std::optional<at::Tensor>& running_mean_opt,
+                              const std::optional<at::Tensor>& running_var_opt,
+                              const std::optional<at::Tensor>& nbt_opt, const std::optional<at::Tensor>& bias_opt,
+                              double momentum, int64_t count) {
   const auto get = [](const std::optional<at::Tensor>& t) { return t.value_or(at::Tensor()); };
-  const at::Tensor gamma = get(gamma_opt), beta = get(beta_opt), running_mean = get(running_mean_opt),
-                   running_var = get(running_var_opt), nbt = get(nbt_opt), bias = get(bias_opt);
+  const FinalizeInputs in{get(gamma_opt), get(beta_opt), get(running_mean_opt),
+                          get(running_var_opt), get(nbt_opt), get(bias_opt)};
   check_cuda(mean, "bn_finalize", "mean");
   TORCH_CHECK(mean.dim() == 1 && (mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble),
               "fastgan_cuda::bn_finalize: mean must be a float32 or float64 vector, got ", mean.scalar_type(), " ",
               mean.sizes());
   check_finalize_vector(mean, "mean", mean, false);
   check_finalize_vector(var, "var", mean, false);
-  if (gamma.defined()) check_finalize_vector(gamma, "gamma", mean, false);
-  if (beta.defined()) check_finalize_vector(beta, "beta", mean, false);
-  const bool update = running_mean.defined();
-  TORCH_CHECK(update == running_var.defined(),
+  if (in.gamma.defined()) check_finalize_vector(in.gamma, "gamma", mean, false);
+  if (in.beta.defined()) check_finalize_vector(in.beta, "beta", mean, false);
+  TORCH_CHECK(in.update() == in.running_var.defined(),
               "fastgan_cuda::bn_finalize: running_mean and running_var must be given together");
-  if (update) {
-    check_finalize_vector(running_mean, "running_mean", mean, true);
-    check_finalize_vector(running_var, "running_var", mean, true);
-    TORCH_CHECK(running_mean.scalar_type() == running_var.scalar_type(),
+  if (in.update()) {
+    check_finalize_vector(in.running_mean, "running_mean", mean, true);
+    check_finalize_vector(in.running_var, "running_var", mean, true);
+    TORCH_CHECK(in.running_mean.scalar_type() == in.running_var.scalar_type(),
                 "fastgan_cuda::bn_finalize: running_mean and running_var must share a dtype");
     TORCH_CHECK(count > 1, "fastgan_cuda::bn_finalize: count must be > 1 to update the running variance, got ",
                 count);
-    TORCH_CHECK(momentum >= 0 || nbt.defined(),
+    TORCH_CHECK(momentum >= 0 || in.nbt.defined(),
                 "fastgan_cuda::bn_finalize: momentum < 0 (the cumulative average) needs num_batches_tracked");
   }
-  if (nbt.defined())
-    TORCH_CHECK(nbt.numel() == 1 && nbt.scalar_type() == at::kLong && nbt.device() == mean.device(),
+  if (in.nbt.defined())
+    TORCH_CHECK(in.nbt.numel() == 1 && in.nbt.scalar_type() == at::kLong && in.nbt.device() == mean.device(),
                 "fastgan_cuda::bn_finalize: num_batches_tracked must be a one-element int64 tensor on mean's device");
-  if (bias.defined()) check_finalize_vector(bias, "bias", mean, true);
-  c10::cuda::CUDAGuard guard(mean.device());
+  if (in.bias.defined()) check_finalize_vector(in.bias, "bias", mean, true);
+  return in;
+}
+
+// launch(FinalizeArgs<acc_t, run_t, bias_t>) for the running statistics' and bias's types (acc_t:
+// mean's), its outputs invstd, scale, shift; nothing for C = 0.
+template <typename acc_t, typename F>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> finalize_with(const at::Tensor& mean, const FinalizeInputs& in,
+                                                             double eps, double momentum, int64_t count, F&& launch) {
   at::Tensor invstd = at::empty_like(mean), scale = at::empty_like(mean), shift = at::empty_like(mean);
   const int64_t C = mean.size(0);
   if (C == 0) return {invstd, scale, shift};
+  const bool update = in.update();
   // Without an update the running-statistics and bias types are unused: the float instantiation.
-  const auto run_type = update ? running_mean.scalar_type() : at::kFloat;
-  const auto bias_type = bias.defined() ? bias.scalar_type() : at::kFloat;
-  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "fastgan_cuda::bn_finalize", [&] {
-    using acc_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, run_type, "fastgan_cuda::bn_finalize", [&] {
-      using run_t = scalar_t;
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bias_type, "fastgan_cuda::bn_finalize", [&] {
-        using bias_t = scalar_t;
-        const acc_t unbias = update ? static_cast<acc_t>(double(count) / double(count - 1)) : acc_t(1);
-        bn_finalize_kernel<acc_t, run_t, bias_t><<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            mean.const_data_ptr<acc_t>(), var.const_data_ptr<acc_t>(),
-            gamma.defined() ? gamma.const_data_ptr<acc_t>() : nullptr,
-            beta.defined() ? beta.const_data_ptr<acc_t>() : nullptr, static_cast<acc_t>(eps),
-            update ? running_mean.mutable_data_ptr<run_t>() : nullptr,
-            update ? running_var.mutable_data_ptr<run_t>() : nullptr,
-            nbt.defined() ? nbt.mutable_data_ptr<int64_t>() : nullptr,
-            bias.defined() ? bias.const_data_ptr<bias_t>() : nullptr, momentum, unbias,
-            invstd.mutable_data_ptr<acc_t>(), scale.mutable_data_ptr<acc_t>(), shift.mutable_data_ptr<acc_t>(), C);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+  const auto run_type = update ? in.running_mean.scalar_type() : at::kFloat;
+  const auto bias_type = in.bias.defined() ? in.bias.scalar_type() : at::kFloat;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, run_type, "fastgan_cuda::bn_finalize", [&] {
+    using run_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bias_type, "fastgan_cuda::bn_finalize", [&] {
+      using bias_t = scalar_t;
+      launch(FinalizeArgs<acc_t, run_t, bias_t>{
+          in.gamma.defined() ? in.gamma.const_data_ptr<acc_t>() : nullptr,
+          in.beta.defined() ? in.beta.const_data_ptr<acc_t>() : nullptr, static_cast<acc_t>(eps),
+          update ? in.running_mean.mutable_data_ptr<run_t>() : nullptr,
+          update ? in.running_var.mutable_data_ptr<run_t>() : nullptr,
+          in.nbt.defined() ? in.nbt.mutable_data_ptr<int64_t>() : nullptr,
+          in.bias.defined() ? in.bias.const_data_ptr<bias_t>() : nullptr, momentum,
+          update ? static_cast<acc_t>(double(count) / double(count - 1)) : acc_t(1), invstd.mutable_data_ptr<acc_t>(),
+          scale.mutable_data_ptr<acc_t>(), shift.mutable_data_ptr<acc_t>(), C});
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return {invstd, scale, shift};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize_cuda(
+    const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& gamma,
+    const std::optional<at::Tensor>& beta, double eps, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, const std::optional<at::Tensor>& nbt,
+    const std::optional<at::Tensor>& bias, double momentum, int64_t count) {
+  const FinalizeInputs in = check_finalize(mean, var, gamma, beta, running_mean, running_var, nbt, bias, momentum, count);
+  c10::cuda::CUDAGuard guard(mean.device());
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "fastgan_cuda::bn_finalize", [&] {
+    using acc_t = scalar_t;
+    out = finalize_with<acc_t>(mean, in, eps, momentum, count, [&](const auto& args) {
+      bn_finalize_kernel<<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(mean.const_data_ptr<acc_t>(),
+                                                                                var.const_data_ptr<acc_t>(), args);
+    });
+  });
+  return out;
+}
+
+// The reduce pass of channel_stats, then stats_finalize_kernel: two launches where batch_stats and
+// bn_finalize take three.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_stats_finalize_cuda(
+    const at::Tensor& z, const std::optional<at::Tensor>& gamma, const std::optional<at::Tensor>& beta, double eps,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+    const std::optional<at::Tensor>& nbt, const std::optional<at::Tensor>& bias, double momentum) {
+  const char* op = "batch_stats_finalize";
+  check_z(z, op, "z");
+  TORCH_CHECK(at::isFloatingType(z.scalar_type()), "fastgan_cuda::", op, ": z must be a floating-point tensor, got ",
+              z.scalar_type());
+  TORCH_CHECK(z.numel() > 0, "fastgan_cuda::", op, ": empty z ", z.sizes());
+  const bool nhwc = shared_layout(op, {z}) == at::MemoryFormat::ChannelsLast;
+  c10::cuda::CUDAGuard guard(z.device());
+  const int64_t C = z.size(1), count = z.numel() / C;
+  at::Tensor mean = at::empty({C}, z.options().dtype(acc_type(z)));
+  at::Tensor var = at::empty_like(mean);
+  const FinalizeInputs in = check_finalize(mean, var, gamma, beta, running_mean, running_var, nbt, bias, momentum, count);
+  at::Tensor invstd, scale, shift;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::batch_stats_finalize", [&] {
+    using z_t = scalar_t;
+    using acc_t = at::opmath_type<z_t>;
+    const at::Tensor partials = reduce_channels<WelfordState<acc_t>, z_t>(z, at::Tensor(), nhwc, {}, {}, {}, {}, acc_t(0));
+    std::tie(invstd, scale, shift) = finalize_with<acc_t>(mean, in, eps, momentum, count, [&](const auto& args) {
+      stats_finalize_kernel<<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          partials.const_data_ptr<acc_t>(), z.const_data_ptr<z_t>(),
+          /*shift_stride=*/nhwc ? int64_t{1} : z.size(2) * z.size(3), partials.size(0), mean.mutable_data_ptr<acc_t>(),
+          var.mutable_data_ptr<acc_t>(), args);
+    });
+  });
+  return {mean, var, invstd, scale, shift};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_gather_finalize_cuda(
+    const at::Tensor& stats, const std::optional<at::Tensor>& gamma, const std::optional<at::Tensor>& beta, double eps,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+    const std::optional<at::Tensor>& nbt, const std::optional<at::Tensor>& bias, double momentum) {
+  const char* op = "bn_gather_finalize";
+  check_cuda(stats, op, "stats");
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) > 0 && stats.size(1) > 1 && stats.size(1) % 2 == 1 &&
+                  stats.is_contiguous() && (stats.scalar_type() == at::kFloat || stats.scalar_type() == at::kDouble),
+              "fastgan_cuda::", op, ": stats must be a contiguous float32 or float64 tensor [P, 2C + 1] (a row of ",
+              "count, mean, var per process), got ", stats.scalar_type(), " of shape ", stats.sizes());
+  c10::cuda::CUDAGuard guard(stats.device());
+  const int64_t rows = stats.size(0), C = (stats.size(1) - 1) / 2;
+  at::Tensor mean = at::empty({C}, stats.options()), var = at::empty_like(mean);
+  at::Tensor count = at::empty({1}, stats.options());
+  // The merged count lives on the device: the kernel unbiases the running variance with it (each
+  // process's batch holds more than one value per channel, so it is > 1); 2 passes the host check.
+  const FinalizeInputs in = check_finalize(mean, var, gamma, beta, running_mean, running_var, nbt, bias, momentum, 2);
+  at::Tensor invstd, scale, shift;
+  AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "fastgan_cuda::bn_gather_finalize", [&] {
+    using acc_t = scalar_t;
+    std::tie(invstd, scale, shift) = finalize_with<acc_t>(mean, in, eps, momentum, 2, [&](const auto& args) {
+      gather_finalize_kernel<<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          stats.const_data_ptr<acc_t>(), rows, mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>(),
+          count.mutable_data_ptr<acc_t>(), args);
+    });
+  });
+  return {mean, var, invstd, scale, shift, count};
 }
 
 // Eval: relu(conv_transpose2d(x, weight, bias)), the statistics folded into weight and bias.
@@ -688,7 +944,11 @@ TORCH_LIBRARY_IMPL(fastgan_cuda, CUDA, m) {
   m.impl("bn_relu", &fastgan::cuda::bn_relu_cuda);
   m.impl("bn_relu_", &fastgan::cuda::bn_relu_inplace_cuda);
   m.impl("bn_relu_backward", &fastgan::cuda::bn_relu_backward_cuda);
+  m.impl("bn_relu_backward_reduce", &fastgan::cuda::bn_relu_backward_reduce_cuda);
+  m.impl("bn_relu_backward_elemt", &fastgan::cuda::bn_relu_backward_elemt_cuda);
   m.impl("batch_stats", &fastgan::cuda::batch_stats_cuda);
   m.impl("bn_finalize", &fastgan::cuda::bn_finalize_cuda);
+  m.impl("batch_stats_finalize", &fastgan::cuda::batch_stats_finalize_cuda);
+  m.impl("bn_gather_finalize", &fastgan::cuda::bn_gather_finalize_cuda);
   m.impl("conv_transpose_bias_relu", &fastgan::cuda::conv_transpose_bias_relu_cuda);
 }

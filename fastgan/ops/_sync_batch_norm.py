@@ -1,9 +1,9 @@
 """Batch statistics synchronized across processes, as nn.SyncBatchNorm computes them (issue 17):
 the process group a call synchronizes over, the two collectives and the math around them.
 
-Forward: each rank's (count, mean, M2 = var * count) per channel, packed into one tensor, one
-all-gather, merged exactly on the device (Chan et al.: mean = sum n_r mean_r / N, M2 = sum M2_r +
-sum n_r (mean_r - mean)^2), so ranks may hold different batch sizes and nothing reads the global
+Forward: each rank's (count, mean, biased var) per channel, packed into one tensor, one
+all-gather, merged exactly on the device (Chan et al.: mean = sum n_r mean_r / N, M2 = sum n_r var_r
++ sum n_r (mean_r - mean)^2), so ranks may hold different batch sizes and nothing reads the global
 count on the host. Backward: the two per-channel sums of the BN backward (sum grad_u and sum
 grad_u * xhat, u the normalized output before the activation) packed into one collective: on a
 GPU an all-reduce, on the CPU (gloo) an all-gather and a local sum over the ranks' rows.
@@ -33,6 +33,8 @@ import time
 import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
+
+from .._chan import merge_rows
 
 
 class _DefaultGroup:
@@ -90,19 +92,20 @@ def all_gather_into(out, t, group):
     _run(gather, out, t, group=group)
 
 
-def gather_stats(mean, var, count, group, world_size):
-    """The global (mean, biased variance, element count as a 0-d tensor) per channel from this
-    rank's mean and biased variance over `count` elements: one all-gather, Chan's exact merge."""
-    c = mean.shape[0]
-    packed = torch.cat([mean.new_full((1,), float(count)), mean, var * count])
+def gather_rows(mean, var, count, group, world_size):
+    """Every rank's row (count, mean [C], biased var [C]) per channel, [world_size, 2C + 1] in rank
+    order (what bn_gather_finalize merges): one all-gather."""
+    packed = torch.cat([mean.new_full((1,), float(count)), mean, var])
     rows = packed.new_empty(world_size * packed.numel())
     all_gather_into(rows, packed, group)
-    rows = rows.view(world_size, 2 * c + 1)
-    counts, means, m2 = rows[:, :1], rows[:, 1:c + 1], rows[:, c + 1:]
-    total = counts.sum()
-    g_mean = (counts * means).sum(0) / total
-    g_m2 = m2.sum(0) + (counts * (means - g_mean).square()).sum(0)
-    return g_mean, g_m2 / total, total
+    return rows.view(world_size, -1)
+
+
+def gather_stats(mean, var, count, group, world_size):
+    """The global (mean, biased variance, element count as a one-element tensor) per channel from
+    this rank's mean and biased variance over `count` elements: one all-gather, Chan's exact merge
+    in torch ops (the reference's; the fused blocks merge in their bn_gather_finalize kernel)."""
+    return merge_rows(gather_rows(mean, var, count, group, world_size))
 
 
 def reduce_sums(sum_dy, sum_dy_xhat, group, world_size):
@@ -118,30 +121,6 @@ def reduce_sums(sum_dy, sum_dy_xhat, group, world_size):
         all_gather_into(rows, packed, group)
         packed = rows.view(world_size, 2 * c).sum(0)
     return packed[:c], packed[c:]
-
-
-def globalize_grad_z(grad_z, z, mean, invstd, gamma, local_sums, global_sums, count, total):
-    """In place: the BN backward's grad_z computed with this rank's sums (bn_relu_backward:
-    s * (g - sg / n - xhat * sgx / n), s = gamma * invstd, xhat = (z - mean) * invstd) turned
-    into the one with the global sums: adds s * (sg / n - SG / N) + s * xhat * (sgx / n - SGX / N),
-    written a + b * z per channel: two elementwise passes over grad_z."""
-    (sg, sgx), (big_sg, big_sgx) = local_sums, global_sums
-    s = invstd if gamma is None else gamma * invstd
-    d_sg, d_sgx = sg / count - big_sg / total, sgx / count - big_sgx / total
-    b = s * invstd * d_sgx
-    a = s * d_sg - b * mean
-    view = (1, -1, 1, 1)
-    return grad_z.addcmul_(z, b.to(grad_z.dtype).view(view)).add_(a.to(grad_z.dtype).view(view))
-
-
-def unbiased_var_for_finalize(var, total):
-    """What bn_finalize takes as `var` with count=2 to store the global unbiased variance
-    var * N / (N - 1) in running_var (it multiplies by count / (count - 1) = 2, exactly): the
-    kernel's running update then serves a count that lives on the device."""
-    return var * (total / (total - 1)) * 0.5
-
-
-FINALIZE_COUNT = 2
 
 
 # ---- the reference: eager torch ops, torch's SyncBatchNorm math on any device ----

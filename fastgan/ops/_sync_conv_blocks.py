@@ -3,11 +3,12 @@
 process_group of more than one process.
 
 The same kernel ops as the local blocks, with one collective per pass (_sync_batch_norm.py):
-forward conv (+ statistics) -> all-gather of (count, mean, M2), merged -> bn_finalize with the
-global statistics -> bn_relu; backward bn_relu_backward (local sums) -> one collective of the two
-sums (reduce_sums) -> grad_z corrected to the global sums (two elementwise passes, the cost over
-the local block besides the collective) -> the convolution's backward. The running statistics get the global
-mean and unbiased variance, num_batches_tracked its count, in the bn_finalize kernel.
+forward conv (+ statistics) -> all-gather of each rank's (count, mean, var) -> bn_gather_finalize
+(the rows merged, scale and shift, the running statistics updated with the global mean and
+unbiased variance and num_batches_tracked, in one kernel op) -> bn_relu; backward
+bn_relu_backward_reduce (the local sums) -> one collective of the two sums (reduce_sums) ->
+bn_relu_backward_elemt (grad_z from the global sums and count, the pass the local backward makes
+too) -> the convolution's backward. No pass over z or grad_z beyond the local block's.
 
 Runs eagerly: torch.compile breaks the graph around it (torch.compiler.disable); under FakeTensor,
 make_fx or torch.func transforms it raises. Double backward (create_graph) is not supported.
@@ -18,11 +19,10 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .._checks import as_layout
-from ._batch_norm import (LAYOUT, NO_UPDATE, bn_relu_backward, call, cancelled_bias_grad, dense_weight, finalize,
-                          needs_grad, running_update, stats_dtype)
+from ._batch_norm import (LAYOUT, call, cancelled_bias_grad, dense_weight, layout_of, needs_grad, running_update,
+                          stats_dtype)
 from ._dispatch import _traced, kernels, to_layout
-from ._sync_batch_norm import (FINALIZE_COUNT, SyncBatchNormReference, gather_stats, globalize_grad_z, reduce_sums,
-                               unbiased_var_for_finalize)
+from ._sync_batch_norm import SyncBatchNormReference, gather_rows, reduce_sums
 
 
 class Conv2d:
@@ -91,18 +91,16 @@ class _SyncBlock(torch.autograd.Function):
     def forward(ctx, x, weight, bias, gamma, beta, block):
         k = kernels(block.impl)
         z, mean, var, x_k = block.conv.forward(k, x, weight)
-        count = z.numel() // z.shape[1]
-        mean, var, total = gather_stats(mean, var, count, block.group, block.world_size)
-        invstd, scale, shift = finalize(k, mean, var, gamma, beta, block.eps, None, NO_UPDATE, 0)
-        if block.update is not NO_UPDATE:
-            finalize(k, mean, unbiased_var_for_finalize(var, total), None, None, 1.0, bias, block.update,
-                     FINALIZE_COUNT)
+        rows = gather_rows(mean, var, z.numel() // z.shape[1], block.group, block.world_size)
+        rm, rv, nbt, momentum = block.update
+        mean, _, invstd, scale, shift, total = k.bn_gather_finalize(rows, gamma, beta, block.eps, rm, rv, nbt, bias,
+                                                                   momentum)
         if block.inplace:  # nothing will differentiate: y over z
             k.bn_relu_(z, mean, scale, shift, block.slope)
             return z
         y = as_layout(k.bn_relu(z, mean, scale, shift, block.slope), _layout(z))
         ctx.save_for_backward(x_k, weight, gamma, beta, z, mean, invstd, total)
-        ctx.block, ctx.count, ctx.has_bias = block, count, bias is not None
+        ctx.block, ctx.has_bias = block, bias is not None
         return y
 
     @staticmethod
@@ -110,13 +108,15 @@ class _SyncBlock(torch.autograd.Function):
     def backward(ctx, grad_y):
         x_k, weight, gamma, beta, z, mean, invstd, total = ctx.saved_tensors
         b = ctx.block
+        k = kernels(b.impl)
         need_x, need_w, need_bias = ctx.needs_input_grad[:3]
-        grad_z, sum_dy_xhat, sum_dy = call(bn_relu_backward, grad_y, z, mean, invstd, gamma, beta, b.slope, b.impl)
+        sum_dy_xhat, sum_dy = k.bn_relu_backward_reduce(grad_y, z, mean, invstd, gamma, beta, b.slope)
         grad_x = grad_w = None
         if need_x or need_w:  # as SyncBatchNorm: the sums are reduced when its input needs a gradient
-            global_sums = reduce_sums(sum_dy, sum_dy_xhat, b.group, b.world_size)
-            globalize_grad_z(grad_z, z, mean, invstd, gamma, (sum_dy, sum_dy_xhat), global_sums, ctx.count, total)
-            grad_x, grad_w = b.conv.backward(grad_z, x_k, weight, need_x, need_w, b.impl)
+            global_dy, global_dy_xhat = reduce_sums(sum_dy, sum_dy_xhat, b.group, b.world_size)
+            grad_z = k.bn_relu_backward_elemt(grad_y, z, mean, invstd, gamma, beta, b.slope, global_dy_xhat, global_dy,
+                                              total)
+            grad_x, grad_w = b.conv.backward(as_layout(grad_z, layout_of(z)), x_k, weight, need_x, need_w, b.impl)
         grad_bias = cancelled_bias_grad(weight, b.conv.out_channels(weight)) if ctx.has_bias and need_bias else None
         return (grad_x if need_x else None, grad_w if need_w else None, grad_bias,
                 sum_dy_xhat if gamma is not None else None, sum_dy if beta is not None else None, None)

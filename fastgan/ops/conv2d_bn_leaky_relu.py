@@ -2,9 +2,10 @@
 
 The generator block's design (conv_transpose_bn_relu.py) with a direct convolution and a slope.
 Training (batch statistics): z = conv2d(x, W) channels-last, without the conv bias (it cancels in
-the normalization and only moves the running mean); the backend's batch_stats gives the mean and
-variance of z in one pass, bn_finalize the scale and shift (and the running statistics' update, as
-nn.BatchNorm2d does), and bn_relu with negative_slope normalizes + activates in one more pass.
+the normalization and only moves the running mean); the backend's batch_stats_finalize gives the
+mean and variance of z in one pass and from them the scale and shift (and the running statistics'
+update, as nn.BatchNorm2d does), and bn_relu with negative_slope normalizes + activates in one more
+pass.
 Eval (running statistics): folded into W and the bias, then one convolution and an in-place
 LeakyReLU (ATen ops, so autograd and torch.compile see through them).
 
@@ -33,7 +34,7 @@ from torch.autograd.function import once_differentiable
 from .._backend import resolve
 from .._checks import as_layout, check_eps, empty
 from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call, cpp_block, cancelled_bias_grad,
-                          check_batch, check_block_arguments, dense_weight, finalize, folded, in_stats_dtype, layout_of,
+                          check_batch, check_block_arguments, dense_weight, folded, in_stats_dtype, layout_of,
                           momentum_factor, needs_grad, pair, running_update, save_block, saved_block_inputs,
                           saved_input, saved_input_fake, stats_dtype, wanted_grads, weight_grad_fake)
 from ._autocast import lower
@@ -116,13 +117,12 @@ def _out_shape(x, weight, sizes):
 def _train_body(x, weight, bias, gamma, beta, eps, stride, padding, negative_slope, impl, running_mean, running_var,
                 num_batches_tracked, momentum):
     """The training forward on real tensors: (y, z, mean, var, invstd, x as the kernels took it, if
-    converted). The running statistics are updated in bn_finalize (running_update; NO_UPDATE: not)."""
+    converted). The running statistics are updated in batch_stats_finalize (running_update; NO_UPDATE: not)."""
     k = kernels(impl)
     x_cl = to_layout(k, x, LAYOUT)
     z = as_layout(k.conv2d(x_cl, dense_weight(weight), stride, padding), LAYOUT)
-    mean, var = k.batch_stats(z)
-    invstd, scale, shift = finalize(k, mean, var, gamma, beta, eps, bias,
-                                    (running_mean, running_var, num_batches_tracked, momentum), z.numel() // z.shape[1])
+    mean, var, invstd, scale, shift = k.batch_stats_finalize(z, gamma, beta, eps, running_mean, running_var,
+                                                             num_batches_tracked, bias, momentum)
     y = k.bn_relu(z, mean, scale, shift, negative_slope)
     return y, z, mean, var, invstd, saved_input(x, x_cl)
 

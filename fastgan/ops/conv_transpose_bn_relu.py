@@ -22,8 +22,11 @@ takes y without a copy).
 
 Plain training calls on the cpu and cuda backends go to the backend's `conv_transpose_bn_relu_train`
 op, which runs the same kernels with its autograd in C++ (csrc/block_autograd.h): one dispatch and
-a C++ graph node per call instead of the Python Function below (~20 us less host time). Traced code
-and triton take the Python path, with the same formulas.
+a C++ graph node per call instead of the Python Function below (~20 us less host time); its
+statistics come from conv_transpose + batch_stats_finalize, one GPU launch less than
+conv_transpose_stats + bn_finalize where (cuda) the convolution does not compute them itself.
+Traced code and triton (whose conv_transpose_stats kernel does) take the Python path, with the same
+formulas.
 """
 
 from typing import Optional

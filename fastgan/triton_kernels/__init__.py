@@ -17,7 +17,8 @@ from .bias_act_pixel_norm import bias_act_pixel_norm, bias_act_pixel_norm_backwa
 from .blend_reals import KERNEL_SPECS as _BLEND_REALS_SPECS
 from .blend_reals import blend_reals
 from .conv_transpose_bn_relu import KERNEL_SPECS as _CONV_TRANSPOSE_BN_RELU_SPECS
-from .conv_transpose_bn_relu import (batch_stats, bn_finalize, bn_relu, bn_relu_, bn_relu_backward,
+from .conv_transpose_bn_relu import (batch_stats, batch_stats_finalize, bn_finalize, bn_gather_finalize, bn_relu,
+                                     bn_relu_, bn_relu_backward, bn_relu_backward_elemt, bn_relu_backward_reduce,
                                      conv_transpose, conv_transpose_bias_relu, conv_transpose_stats)
 from .convolution import conv2d, conv2d_backward, conv_transpose_backward, to_layout
 from .fade_in import KERNEL_SPECS as _FADE_IN_SPECS
@@ -59,7 +60,12 @@ __all__ = [
     "bn_relu",
     "bn_relu_",
     "bn_relu_backward",
+    "bn_relu_backward_reduce",
+    "bn_relu_backward_elemt",
+    "bn_gather_finalize",
     "batch_stats",
+    "batch_stats_finalize",
+    "bn_finalize",
     "conv_transpose_bias_relu",
     "conv_transpose_backward",
     "to_layout",

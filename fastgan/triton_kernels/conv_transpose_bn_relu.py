@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._chan import merge_rows
 from .pixel_norm import _rsqrt
 from ._common import INTERPRET, KernelSpec, autotune, check_like, compute_dtype, device_guard, fp64_scalar, layout
 
@@ -753,10 +754,20 @@ def batch_stats(z):
     return _finalize_stats(z, part, t)
 
 
-def bn_relu_backward(grad_y, z, mean, invstd, gamma, beta, negative_slope):
-    """(grad_z, grad_gamma, grad_beta) of y = act((z - mean) * invstd * gamma + beta), batch statistics;
-    act's derivative is 1 where its input is positive, else negative_slope."""
-    zl, r, k, c = _rows(z)
+def batch_stats_finalize(z, gamma, beta, eps, running_mean, running_var, num_batches_tracked, bias, momentum):
+    """(mean, var, invstd, scale, shift): batch_stats, then bn_finalize with count = N * H * W."""
+    if z.dim() == 4 and z.numel() == 0:
+        raise ValueError(f"fastgan triton: batch_stats_finalize of an empty z {tuple(z.shape)}")
+    mean, var = batch_stats(z)
+    invstd, scale, shift = bn_finalize(mean, var, gamma, beta, eps, running_mean, running_var, num_batches_tracked,
+                                       bias, momentum, z.numel() // z.shape[1])
+    return mean, var, invstd, scale, shift
+
+
+def _backward_inputs(grad_y, z, mean, invstd, gamma, beta):
+    """(grad_y in z's layout, gamma, beta, affine) checked; gamma and beta are `mean` (not read)
+    without affine."""
+    zl = _rows(z)[0]
     if grad_y.shape != z.shape:
         raise ValueError(f"fastgan triton: grad_y has shape {tuple(grad_y.shape)}, z {tuple(z.shape)}")
     # grad_y may come in either layout (csrc/schemas.h): brought to z's.
@@ -770,9 +781,13 @@ def bn_relu_backward(grad_y, z, mean, invstd, gamma, beta, negative_slope):
         _check_vectors(z, gamma=gamma, beta=beta)
     else:
         gamma = beta = mean  # not read
-    grad_z = torch.empty_like(z)
-    if z.numel() == 0:
-        return grad_z, torch.zeros(c, dtype=mean.dtype, device=z.device), torch.zeros_like(mean)
+    return grad_y, gamma, beta, affine
+
+
+def _backward_sums(grad_y, z, mean, invstd, gamma, beta, affine, negative_slope):
+    """(grad_gamma, grad_beta, coef): the reduce pass and its merge, coef [3, C] the coefficients of
+    grad_z; a non-empty z."""
+    zl, r, k, c = _rows(z)
     # Written whole by the finalize kernel: no fill launches.
     grad_gamma = torch.empty(c, dtype=mean.dtype, device=z.device)
     grad_beta = torch.empty(c, dtype=mean.dtype, device=z.device)
@@ -786,18 +801,75 @@ def bn_relu_backward(grad_y, z, mean, invstd, gamma, beta, negative_slope):
             return (triton.cdiv(r, meta["BLOCK_R"]),)
     part = torch.empty((t, 2, c), dtype=mean.dtype, device=z.device)
     coef = torch.empty((3, c), dtype=mean.dtype, device=z.device)
-    flag = _LAYOUT_FLAG[zl]
-    slope = fp64_scalar(negative_slope)
     with device_guard(z):
         _bn_relu_sums[zl][sums_grid](
-            grad_y, z, mean, invstd, gamma, beta, part, r, k, c, _CHUNK_ROWS, slope, AFFINE=affine,
-            CHANNELS_LAST=flag)
+            grad_y, z, mean, invstd, gamma, beta, part, r, k, c, _CHUNK_ROWS, fp64_scalar(negative_slope),
+            AFFINE=affine, CHANNELS_LAST=_LAYOUT_FLAG[zl])
         _finalize_backward_kernel[(triton.cdiv(c, _FINALIZE_LAUNCH.kwargs["BLOCK_C"]),)](
             part, invstd, gamma, grad_gamma, grad_beta, coef, t, c, r * k // c, AFFINE=affine,
             **_FINALIZE_LAUNCH.kwargs, num_warps=_FINALIZE_LAUNCH.num_warps)
-        _bn_relu_grad[zl][_row_grid(r, k)](grad_y, z, mean, invstd, gamma, beta, coef, grad_z, r, k, c, slope,
-                                          AFFINE=affine, CHANNELS_LAST=flag)
+    return grad_gamma, grad_beta, coef
+
+
+def _backward_grad_z(grad_y, z, mean, invstd, gamma, beta, affine, negative_slope, coef):
+    """grad_z = coef[0] * (gm - coef[1] - xhat * coef[2])."""
+    zl, r, k, c = _rows(z)
+    grad_z = torch.empty_like(z)
+    with device_guard(z):
+        _bn_relu_grad[zl][_row_grid(r, k)](grad_y, z, mean, invstd, gamma, beta, coef, grad_z, r, k, c,
+                                          fp64_scalar(negative_slope), AFFINE=affine, CHANNELS_LAST=_LAYOUT_FLAG[zl])
+    return grad_z
+
+
+def bn_relu_backward(grad_y, z, mean, invstd, gamma, beta, negative_slope):
+    """(grad_z, grad_gamma, grad_beta) of y = act((z - mean) * invstd * gamma + beta), batch statistics;
+    act's derivative is 1 where its input is positive, else negative_slope."""
+    grad_y, gamma, beta, affine = _backward_inputs(grad_y, z, mean, invstd, gamma, beta)
+    if z.numel() == 0:
+        return torch.empty_like(z), torch.zeros_like(mean), torch.zeros_like(mean)
+    grad_gamma, grad_beta, coef = _backward_sums(grad_y, z, mean, invstd, gamma, beta, affine, negative_slope)
+    grad_z = _backward_grad_z(grad_y, z, mean, invstd, gamma, beta, affine, negative_slope, coef)
     return grad_z, grad_gamma, grad_beta
+
+
+def bn_relu_backward_reduce(grad_y, z, mean, invstd, gamma, beta, negative_slope):
+    """(sum_dy_xhat, sum_dy): bn_relu_backward's (grad_gamma, grad_beta) without grad_z."""
+    grad_y, gamma, beta, affine = _backward_inputs(grad_y, z, mean, invstd, gamma, beta)
+    if z.numel() == 0:
+        return torch.zeros_like(mean), torch.zeros_like(mean)
+    return _backward_sums(grad_y, z, mean, invstd, gamma, beta, affine, negative_slope)[:2]
+
+
+def bn_relu_backward_elemt(grad_y, z, mean, invstd, gamma, beta, negative_slope, sum_dy_xhat, sum_dy, count):
+    """grad_z from the sums over `count` values (a one-element tensor): the statistics of several
+    processes' batches (csrc/schemas.h). The coefficients in torch ops."""
+    grad_y, gamma, beta, affine = _backward_inputs(grad_y, z, mean, invstd, gamma, beta)
+    _check_vectors(z, sum_dy_xhat=sum_dy_xhat, sum_dy=sum_dy)
+    if count.numel() != 1 or count.dtype != mean.dtype or count.device != z.device:
+        raise ValueError(f"fastgan triton: count must be a one-element {mean.dtype} tensor on z's device, got "
+                         f"{count.dtype} of shape {tuple(count.shape)} on {count.device}")
+    if z.numel() == 0:
+        return torch.empty_like(z)
+    k = invstd * gamma if affine else invstd
+    coef = torch.stack((k, sum_dy / count, sum_dy_xhat / count))
+    return _backward_grad_z(grad_y, z, mean, invstd, gamma, beta, affine, negative_slope, coef)
+
+
+def bn_gather_finalize(stats, gamma, beta, eps, running_mean, running_var, num_batches_tracked, bias, momentum):
+    """(mean, var, invstd, scale, shift, count): the processes' rows of stats [P, 2C + 1] = (count,
+    mean, var) merged in row order (Chan), then bn_finalize (csrc/schemas.h). The merge in torch ops;
+    the running variance takes the merged count on the device through bn_finalize's count 2, which
+    multiplies by 2 / (2 - 1) exactly."""
+    if (stats.dim() != 2 or stats.shape[0] == 0 or stats.shape[1] < 3 or stats.shape[1] % 2 == 0
+            or stats.dtype not in (torch.float32, torch.float64) or not stats.is_contiguous()):
+        raise ValueError("fastgan triton: stats must be a contiguous float32 or float64 tensor [P, 2C + 1] (a row "
+                         f"of count, mean, var per process), got {stats.dtype} of shape {tuple(stats.shape)}")
+    mean, var, count = merge_rows(stats)
+    invstd, scale, shift = bn_finalize(mean, var, gamma, beta, eps, None, None, None, None, momentum, 0)
+    if running_mean is not None or running_var is not None:
+        bn_finalize(mean, var * (count / (count - 1)) * 0.5, None, None, eps, running_mean, running_var,
+                    num_batches_tracked, bias, momentum, 2)
+    return mean, var, invstd, scale, shift, count
 
 
 # ---------------------------------------------------------------------------
