@@ -37,9 +37,10 @@ def _extension_line(name, describe):
 
 
 def _op_backends(op):
-    """The backends that implement kernel op `op` (registered, or a Triton host function)."""
+    """The backends that implement kernel op `op` (registered, or a Triton host function); an
+    extension built from an older checkout that lacks the op does not count."""
     found = ["reference"]
-    if _extensions.load("_C") is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan_cpu::{op}", "CPU"):
+    if _extensions.load("_C") is not None and _registered(f"fastgan_cpu::{op}", "CPU"):
         found.append("cpu")
     try:
         from . import triton_kernels
@@ -48,9 +49,16 @@ def _op_backends(op):
             found.append("triton")
     except ImportError:
         pass
-    if _extensions.load("_C_cuda") is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan_cuda::{op}", "CUDA"):
+    if _extensions.load("_C_cuda") is not None and _registered(f"fastgan_cuda::{op}", "CUDA"):
         found.append("cuda")
     return found
+
+
+def _registered(name, key):
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(name, key)
+    except RuntimeError:  # no such op: an extension built from an older checkout
+        return False
 
 
 def report():

@@ -37,3 +37,12 @@ def test_grad_mode_off_runs_the_kernel_alone():
     assert y.grad_fn is None and not y.requires_grad
     torch.testing.assert_close(y, bias_act.bias_act(x, b, "lrelu", 0.2, 1.0, x_mul=0.5, impl="cpu"),
                                rtol=0, atol=0)
+
+
+def test_a_kernel_op_missing_from_the_extension_says_rebuild():
+    """An extension built from an older checkout lacks the newer kernel ops: a clear error, not
+    torch.ops' AttributeError."""
+    from fastgan.ops._dispatch import kernels
+
+    with pytest.raises(RuntimeError, match=r"no kernel op fastgan_cpu::no_such_op.*rebuild"):
+        kernels("cpu").no_such_op

@@ -28,19 +28,21 @@ def weight_grad_fake(weight):
 
 
 def pair(v, name, minimum):
+    if type(v) is int and v >= minimum:  # the common case first: ~1 us of host time less a call
+        return [v, v]
     p = (v, v) if isinstance(v, int) else tuple(v)
     if len(p) != 2 or not all(isinstance(i, int) and i >= minimum for i in p):
         raise ValueError(f"fastgan: {name} must be an int or a pair of ints >= {minimum}, got {v!r}")
     return list(p)
 
 
-def check_channel_vector(t, name, c, x):
+def check_channel_vector(t, name, c, x, device=None):
     if t is None:
         return
     check_tensor(t, name, ndim=1)
     if t.shape[0] != c:
         raise ValueError(f"fastgan: {name} must have shape [{c}] (the output channels), got {tuple(t.shape)}")
-    if t.device != x.device:
+    if t.device != (device or x.device):
         raise ValueError(f"fastgan: {name} is on {t.device} but x is on {x.device}")
 
 
@@ -55,12 +57,15 @@ def check_block_arguments(x, weight, in_dim, bias, bn_weight, bn_bias, running_m
         dims = "[C_in, C_out, kH, kW]" if in_dim == 0 else "[C_out, C_in, kH, kW]"
         raise ValueError(f"fastgan: weight must be {dims} with C_in = {x.shape[1]} (x's channels), "
                          f"got {tuple(weight.shape)}")
-    if bias is not None:
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.dtype != x.dtype):
         check_tensor(bias, "bias", ndim=1)
         check_same(bias, "bias", x, "x")
-    for t, name in ((bias, "bias"), (bn_weight, "bn_weight"), (bn_bias, "bn_bias"),
-                    (running_mean, "running_mean"), (running_var, "running_var")):
-        check_channel_vector(t, name, weight.shape[1 - in_dim], x)
+    c, device = weight.shape[1 - in_dim], x.device
+    check_channel_vector(bias, "bias", c, x, device)
+    check_channel_vector(bn_weight, "bn_weight", c, x, device)
+    check_channel_vector(bn_bias, "bn_bias", c, x, device)
+    check_channel_vector(running_mean, "running_mean", c, x, device)
+    check_channel_vector(running_var, "running_var", c, x, device)
     if (running_mean is None) != (running_var is None):
         raise ValueError("fastgan: running_mean and running_var must be given together (or both None)")
     if num_batches_tracked is not None and not isinstance(num_batches_tracked, torch.Tensor):

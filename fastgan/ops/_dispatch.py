@@ -32,7 +32,13 @@ class _KernelOps:
         self._namespace = namespace
 
     def __getattr__(self, name):  # the first lookup of a name; then it is an attribute
-        overload = getattr(self._namespace, name).default
+        try:
+            overload = getattr(self._namespace, name).default
+        except AttributeError:
+            raise RuntimeError(
+                f"fastgan: the compiled extension has no kernel op {self._namespace.name}::{name}: it was built from "
+                "an older checkout of fastgan; rebuild it (pip install -e . or python setup.py build_ext --inplace)"
+            ) from None
         op = getattr(overload, "_op", overload)
         setattr(self, name, op)
         return op
