@@ -28,8 +28,13 @@ def weight_grad_fake(weight):
 
 
 def pair(v, name, minimum):
-    if type(v) is int and v >= minimum:  # the common case first: ~1 us of host time less a call
+    # The common cases first (~1 us of host time less a call): an int, or a module's pair of ints.
+    if type(v) is int and v >= minimum:
         return [v, v]
+    if type(v) in (tuple, list) and len(v) == 2:
+        a, b = v
+        if type(a) is int and type(b) is int and a >= minimum and b >= minimum:
+            return [a, b]
     p = (v, v) if isinstance(v, int) else tuple(v)
     if len(p) != 2 or not all(isinstance(i, int) and i >= minimum for i in p):
         raise ValueError(f"fastgan: {name} must be an int or a pair of ints >= {minimum}, got {v!r}")
@@ -159,7 +164,7 @@ def in_stats_dtype(x, *tensors):
     """`tensors` (None or per-channel vectors) in stats_dtype(x), differentiably; skips the .to call
     (~0.8 us of host time each) where they already are."""
     dtype = stats_dtype(x)
-    return tuple(t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors)
+    return tuple([t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors])
 
 
 def needs_grad(*tensors):

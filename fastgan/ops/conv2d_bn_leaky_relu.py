@@ -107,9 +107,9 @@ def _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, train
 
 def _out_shape(x, weight, sizes):
     (sh, sw), (ph, pw) = sizes
-    h = (x.shape[2] + 2 * ph - weight.shape[2]) // sh + 1
-    w = (x.shape[3] + 2 * pw - weight.shape[3]) // sw + 1
-    return (x.shape[0], weight.shape[0], h, w)
+    n, _, h, w = x.shape
+    c, _, kh, kw = weight.shape
+    return (n, c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
 
 
 # ---- training ----

@@ -125,9 +125,9 @@ def _check(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, train
 
 def _out_shape(x, weight, sizes):
     (sh, sw), (ph, pw), (oh, ow) = sizes
-    h = (x.shape[2] - 1) * sh - 2 * ph + weight.shape[2] + oh
-    w = (x.shape[3] - 1) * sw - 2 * pw + weight.shape[3] + ow
-    return (x.shape[0], weight.shape[1], h, w)
+    n, _, h, w = x.shape
+    _, c, kh, kw = weight.shape
+    return (n, c, (h - 1) * sh - 2 * ph + kh + oh, (w - 1) * sw - 2 * pw + kw + ow)
 
 
 # ---- training ----
