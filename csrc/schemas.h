@@ -114,8 +114,9 @@ inline void define_kernel_schemas(torch::Library& m) {
 
   // The blocks' training forward as one op, with its autograd in C++ (block_autograd.h; not a
   // kernel of its own): [to_layout], conv2d or conv_transpose, batch_stats_finalize (the running
-  // statistics updated in place as it says: momentum -1 for None; none given, none updated), bn_relu. y in the layout the Python op's path gives. gamma / beta are in the
-  // statistics' dtype (float32; float64 for float64 x). The backward: bn_relu_backward, then the
+  // statistics updated in place as it says: momentum -1 for None; none given, none updated),
+  // bn_relu. y in the layout the Python op's path gives. gamma / beta are in the statistics' dtype
+  // (float32; float64 for float64 x). The backward: bn_relu_backward, then the
   // convolution's backward; the conv bias gets a zero gradient (it cancels in the normalization).
   m.def("conv2d_bn_leaky_relu_train(Tensor x, Tensor weight, Tensor? bias, Tensor? gamma, Tensor? beta, float eps, "
         "int[2] stride, int[2] padding, float negative_slope, Tensor(a!)? running_mean, Tensor(b!)? running_var, "

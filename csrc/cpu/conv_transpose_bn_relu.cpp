@@ -600,7 +600,8 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_reduce(const at::Tensor& gra
   const int64_t c = z.size(1);
   auto sum_dy_xhat = at::empty({c}, mean.options());
   auto sum_dy = at::empty({c}, mean.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cpu::bn_relu_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cpu::bn_relu_backward_reduce",
+                                  [&] {
     using A = acc_t<scalar_t>;
     const auto P = backward_params<scalar_t>(mean, invstd, gamma, beta, negative_slope);
     const auto s =
@@ -630,7 +631,8 @@ at::Tensor bn_relu_backward_elemt(const at::Tensor& grad_y, const at::Tensor& z,
   }
   const auto in = grad_for(grad_y, fmt);
   auto grad_z = at::empty(z.sizes(), z.options().memory_format(fmt));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cpu::bn_relu_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cpu::bn_relu_backward_elemt",
+                                  [&] {
     using A = acc_t<scalar_t>;
     auto P = backward_params<scalar_t>(mean, invstd, gamma, beta, negative_slope);
     const A n = *count.const_data_ptr<A>();
@@ -744,8 +746,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& stats, const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
     double eps, const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
     const c10::optional<at::Tensor>& num_batches_tracked, const c10::optional<at::Tensor>& bias, double momentum) {
-  TORCH_CHECK(stats.dim() == 2 && stats.size(0) > 0 && stats.size(1) % 2 == 1 && stats.is_contiguous() &&
-                  stats.device().is_cpu() &&
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) > 0 && stats.size(1) > 1 && stats.size(1) % 2 == 1 &&
+                  stats.is_contiguous() && stats.device().is_cpu() &&
                   (stats.scalar_type() == at::kFloat || stats.scalar_type() == at::kDouble),
               "fastgan_cpu::bn_gather_finalize: stats must be a contiguous float32 or float64 CPU tensor [P, 2C + 1] ",
               "(a row of count, mean, var per process), got ", stats.scalar_type(), " of shape ", stats.sizes());

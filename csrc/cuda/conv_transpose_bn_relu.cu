@@ -614,7 +614,8 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_reduce_cuda(const at::Tensor
   if (z.numel() == 0) return {at::zeros({C}, mean.options()), at::zeros({C}, mean.options())};
   at::Tensor sum_dy_xhat = at::empty({C}, mean.options());
   at::Tensor sum_dy = at::empty({C}, mean.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::bn_relu_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::bn_relu_backward_reduce",
+                                  [&] {
     backward_sums<scalar_t>(in, z, mean, invstd, static_cast<at::opmath_type<scalar_t>>(negative_slope), sum_dy_xhat,
                             sum_dy, at::Tensor());
   });
@@ -638,7 +639,8 @@ at::Tensor bn_relu_backward_elemt_cuda(const at::Tensor& grad_y, const at::Tenso
   const int64_t C = z.size(1);
   at::Tensor grad_z = at::empty_like(z);
   if (z.numel() == 0) return grad_z;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::bn_relu_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::bn_relu_backward_elemt",
+                                  [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor coef = at::empty({3, C}, mean.options());
     elemt_coef_kernel<acc_t><<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0,
@@ -845,7 +847,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize_cuda(
     const std::optional<at::Tensor>& beta, double eps, const std::optional<at::Tensor>& running_mean,
     const std::optional<at::Tensor>& running_var, const std::optional<at::Tensor>& nbt,
     const std::optional<at::Tensor>& bias, double momentum, int64_t count) {
-  const FinalizeInputs in = check_finalize(mean, var, gamma, beta, running_mean, running_var, nbt, bias, momentum, count);
+  const FinalizeInputs in =
+      check_finalize(mean, var, gamma, beta, running_mean, running_var, nbt, bias, momentum, count);
   c10::cuda::CUDAGuard guard(mean.device());
   std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "fastgan_cuda::bn_finalize", [&] {
@@ -874,12 +877,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_sta
   const int64_t C = z.size(1), count = z.numel() / C;
   at::Tensor mean = at::empty({C}, z.options().dtype(acc_type(z)));
   at::Tensor var = at::empty_like(mean);
-  const FinalizeInputs in = check_finalize(mean, var, gamma, beta, running_mean, running_var, nbt, bias, momentum, count);
+  const FinalizeInputs in =
+      check_finalize(mean, var, gamma, beta, running_mean, running_var, nbt, bias, momentum, count);
   at::Tensor invstd, scale, shift;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::batch_stats_finalize", [&] {
     using z_t = scalar_t;
     using acc_t = at::opmath_type<z_t>;
-    const at::Tensor partials = reduce_channels<WelfordState<acc_t>, z_t>(z, at::Tensor(), nhwc, {}, {}, {}, {}, acc_t(0));
+    const at::Tensor partials =
+        reduce_channels<WelfordState<acc_t>, z_t>(z, at::Tensor(), nhwc, {}, {}, {}, {}, acc_t(0));
     std::tie(invstd, scale, shift) = finalize_with<acc_t>(mean, in, eps, momentum, count, [&](const auto& args) {
       stats_finalize_kernel<<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           partials.const_data_ptr<acc_t>(), z.const_data_ptr<z_t>(),
