@@ -324,7 +324,8 @@ def test_bn_finalize_bad_input(impl):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("impl", CPU_BACKENDS)
 def test_batch_stats_finalize(impl, layout, dtype, update):
-    for shape in SHAPES + [(2, 3, 1, 1)]:
+    # triton's op is its batch_stats and bn_finalize (tested above, at every shape) composed: one shape.
+    for shape in SHAPES + [(2, 3, 1, 1)] if impl == "cpu" else SHAPES[:1]:
         check_stats_finalize(kernels(impl), shape, layout, dtype, update)
 
 
@@ -334,9 +335,12 @@ def test_batch_stats_finalize(impl, layout, dtype, update):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("impl", CPU_BACKENDS)
 def test_bn_relu_backward_halves(impl, layout, dtype, slope, affine):
-    for shape in SHAPES + [(3, 3, 2, 2)]:
+    # triton's halves are bn_relu_backward's kernels (tested above): its glue at one shape, the
+    # interpreter being slow (~8 s a case at all of them).
+    shapes = SHAPES + [(3, 3, 2, 2)] if impl == "cpu" else SHAPES[:1]
+    for shape in shapes:
         check_backward_halves(kernels(impl), shape, layout, dtype, affine, slope)
-    check_backward_halves(kernels(impl), SHAPES[1], layout, dtype, affine, slope, grad_layout=other_layout(layout))
+    check_backward_halves(kernels(impl), shapes[-1], layout, dtype, affine, slope, grad_layout=other_layout(layout))
 
 
 @pytest.mark.parametrize("update", [None, *UPDATES])
