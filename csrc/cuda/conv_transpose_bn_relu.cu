@@ -234,6 +234,24 @@ __device__ __forceinline__ State merge_partials(const acc_t* partials, int64_t c
   return s;
 }
 
+// Channel c's mean and biased variance from the partials merged in chunk order, stored and returned
+// (finalize_stats_kernel, stats_finalize_kernel).
+template <typename acc_t>
+struct MeanVar {
+  acc_t mean, var;
+};
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ MeanVar<acc_t> store_channel_stats(const acc_t* partials, const scalar_t* z,
+                                                              int64_t shift_stride, int64_t chunks, int64_t C,
+                                                              int64_t c, acc_t* mean, acc_t* var) {
+  const auto s = merge_partials<WelfordState<acc_t>>(partials, chunks, C, c);
+  const MeanVar<acc_t> out{static_cast<acc_t>(z[c * shift_stride]) + s.mean, s.m2 / s.n};
+  mean[c] = out.mean;
+  var[c] = out.var;
+  return out;
+}
+
 // Pass 2 of the statistics: per channel, the partials merged in chunk order -> mean, biased var.
 // The shift of channel c is z[c * shift_stride] (its first element).
 template <typename scalar_t, typename acc_t>
@@ -242,9 +260,7 @@ __global__ void finalize_stats_kernel(const acc_t* __restrict__ partials, const 
                                       int64_t chunks, int64_t C) {
   const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  const auto s = merge_partials<WelfordState<acc_t>>(partials, chunks, C, c);
-  mean[c] = static_cast<acc_t>(z[c * shift_stride]) + s.mean;
-  var[c] = s.m2 / s.n;
+  store_channel_stats(partials, z, shift_stride, chunks, C, c, mean, var);
 }
 
 // The backward sums merged in chunk order -> grad_gamma = s2, grad_beta = s1, and the
@@ -719,11 +735,8 @@ __global__ void __launch_bounds__(kThreads)
   const acc_t m = finalize_momentum(a);
 #pragma unroll 1  // unrolled, the variants with float64 running statistics spilled 8 bytes (ptxas -v)
   for (int64_t c = threadIdx.x; c < a.C; c += blockDim.x) {
-    const auto s = merge_partials<WelfordState<acc_t>>(partials, chunks, a.C, c);
-    const acc_t mu = static_cast<acc_t>(z[c * shift_stride]) + s.mean, v = s.m2 / s.n;
-    mean[c] = mu;
-    var[c] = v;
-    finalize_channel(a, c, mu, v, m);
+    const auto s = store_channel_stats(partials, z, shift_stride, chunks, a.C, c, mean, var);
+    finalize_channel(a, c, s.mean, s.var, m);
   }
 }
 
