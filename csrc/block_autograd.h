@@ -49,7 +49,7 @@ using BatchStatsFinalizeSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at:
     const at::Tensor&, const OptTensor&, const OptTensor&, double, const OptTensor&, const OptTensor&,
     const OptTensor&, const OptTensor&, double);
 using ConvTransposeSig = at::Tensor(const at::Tensor&, const at::Tensor&, c10::IntArrayRef, c10::IntArrayRef,
-                                    c10::IntArrayRef);
+                                    c10::IntArrayRef, const OptTensor&);
 using BnReluSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double);
 using BnReluInPlaceSig = void(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double);
 using BnReluBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
@@ -243,7 +243,8 @@ Normalized conv_transpose_block_forward(const at::Tensor& x_kernel, const at::Te
   // conv_transpose + batch_stats_finalize rather than conv_transpose_stats + bn_finalize: the same
   // dispatches and passes, and on a GPU one launch less (the statistics' merge and the finalize in one).
   const at::Tensor z =
-      K::conv_transpose().call(x_kernel, dense_weight(weight), stride, padding, output_padding).contiguous(fmt);
+      K::conv_transpose().call(x_kernel, dense_weight(weight), stride, padding, output_padding, c10::nullopt)
+          .contiguous(fmt);
   auto [mean, var, invstd, scale, shift] = K::batch_stats_finalize().call(
       z, gamma, beta, eps, running.mean, running.var, running.num_batches_tracked, bias, running.momentum);
   *z_out = z;

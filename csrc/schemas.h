@@ -40,8 +40,10 @@ inline void define_kernel_schemas(torch::Library& m) {
   // accurately (Welford / Chan merge or two passes; never E[z^2] - E[z]^2 in float32).
   m.def("conv_transpose_stats(Tensor x, Tensor weight, int[2] stride, int[2] padding, "
         "int[2] output_padding) -> (Tensor z, Tensor mean, Tensor var)");
-  // The same z alone (eval with running statistics, normalized in place afterwards).
-  m.def("conv_transpose(Tensor x, Tensor weight, int[2] stride, int[2] padding, int[2] output_padding) -> Tensor");
+  // The same z alone (eval with running statistics, normalized in place afterwards), plus the
+  // conv bias when given (a vector in x's dtype, as eager's convolution adds it).
+  m.def("conv_transpose(Tensor x, Tensor weight, int[2] stride, int[2] padding, int[2] output_padding, "
+        "Tensor? bias=None) -> Tensor");
   // Pass 2: y = act((z - mean) * scale + shift) per channel, into a new tensor in z's layout;
   // act(u) = u > 0 ? u : negative_slope * u: ReLU for slope 0 (the generator's blocks), LeakyReLU
   // otherwise (the discriminator's, SPEC 7). NaN propagates.

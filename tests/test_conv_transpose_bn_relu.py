@@ -477,6 +477,12 @@ def test_conv_transpose_kernels(impl, shape, fmt, dtype):
     z, _, _ = kern.conv_transpose_stats(x, w, *sizes)
     want_z = F.conv_transpose2d(x, w, None, s, p, op)
     torch.testing.assert_close(z, want_z, **TOLERANCES[dtype])
+    # conv_transpose with the conv bias (eval's z): no ReLU, every channel shifted by its own value.
+    b = randn((cout,), dtype=dtype)
+    want_zb = F.conv_transpose2d(x.double(), w.double(), b.double(), s, p, op)
+    torch.testing.assert_close(kern.conv_transpose(x, w, *sizes, b).double(), want_zb, **TOLERANCES[dtype])
+    with pytest.raises((RuntimeError, ValueError), match="bias"):
+        kern.conv_transpose(x, w, *sizes, b[:-1])
     g = randn(want_z.shape, dtype=dtype).contiguous(memory_format=fmt)
     want = torch.ops.aten.convolution_backward(g, x, w, None, [s, s], [p, p], [1, 1], True, [op, op], 1,
                                                [True, True, False])

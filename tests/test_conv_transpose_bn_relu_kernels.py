@@ -107,6 +107,10 @@ def check_bias_relu(ops, x, weight, stride, padding, output_padding):
     y = ops.conv_transpose_bias_relu(x, weight, bias, stride, padding, output_padding)
     z_ref, _, _, scale, terms = reference_conv(x, weight, stride, padding, output_padding, bias)
     assert_conv_close(y, z_ref.relu(), scale, terms, x.dtype)  # ReLU does not grow an error
+    # conv_transpose with the bias (eval's z): the same kernel, without the ReLU.
+    z = ops.conv_transpose(x, weight, stride, padding, output_padding, bias)
+    assert z.stride() == y.stride()
+    assert_conv_close(z, z_ref, scale, terms, x.dtype)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -227,6 +231,8 @@ def test_bad_inputs():
         ops.conv_transpose_stats(x, weight, stride, padding, (2, 2))
     with pytest.raises(ValueError, match="bias"):
         ops.conv_transpose_bias_relu(x, weight, torch.zeros(3), stride, padding, output_padding)
+    with pytest.raises(ValueError, match="bias"):
+        ops.conv_transpose(x, weight, stride, padding, output_padding, torch.zeros(weight.shape[1]).double())
     z, mean, invstd, gamma, beta = bn_inputs((2, 5, 3, 4), "contiguous", torch.float32, True)
     with pytest.raises(ValueError, match="mean"):
         ops.bn_relu(z, mean.double(), invstd, beta, 0.0)

@@ -440,9 +440,22 @@ at::Tensor nchw(const at::Tensor& t) { return dense_as(t, at::MemoryFormat::Cont
 
 at::Tensor channels_last(const at::Tensor& t) { return dense_as(t, at::MemoryFormat::ChannelsLast); }
 
+// The conv bias: a vector of C_out values in x's dtype (as eager's convolution takes it).
+void check_conv_bias(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const char* op) {
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(1) && bias.scalar_type() == x.scalar_type(),
+              "fastgan_cpu::", op, ": bias must be [", weight.size(1), "] of x's dtype, got ", bias.sizes(), " ",
+              bias.scalar_type());
+}
+
 at::Tensor conv_transpose(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
-                          at::IntArrayRef padding, at::IntArrayRef output_padding) {
-  return conv_transpose_forward(x, weight, c10::nullopt, stride, padding, output_padding, false);
+                          at::IntArrayRef padding, at::IntArrayRef output_padding,
+                          const std::optional<at::Tensor>& bias) {
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (has_bias) {
+    check_conv_transpose_args(x, weight, "conv_transpose");
+    check_conv_bias(x, weight, *bias, "conv_transpose");
+  }
+  return conv_transpose_forward(x, weight, has_bias ? bias : c10::nullopt, stride, padding, output_padding, false);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_stats(const at::Tensor& x, const at::Tensor& weight,
@@ -797,9 +810,7 @@ std::optional<at::Tensor> conv_transpose_pointwise_relu(const at::Tensor& x, con
 at::Tensor conv_transpose_bias_relu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding) {
   check_conv_transpose_args(x, weight, "conv_transpose_bias_relu");
-  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(1) && bias.scalar_type() == x.scalar_type(),
-              "fastgan_cpu::conv_transpose_bias_relu: bias must be [", weight.size(1), "] of x's dtype, got ",
-              bias.sizes(), " ", bias.scalar_type());
+  check_conv_bias(x, weight, bias, "conv_transpose_bias_relu");
   // oneDNN's ReLU post-op only where z is channels-last: in NCHW (1x1 inputs) it ran slower
   // than the plain convolution and a separate in-place ReLU.
   if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast) &&

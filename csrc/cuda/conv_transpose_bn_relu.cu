@@ -457,10 +457,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_stats_cuda(const a
   return {z, mean, var};
 }
 
+// The conv bias: a vector of C_out values in x's dtype, on x's device.
+void check_conv_bias(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const char* op) {
+  check_cuda(bias, op, "bias");
+  check_same(bias, "bias", x, "x", op);
+  TORCH_CHECK(bias.dim() == 1 && weight.dim() == 4 && bias.size(0) == weight.size(1), "fastgan_cuda::", op,
+              ": bias must be a vector of C_out = ", weight.dim() == 4 ? weight.size(1) : -1, " values, got shape ",
+              bias.sizes());
+}
+
 at::Tensor conv_transpose_cuda(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
-                               at::IntArrayRef padding, at::IntArrayRef output_padding) {
+                               at::IntArrayRef padding, at::IntArrayRef output_padding,
+                               const std::optional<at::Tensor>& bias) {
+  const char* op = "conv_transpose";
   c10::cuda::CUDAGuard guard(x.device());
-  return conv_transpose_nhwc(x, weight, at::Tensor(), stride, padding, output_padding, "conv_transpose");
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (has_bias) check_conv_bias(x, weight, *bias, op);
+  return conv_transpose_nhwc(x, weight, has_bias ? *bias : at::Tensor(), stride, padding, output_padding, op);
 }
 
 // The statistics of a convolution run elsewhere (the discriminator's Conv2d, SPEC 7), in z's layout.
@@ -751,7 +764,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t p = 0; p < rows; ++p) n += stats[p * width];
   if (threadIdx.x == 0) *count = n;
   const acc_t inv_n = acc_t(1) / n;  // one division: float64 divisions in the loop spilled (ptxas -v)
-  a.unbias = n * (acc_t(1) / (n - acc_t(1)));
+  a.unbias = acc_t(double(n) / (double(n) - 1.0));  // as the host computes it for bn_finalize's count
   const acc_t m = finalize_momentum(a);
 #pragma unroll 1
   for (int64_t c = threadIdx.x; c < a.C; c += blockDim.x) {
@@ -770,25 +783,29 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-void check_finalize_vector(const at::Tensor& t, const char* name, const at::Tensor& mean, bool own_dtype) {
-  const char* op = "bn_finalize";
+void check_finalize_vector(const char* op, const at::Tensor& t, const char* name, const at::Tensor& mean,
+                           bool own_dtype) {
   check_cuda(t, op, name);
-  TORCH_CHECK(t.device() == mean.device(), "fastgan_cuda::bn_finalize: ", name, " is on ", t.device(),
+  TORCH_CHECK(t.device() == mean.device(), "fastgan_cuda::", op, ": ", name, " is on ", t.device(),
               " but mean is on ", mean.device());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == mean.size(0) && t.is_contiguous(), "fastgan_cuda::bn_finalize: ", name,
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == mean.size(0) && t.is_contiguous(), "fastgan_cuda::", op, ": ", name,
               " must be a contiguous vector of ", mean.size(0), " values, got shape ", t.sizes());
-  TORCH_CHECK(own_dtype ? at::isFloatingType(t.scalar_type()) : t.scalar_type() == mean.scalar_type(),
-              "fastgan_cuda::bn_finalize: ", name, " has dtype ", t.scalar_type(), ", expected ",
-              own_dtype ? "a floating type" : c10::toString(mean.scalar_type()));
+  const auto dtype = t.scalar_type();
+  const bool dispatched = dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16;
+  TORCH_CHECK(own_dtype ? dispatched : dtype == mean.scalar_type(), "fastgan_cuda::", op, ": ", name,
+              " has dtype ", dtype, ", expected ",
+              own_dtype ? "float32, float64, float16 or bfloat16" : c10::toString(mean.scalar_type()));
 }
 
-// bn_finalize's optional tensors, checked against mean ([C], its statistics' dtype).
+// bn_finalize's optional tensors, checked against mean ([C], its statistics' dtype); errors name `op`,
+// the kernel op called (bn_finalize, batch_stats_finalize or bn_gather_finalize).
 struct FinalizeInputs {
   at::Tensor gamma, beta, running_mean, running_var, nbt, bias;
   bool update() const { return running_mean.defined(); }
 };
 
-FinalizeInputs check_finalize(const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& gamma_opt,
+FinalizeInputs check_finalize(const char* op, const at::Tensor& mean, const at::Tensor& var,
+                              const std::optional<at::Tensor>& gamma_opt,
                               const std::optional<at::Tensor>& beta_opt,
                               const std::optional<at::Tensor>& running_mean_opt,
                               const std::optional<at::Tensor>& running_var_opt,
@@ -797,38 +814,38 @@ FinalizeInputs check_finalize(const at::Tensor& mean, const at::Tensor& var, con
   const auto get = [](const std::optional<at::Tensor>& t) { return t.value_or(at::Tensor()); };
   const FinalizeInputs in{get(gamma_opt), get(beta_opt), get(running_mean_opt),
                           get(running_var_opt), get(nbt_opt), get(bias_opt)};
-  check_cuda(mean, "bn_finalize", "mean");
+  check_cuda(mean, op, "mean");
   TORCH_CHECK(mean.dim() == 1 && (mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble),
-              "fastgan_cuda::bn_finalize: mean must be a float32 or float64 vector, got ", mean.scalar_type(), " ",
+              "fastgan_cuda::", op, ": mean must be a float32 or float64 vector, got ", mean.scalar_type(), " ",
               mean.sizes());
-  check_finalize_vector(mean, "mean", mean, false);
-  check_finalize_vector(var, "var", mean, false);
-  if (in.gamma.defined()) check_finalize_vector(in.gamma, "gamma", mean, false);
-  if (in.beta.defined()) check_finalize_vector(in.beta, "beta", mean, false);
-  TORCH_CHECK(in.update() == in.running_var.defined(),
-              "fastgan_cuda::bn_finalize: running_mean and running_var must be given together");
+  check_finalize_vector(op, mean, "mean", mean, false);
+  check_finalize_vector(op, var, "var", mean, false);
+  if (in.gamma.defined()) check_finalize_vector(op, in.gamma, "gamma", mean, false);
+  if (in.beta.defined()) check_finalize_vector(op, in.beta, "beta", mean, false);
+  TORCH_CHECK(in.update() == in.running_var.defined(), "fastgan_cuda::", op,
+              ": running_mean and running_var must be given together");
   if (in.update()) {
-    check_finalize_vector(in.running_mean, "running_mean", mean, true);
-    check_finalize_vector(in.running_var, "running_var", mean, true);
-    TORCH_CHECK(in.running_mean.scalar_type() == in.running_var.scalar_type(),
-                "fastgan_cuda::bn_finalize: running_mean and running_var must share a dtype");
-    TORCH_CHECK(count > 1, "fastgan_cuda::bn_finalize: count must be > 1 to update the running variance, got ",
-                count);
-    TORCH_CHECK(momentum >= 0 || in.nbt.defined(),
-                "fastgan_cuda::bn_finalize: momentum < 0 (the cumulative average) needs num_batches_tracked");
+    check_finalize_vector(op, in.running_mean, "running_mean", mean, true);
+    check_finalize_vector(op, in.running_var, "running_var", mean, true);
+    TORCH_CHECK(in.running_mean.scalar_type() == in.running_var.scalar_type(), "fastgan_cuda::", op,
+                ": running_mean and running_var must share a dtype");
+    TORCH_CHECK(count > 1, "fastgan_cuda::", op, ": count must be > 1 to update the running variance, got ", count);
+    TORCH_CHECK(momentum >= 0 || in.nbt.defined(), "fastgan_cuda::", op,
+                ": momentum < 0 (the cumulative average) needs num_batches_tracked");
   }
   if (in.nbt.defined())
     TORCH_CHECK(in.nbt.numel() == 1 && in.nbt.scalar_type() == at::kLong && in.nbt.device() == mean.device(),
-                "fastgan_cuda::bn_finalize: num_batches_tracked must be a one-element int64 tensor on mean's device");
-  if (in.bias.defined()) check_finalize_vector(in.bias, "bias", mean, true);
+                "fastgan_cuda::", op, ": num_batches_tracked must be a one-element int64 tensor on mean's device");
+  if (in.bias.defined()) check_finalize_vector(op, in.bias, "bias", mean, true);
   return in;
 }
 
 // launch(FinalizeArgs<acc_t, run_t, bias_t>) for the running statistics' and bias's types (acc_t:
 // mean's), its outputs invstd, scale, shift; nothing for C = 0.
 template <typename acc_t, typename F>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> finalize_with(const at::Tensor& mean, const FinalizeInputs& in,
-                                                             double eps, double momentum, int64_t count, F&& launch) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> finalize_with(const char* op, const at::Tensor& mean,
+                                                             const FinalizeInputs& in, double eps, double momentum,
+                                                             int64_t count, F&& launch) {
   at::Tensor invstd = at::empty_like(mean), scale = at::empty_like(mean), shift = at::empty_like(mean);
   const int64_t C = mean.size(0);
   if (C == 0) return {invstd, scale, shift};
@@ -836,9 +853,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> finalize_with(const at::Tensor& m
   // Without an update the running-statistics and bias types are unused: the float instantiation.
   const auto run_type = update ? in.running_mean.scalar_type() : at::kFloat;
   const auto bias_type = in.bias.defined() ? in.bias.scalar_type() : at::kFloat;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, run_type, "fastgan_cuda::bn_finalize", [&] {
+  // check_finalize_vector admitted only these dtypes: the dispatch's own error cannot name `op`.
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, run_type, "fastgan_cuda::finalize", [&] {
     using run_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bias_type, "fastgan_cuda::bn_finalize", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bias_type, "fastgan_cuda::finalize", [&] {
       using bias_t = scalar_t;
       launch(FinalizeArgs<acc_t, run_t, bias_t>{
           in.gamma.defined() ? in.gamma.const_data_ptr<acc_t>() : nullptr,
@@ -860,13 +878,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize_cuda(
     const std::optional<at::Tensor>& beta, double eps, const std::optional<at::Tensor>& running_mean,
     const std::optional<at::Tensor>& running_var, const std::optional<at::Tensor>& nbt,
     const std::optional<at::Tensor>& bias, double momentum, int64_t count) {
+  const char* op = "bn_finalize";
   const FinalizeInputs in =
-      check_finalize(mean, var, gamma, beta, running_mean, running_var, nbt, bias, momentum, count);
+      check_finalize(op, mean, var, gamma, beta, running_mean, running_var, nbt, bias, momentum, count);
   c10::cuda::CUDAGuard guard(mean.device());
   std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "fastgan_cuda::bn_finalize", [&] {
     using acc_t = scalar_t;
-    out = finalize_with<acc_t>(mean, in, eps, momentum, count, [&](const auto& args) {
+    out = finalize_with<acc_t>(op, mean, in, eps, momentum, count, [&](const auto& args) {
       bn_finalize_kernel<<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(mean.const_data_ptr<acc_t>(),
                                                                                 var.const_data_ptr<acc_t>(), args);
     });
@@ -891,14 +910,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_sta
   at::Tensor mean = at::empty({C}, z.options().dtype(acc_type(z)));
   at::Tensor var = at::empty_like(mean);
   const FinalizeInputs in =
-      check_finalize(mean, var, gamma, beta, running_mean, running_var, nbt, bias, momentum, count);
+      check_finalize(op, mean, var, gamma, beta, running_mean, running_var, nbt, bias, momentum, count);
   at::Tensor invstd, scale, shift;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fastgan_cuda::batch_stats_finalize", [&] {
     using z_t = scalar_t;
     using acc_t = at::opmath_type<z_t>;
     const at::Tensor partials =
         reduce_channels<WelfordState<acc_t>, z_t>(z, at::Tensor(), nhwc, {}, {}, {}, {}, acc_t(0));
-    std::tie(invstd, scale, shift) = finalize_with<acc_t>(mean, in, eps, momentum, count, [&](const auto& args) {
+    std::tie(invstd, scale, shift) = finalize_with<acc_t>(op, mean, in, eps, momentum, count, [&](const auto& args) {
       stats_finalize_kernel<<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           partials.const_data_ptr<acc_t>(), z.const_data_ptr<z_t>(),
           /*shift_stride=*/nhwc ? int64_t{1} : z.size(2) * z.size(3), partials.size(0), mean.mutable_data_ptr<acc_t>(),
@@ -922,13 +941,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t rows = stats.size(0), C = (stats.size(1) - 1) / 2;
   at::Tensor mean = at::empty({C}, stats.options()), var = at::empty_like(mean);
   at::Tensor count = at::empty({1}, stats.options());
-  // The merged count lives on the device: the kernel unbiases the running variance with it (each
-  // process's batch holds more than one value per channel, so it is > 1); 2 passes the host check.
-  const FinalizeInputs in = check_finalize(mean, var, gamma, beta, running_mean, running_var, nbt, bias, momentum, 2);
+  // The merged count lives on the device: the kernel unbiases the running variance with it (the
+  // synchronized blocks merge several processes' non-empty batches, so it is > 1; a total of 1
+  // makes the running variance NaN, as nothing is read on the host to refuse it); 2 passes the
+  // host check.
+  const FinalizeInputs in =
+      check_finalize(op, mean, var, gamma, beta, running_mean, running_var, nbt, bias, momentum, 2);
   at::Tensor invstd, scale, shift;
   AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "fastgan_cuda::bn_gather_finalize", [&] {
     using acc_t = scalar_t;
-    std::tie(invstd, scale, shift) = finalize_with<acc_t>(mean, in, eps, momentum, 2, [&](const auto& args) {
+    std::tie(invstd, scale, shift) = finalize_with<acc_t>(op, mean, in, eps, momentum, 2, [&](const auto& args) {
       gather_finalize_kernel<<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           stats.const_data_ptr<acc_t>(), rows, mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>(),
           count.mutable_data_ptr<acc_t>(), args);
@@ -943,11 +965,7 @@ at::Tensor conv_transpose_bias_relu_cuda(const at::Tensor& x, const at::Tensor& 
                                          at::IntArrayRef output_padding) {
   const char* op = "conv_transpose_bias_relu";
   c10::cuda::CUDAGuard guard(x.device());
-  check_cuda(bias, op, "bias");
-  check_same(bias, "bias", x, "x", op);
-  TORCH_CHECK(bias.dim() == 1 && weight.dim() == 4 && bias.size(0) == weight.size(1), "fastgan_cuda::", op,
-              ": bias must be a vector of C_out = ", weight.dim() == 4 ? weight.size(1) : -1, " values, got shape ",
-              bias.sizes());
+  check_conv_bias(x, weight, bias, op);
   at::Tensor y = conv_transpose_nhwc(x, weight, bias, stride, padding, output_padding, op);
   y.relu_();
   return y;

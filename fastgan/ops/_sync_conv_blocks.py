@@ -110,6 +110,7 @@ class _SyncBlock(torch.autograd.Function):
         b = ctx.block
         k = kernels(b.impl)
         need_x, need_w, need_bias = ctx.needs_input_grad[:3]
+        grad_y = to_layout(k, grad_y, layout_of(z))  # once, not in both kernel ops
         sum_dy_xhat, sum_dy = k.bn_relu_backward_reduce(grad_y, z, mean, invstd, gamma, beta, b.slope)
         grad_x = grad_w = None
         if need_x or need_w:  # as SyncBatchNorm: the sums are reduced when its input needs a gradient

@@ -96,8 +96,8 @@ def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, ru
                                                 num_batches_tracked)
     if not use_batch:
         if not _fold_pays(weight, z_shape, impl) and not needs_grad(x, weight, bias, bn_weight, bn_bias):
-            vectors = in_stats_dtype(x, bias, bn_weight, bn_bias, running_mean, running_var)
-            return call(_eval_unfolded, x, weight, *vectors, eps, *sizes, impl)
+            vectors = in_stats_dtype(x, bn_weight, bn_bias, running_mean, running_var)
+            return call(_eval_unfolded, x, weight, bias, *vectors, eps, *sizes, impl)
         return _eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, sizes, impl)
     gamma, beta = in_stats_dtype(x, bn_weight, bn_bias)
     update = running_update(training, running_mean, running_var, num_batches_tracked, momentum)
@@ -267,14 +267,14 @@ def _eval_unfolded(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
                    beta: Optional[torch.Tensor], running_mean: torch.Tensor, running_var: torch.Tensor, eps: float,
                    stride: list[int], padding: list[int], output_padding: list[int], impl: str) -> torch.Tensor:
     """Eval forward without gradients where the weight is larger than the output (the first DCGAN
-    blocks at small batches): folding would cost more than normalizing z in place, which this does."""
+    blocks at small batches): folding would cost more than normalizing z in place, which this does.
+    The conv bias (x's dtype) is added by the convolution, as eager adds it."""
     k = kernels(impl)
     fmt = _layout_for(x)
-    z = k.conv_transpose(to_layout(k, x, fmt), dense_weight(weight), stride, padding, output_padding)
+    z = k.conv_transpose(to_layout(k, x, fmt), dense_weight(weight), stride, padding, output_padding, bias)
     z = as_layout(z, fmt)
-    mean = running_mean if bias is None else running_mean - bias
-    _, scale, shift = k.bn_finalize(mean, running_var, gamma, beta, eps, None, None, None, None, 0.0, 0)
-    k.bn_relu_(z, mean, scale, shift, 0.0)
+    _, scale, shift = k.bn_finalize(running_mean, running_var, gamma, beta, eps, None, None, None, None, 0.0, 0)
+    k.bn_relu_(z, running_mean, scale, shift, 0.0)
     return z
 
 

@@ -120,7 +120,7 @@ def _dot_operand(v):
 @triton.jit
 def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
                            N, C_in, H_in, W_in, C_out, H_out, W_out, Hq, Wq,
-                           stride_h, stride_w, pad_h, pad_w, kH, kW, w_s_ci, w_s_co, w_s_kh, w_s_kw,
+                           stride_h, stride_w, pad_h, pad_w, kH, kW, w_s_ci, w_s_co, w_s_kh, w_s_kw, relu,
                            STATS: tl.constexpr, FP32_MMA: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """x [N, H_in, W_in, C_in] (channels-last), w [C_in, C_out, kH, kW] channels-last (its strides
@@ -128,7 +128,8 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
     Program (t, j): output channels j * BLOCK_N + ..., and the t-th tile of BLOCK_M pixels in phase
     order: phase (rh, rw) holds the pixels (rh + s_h * qh, rw + s_w * qw), qh < Hq, qw < Wq.
     STATS: store z and the tile's partial statistics to part [tiles, 4, C_out];
-    else store relu(z + bias)."""
+    else store z + bias, through a ReLU where `relu` is nonzero (a runtime flag, not a constexpr:
+    eval's z + bias is rare, and a variant would double the compiles)."""
     acc_t: tl.constexpr = compute_dtype(z_ptr.dtype.element_ty)
     t = tl.program_id(0)
     m_tiles = tl.cdiv(N * Hq * Wq, BLOCK_M)
@@ -200,7 +201,9 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
         tl.store(part + 3 * C_out, tl.sum(dev * dev, axis=0), mask=co_ok)
     else:
         bias = tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(acc_t)
-        y = tl.maximum(acc + bias[None, :], 0.0)
+        y = acc + bias[None, :]
+        if relu:
+            y = tl.maximum(y, 0.0)
         tl.store(z_ptr + out_offs, y.to(z_ptr.dtype.element_ty), mask=out_mask)
 
 
@@ -256,8 +259,9 @@ def _check_conv(x, weight, stride, padding, output_padding):
     return h_out, w_out
 
 
-def _launch_conv(x, weight, bias, stride, padding, output_padding, stats):
-    """z (or relu(z + bias)), channels-last, and for `stats` the partials and their tile count."""
+def _launch_conv(x, weight, bias, stride, padding, output_padding, stats, relu=True):
+    """z (or z + bias, through a ReLU for `relu`), channels-last, and for `stats` the partials and
+    their tile count."""
     h_out, w_out = _check_conv(x, weight, stride, padding, output_padding)
     n, c_in, h_in, w_in = x.shape
     c_out, kh, kw = weight.shape[1:]
@@ -288,7 +292,7 @@ def _launch_conv(x, weight, bias, stride, padding, output_padding, stats):
     with device_guard(x):
         _conv_transpose[fp32_mma][grid](x, w, z, bias if bias is not None else z, part,
                               n, c_in, h_in, w_in, c_out, h_out, w_out, hq, wq, sh, sw, ph, pw, kh, kw,
-                              *w.stride(), STATS=stats, FP32_MMA=fp32_mma)
+                              *w.stride(), int(relu), STATS=stats, FP32_MMA=fp32_mma)
     tiles = phases * triton.cdiv(n * hq * wq, _conv_transpose[fp32_mma].best_config.kwargs["BLOCK_M"])
     return z, part, tiles
 
@@ -304,10 +308,20 @@ def conv_transpose_stats(x, weight, stride, padding, output_padding):
     return (z, *_finalize_stats(z, part, tiles))
 
 
-def conv_transpose(x, weight, stride, padding, output_padding):
+def conv_transpose(x, weight, stride, padding, output_padding, bias=None):
     """z = conv_transpose2d(x, weight) channels-last: conv_transpose_stats's kernel (its statistics
-    epilogue costs little next to the GEMM), the partials left unmerged."""
-    return _launch_conv(x, weight, None, stride, padding, output_padding, stats=True)[0]
+    epilogue costs little next to the GEMM), the partials left unmerged; with a bias, the bias
+    epilogue's kernel without its ReLU."""
+    if bias is None:
+        return _launch_conv(x, weight, None, stride, padding, output_padding, stats=True)[0]
+    _check_bias(x, weight, bias)
+    return _launch_conv(x, weight, bias.contiguous(), stride, padding, output_padding, stats=False, relu=False)[0]
+
+
+def _check_bias(x, weight, bias):
+    if bias.dim() != 1 or bias.shape[0] != weight.shape[1] or bias.dtype != x.dtype or bias.device != x.device:
+        raise ValueError(f"fastgan triton: bias must be a {x.dtype} vector of C_out = {weight.shape[1]} values "
+                         f"on {x.device}, got {bias.dtype} of shape {tuple(bias.shape)} on {bias.device}")
 
 
 def _finalize_stats(z, part, tiles):
@@ -325,9 +339,7 @@ def _finalize_stats(z, part, tiles):
 
 def conv_transpose_bias_relu(x, weight, bias, stride, padding, output_padding):
     """relu(conv_transpose2d(x, weight, bias)), channels-last."""
-    if bias.dim() != 1 or bias.shape[0] != weight.shape[1] or bias.dtype != x.dtype or bias.device != x.device:
-        raise ValueError(f"fastgan triton: bias must be a {x.dtype} vector of C_out = {weight.shape[1]} values "
-                         f"on {x.device}, got {bias.dtype} of shape {tuple(bias.shape)} on {bias.device}")
+    _check_bias(x, weight, bias)
     y, _, _ = _launch_conv(x, weight, bias.contiguous(), stride, padding, output_padding, stats=False)
     return y
 
@@ -910,9 +922,10 @@ _AFFINE = ({"AFFINE": True}, {"AFFINE": False})
 
 KERNEL_SPECS = [
     KernelSpec("conv_transpose", _conv_transpose_kernel,
-               _signature(("x_ptr", "w_ptr", "z_ptr", "bias_ptr"), _CONV_INTS, vector_pointers=("part_ptr",),
+               _signature(("x_ptr", "w_ptr", "z_ptr", "bias_ptr"), _CONV_INTS + ("relu",),
+                          vector_pointers=("part_ptr",),
                           constexprs=("w_s_co", "STATS", "FP32_MMA", "BLOCK_M", "BLOCK_N", "BLOCK_K")),
-               tuple((f"{'stats' if stats else 'bias_relu'}-{'tf32' if mma else 'fp32'}",
+               tuple((f"{'stats' if stats else 'bias'}-{'tf32' if mma else 'fp32'}",
                       {"w_s_co": 1, "STATS": stats, "FP32_MMA": mma}, MMA_CONFIGS if mma else FMA_CONFIGS)
                      for stats in (True, False) for mma in (True, False)), dots=True),
     KernelSpec("conv_transpose_finalize_stats", _finalize_stats_kernel,
