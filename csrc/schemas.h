@@ -83,16 +83,17 @@ inline void define_kernel_schemas(torch::Library& m) {
   // computes them (accurately, never E[z^2] - E[z]^2 in float32): the statistics of a
   // convolution the backend did not run itself (the discriminator's Conv2d, SPEC 7).
   m.def("batch_stats(Tensor z) -> (Tensor mean, Tensor var)");
-  // batch_stats, then bn_finalize with count = N * H * W, as one op (the blocks' training forward:
-  // one dispatch, and on a GPU the statistics' merge and the finalize in one launch).
   // The statistics of processes' batches merged, then bn_finalize with them (issue 17): stats
   // [P, 2C + 1] holds process p's row (count, mean [C], biased var [C]) in the statistics' dtype;
   // merged in row order with Chan's formula (mean = sum n_p mean_p / n, M2 = sum n_p var_p +
   // sum n_p (mean_p - mean)^2, var = M2 / n), the running variance updated with M2 / (n - 1), the
-  // total count n returned as a one-element tensor; nothing read on the host.
+  // total count n returned as a one-element tensor; nothing read on the host (so on cuda a total
+  // count of 1 makes the running variance NaN rather than an error, which cpu raises).
   m.def("bn_gather_finalize(Tensor stats, Tensor? gamma, Tensor? beta, float eps, Tensor(a!)? running_mean, "
         "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, Tensor? bias, float momentum) "
         "-> (Tensor mean, Tensor var, Tensor invstd, Tensor scale, Tensor shift, Tensor count)");
+  // batch_stats, then bn_finalize with count = N * H * W, as one op (the blocks' training forward:
+  // one dispatch, and on a GPU the statistics' merge and the finalize in one launch).
   m.def("batch_stats_finalize(Tensor z, Tensor? gamma, Tensor? beta, float eps, Tensor(a!)? running_mean, "
         "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, Tensor? bias, float momentum) "
         "-> (Tensor mean, Tensor var, Tensor invstd, Tensor scale, Tensor shift)");

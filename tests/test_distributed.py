@@ -4,7 +4,8 @@ BatchNorm2d), DDP of a fused discriminator, checkpoints, global minibatch discri
 
 The processes are spawned once per world size (module-scoped fixture `runs`): each rank runs every
 case and returns, per compared quantity, (max |distributed - single process|, max |single process|);
-the tests assert on those. Ranks hold uneven batches (3, 5, 2 samples).
+the tests assert on those. Ranks hold uneven batches (3, 5, 2 samples; in the blocks' "empty rank"
+cases 3, 0, 2: nn.SyncBatchNorm allows a process an empty batch).
 """
 
 import copy
@@ -21,18 +22,24 @@ import fastgan
 from distributed_helpers import run_workers
 
 LOCAL_SIZES = [3, 5, 2]
+EMPTY_RANK_SIZES = [3, 0, 2]
 RTOL = 1e-10  # float64; the merge and the gradient correction differ from one process's sums by rounding
 IMPLS = ["cpu", "reference"]
 
 
-def _slice(rank, world_size):
-    sizes = LOCAL_SIZES[:world_size]
+def _slice(rank, world_size, sizes=LOCAL_SIZES):
+    sizes = sizes[:world_size]
     start = sum(sizes[:rank])
     return slice(start, start + sizes[rank]), sum(sizes)
 
 
 def _diff(out, label, got, want):
-    out[label] = ((got.double() - want.double()).abs().max().item(), want.double().abs().max().item())
+    if got.shape != want.shape:
+        out[f"{label}: shape {tuple(got.shape)}, want {tuple(want.shape)}"] = (float("inf"), 0.0)
+    elif want.numel() == 0:
+        out[label] = (0.0, 0.0)
+    else:
+        out[label] = ((got.double() - want.double()).abs().max().item(), want.double().abs().max().item())
 
 
 def _reduced(t):
@@ -81,13 +88,13 @@ def _sgd(model, ref, world_size=None):
             p.grad = q.grad = None
 
 
-def case_block(rank, world_size, kind, impl, momentum, steps=3):
+def case_block(rank, world_size, kind, impl, momentum, steps=3, sizes=LOCAL_SIZES):
     """A fused synchronized block (through fuse and the op's process_group) for several training
     steps, then eval: outputs, input and parameter gradients, running statistics."""
     torch.manual_seed(17)  # the same model and batches on every rank
     seq, shape = _block(kind, momentum)
     model, ref = _distributed_copy(seq, impl), copy.deepcopy(seq)
-    mine, n = _slice(rank, world_size)
+    mine, n = _slice(rank, world_size, sizes)
     out = {}
     for step in range(steps):
         x = torch.randn(n, *shape, dtype=torch.float64)
@@ -252,6 +259,9 @@ CASES = {f"block {kind} {impl} momentum={m}": (case_block, (kind, impl, m))
 # The triton backend's synchronized kernels under the interpreter (its conv blocks are slow there: one case each).
 CASES.update({f"block {kind} triton momentum=None": (case_block, (kind, "triton", None))
               for kind in ("generator", "discriminator")})
+# Rank 1's batch is empty: its row counts for nothing, it joins every collective, its gradients are 0.
+CASES.update({f"block {kind} {impl} empty rank": (case_block, (kind, impl, 0.1, 2, EMPTY_RANK_SIZES))
+              for kind in ("generator", "discriminator") for impl in IMPLS})
 CASES.update({f"double D {impl} broadcast_buffers={bb}": (case_double_d, (impl, bb))
               for impl in IMPLS for bb in (False, True)})
 CASES.update({f"minibatch discrimination {impl} include_self={s}": (case_minibatch, (impl, s))

@@ -80,12 +80,14 @@ def check_block_arguments(x, weight, in_dim, bias, bn_weight, bn_bias, running_m
         raise ValueError("fastgan: momentum=None (cumulative average) needs num_batches_tracked")
 
 
-def check_batch(shape):
+def check_batch(shape, synchronized=False):
     """The output shape of the convolution: not empty, and (F.batch_norm's check, with its words)
-    more than one value per channel for batch statistics."""
-    if min(shape) <= 0:
+    more than one value per channel for batch statistics. With statistics `synchronized` across
+    processes, this process's batch may be empty or hold one value per channel, as nn.SyncBatchNorm
+    allows: the count that matters is every process's (and reading it would sync the host)."""
+    if min(shape[1:]) <= 0 or (shape[0] <= 0 and not synchronized):
         raise ValueError(f"fastgan: the output of the convolution would be empty: {shape}")
-    if shape[0] * shape[2] * shape[3] == 1:
+    if not synchronized and shape[0] * shape[2] * shape[3] == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {torch.Size(shape)}")
 
 

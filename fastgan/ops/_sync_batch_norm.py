@@ -146,7 +146,10 @@ class SyncBatchNormReference(torch.autograd.Function):
     def forward(ctx, z, gamma, beta, eps, running, group, world_size):
         stats = torch.float64 if z.dtype == torch.float64 else torch.float32
         zs = z.to(stats)
-        var, mean = torch.var_mean(zs, dim=(0, 2, 3), correction=0)
+        if z.numel():
+            var, mean = torch.var_mean(zs, dim=(0, 2, 3), correction=0)
+        else:  # an empty local batch: a row of count 0 that adds nothing to the merge
+            mean = var = zs.new_zeros(z.shape[1])
         count = z.numel() // z.shape[1]
         mean, var, total = gather_stats(mean, var, count, group, world_size)
         update_running_stats_reference(*running, mean, var, total)

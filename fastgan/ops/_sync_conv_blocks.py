@@ -90,15 +90,20 @@ class _SyncBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, gamma, beta, block):
         k = kernels(block.impl)
-        z, mean, var, x_k = block.conv.forward(k, x, weight)
+        if x.shape[0]:
+            z, mean, var, x_k = block.conv.forward(k, x, weight)
+        else:  # an empty local batch (nn.SyncBatchNorm allows it): a row of count 0, no kernels
+            z, x_k = block.conv.reference(x, weight, None), x
+            mean = var = z.new_zeros(z.shape[1], dtype=stats_dtype(z))
         rows = gather_rows(mean, var, z.numel() // z.shape[1], block.group, block.world_size)
         rm, rv, nbt, momentum = block.update
         mean, _, invstd, scale, shift, total = k.bn_gather_finalize(rows, gamma, beta, block.eps, rm, rv, nbt, bias,
                                                                    momentum)
         if block.inplace:  # nothing will differentiate: y over z
-            k.bn_relu_(z, mean, scale, shift, block.slope)
+            if z.numel():
+                k.bn_relu_(z, mean, scale, shift, block.slope)
             return z
-        y = as_layout(k.bn_relu(z, mean, scale, shift, block.slope), _layout(z))
+        y = as_layout(k.bn_relu(z, mean, scale, shift, block.slope), _layout(z)) if z.numel() else z
         ctx.save_for_backward(x_k, weight, gamma, beta, z, mean, invstd, total)
         ctx.block, ctx.has_bias = block, bias is not None
         return y
@@ -110,14 +115,22 @@ class _SyncBlock(torch.autograd.Function):
         b = ctx.block
         k = kernels(b.impl)
         need_x, need_w, need_bias = ctx.needs_input_grad[:3]
-        grad_y = to_layout(k, grad_y, layout_of(z))  # once, not in both kernel ops
-        sum_dy_xhat, sum_dy = k.bn_relu_backward_reduce(grad_y, z, mean, invstd, gamma, beta, b.slope)
+        empty = z.numel() == 0  # this process's batch; the collective runs all the same
+        if empty:
+            sum_dy_xhat = sum_dy = torch.zeros_like(mean)
+        else:
+            grad_y = to_layout(k, grad_y, layout_of(z))  # once, not in both kernel ops
+            sum_dy_xhat, sum_dy = k.bn_relu_backward_reduce(grad_y, z, mean, invstd, gamma, beta, b.slope)
         grad_x = grad_w = None
         if need_x or need_w:  # as SyncBatchNorm: the sums are reduced when its input needs a gradient
             global_dy, global_dy_xhat = reduce_sums(sum_dy, sum_dy_xhat, b.group, b.world_size)
-            grad_z = k.bn_relu_backward_elemt(grad_y, z, mean, invstd, gamma, beta, b.slope, global_dy_xhat, global_dy,
-                                              total)
-            grad_x, grad_w = b.conv.backward(as_layout(grad_z, layout_of(z)), x_k, weight, need_x, need_w, b.impl)
+            if empty:
+                grad_x, grad_w = torch.zeros_like(x_k), torch.zeros_like(weight)
+            else:
+                grad_z = k.bn_relu_backward_elemt(grad_y, z, mean, invstd, gamma, beta, b.slope, global_dy_xhat,
+                                                  global_dy, total)
+                grad_x, grad_w = b.conv.backward(as_layout(grad_z, layout_of(z)), x_k, weight, need_x, need_w,
+                                                 b.impl)
         grad_bias = cancelled_bias_grad(weight, b.conv.out_channels(weight)) if ctx.has_bias and need_bias else None
         return (grad_x if need_x else None, grad_w if need_w else None, grad_bias,
                 sum_dy_xhat if gamma is not None else None, sum_dy if beta is not None else None, None)
@@ -135,9 +148,6 @@ def sync_block(conv, x, weight, bias, bn_weight, bn_bias, running_mean, running_
     if _traced():
         raise NotImplementedError("fastgan: process_group (synchronized batch statistics) does not run under "
                                   "FakeTensor, make_fx or torch.func transforms; torch.compile runs it eagerly")
-    if x.shape[0] == 0:
-        raise ValueError("fastgan: x must hold at least one sample on every process with process_group "
-                         "(an empty local batch is not supported)")
     process_group, world_size = group
     if impl == "reference":
         return _reference(conv, x, weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps,

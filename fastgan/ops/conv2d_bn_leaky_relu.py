@@ -72,10 +72,10 @@ def conv2d_bn_leaky_relu(x, weight, bias, bn_weight, bn_bias, running_mean, runn
     eps, slope = check_eps(eps), float(negative_slope)
     use_batch = training or running_mean is None
     z_shape = _out_shape(x, weight, sizes)
-    if use_batch:
-        check_batch(z_shape)
-    impl = resolve(impl, x.device)
     group = sync_group(process_group)  # issue 17: statistics synchronized across processes
+    if use_batch:
+        check_batch(z_shape, synchronized=training and group is not None)
+    impl = resolve(impl, x.device)
     if training and group is not None:
         return sync_block(SyncConv2d(*sizes), x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                           momentum, eps, num_batches_tracked, slope, group, impl)

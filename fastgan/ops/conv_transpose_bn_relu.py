@@ -83,10 +83,10 @@ def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, ru
     eps = check_eps(eps)
     use_batch = training or running_mean is None
     z_shape = _out_shape(x, weight, sizes)
-    if use_batch:
-        check_batch(z_shape)
-    impl = resolve(impl, x.device)
     group = sync_group(process_group)  # issue 17: statistics synchronized across processes
+    if use_batch:
+        check_batch(z_shape, synchronized=training and group is not None)
+    impl = resolve(impl, x.device)
     if training and group is not None:
         return sync_block(SyncConvTranspose2d(*sizes), x, weight, bias, bn_weight, bn_bias, running_mean,
                           running_var, momentum, eps, num_batches_tracked, 0.0, group, impl)
