@@ -182,6 +182,14 @@ inline void define_kernel_schemas(torch::Library& m) {
   // grad_x = grad[:, :C] + A[m, j] * (x - mean_g(x)) / (G * s), A[m, j] = sum over the group's
   // samples and pixels of grad[:, C + j] / (C/F * H * W). grad is [N, C + F, H, W] like x.
   m.def("minibatch_stddev_backward(Tensor grad, Tensor x, int group_size, int num_channels) -> Tensor");
+  // Its own backward (gradient penalties differentiate it): gg like x, the gradient of grad_x; with
+  // d = x - mean_g(x), s and A as above, u = sum_g(gg * d) per feature,
+  //   d_grad = cat([gg, t broadcast]) like grad, t[m, j] = sum over the group's samples, channel
+  //            group j and pixels of gg * d / (G * s), / (C/F * H * W);
+  //   d_x    = A / (G * s) * (gg - mean_g(gg) - u * d / (G * s^2)).
+  // Only what need_grad / need_x ask for is computed (the other output is empty).
+  m.def("minibatch_stddev_double_backward(Tensor gg, Tensor grad, Tensor x, int group_size, int num_channels, "
+        "bool need_grad, bool need_x) -> (Tensor d_grad, Tensor d_x)");
   // SPEC 6, discriminator side: img [N, Ci, 2H, 2W], x_high [N, Co, H, W] (one layout),
   // weight [Co, Ci, 1, 1] and bias [Co] contiguous, all one dtype:
   // out = (1 - alpha) * lrelu(w_mul * W avg_pool_2x2(img) + b_mul * bias, slope) + alpha * x_high.

@@ -6,8 +6,8 @@ import torch
 
 import fastgan
 from fastgan.ops.minibatch_stddev import _minibatch_stddev, _minibatch_stddev_backward, minibatch_stddev_reference
-from helpers import (CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, assert_close, check_forward_backward,
-                     gradchecks, randn)
+from helpers import (CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, TOLERANCES, assert_close,
+                     check_forward_backward, gradchecks, randn)
 
 # (shape, group_size, num_channels): G = 4, G < group_size (= N), G = 1, several channel groups.
 CASES = [((8, 6, 3, 5), 4, 1), ((8, 6, 3, 5), 2, 3), ((6, 4, 2, 2), 3, 2), ((3, 5, 1, 3), 4, 1),
@@ -119,6 +119,100 @@ def test_double_backward_matches_eager(impl):
     want = penalty_grad(lambda t: minibatch_stddev_reference(t, 4, 1))
     got = penalty_grad(lambda t: fastgan.ops.minibatch_stddev(t, 4, 1, impl=impl))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def double_backward_reference(gg, grad, x, group_size, num_channels):
+    """(d_grad, d_x): autograd's second derivatives of the reference op, in float64 from the same inputs."""
+    x64, g64 = x.double().requires_grad_(), grad.double().requires_grad_()
+    (gx,) = torch.autograd.grad(minibatch_stddev_reference(x64, group_size, num_channels), x64, g64, create_graph=True)
+    return torch.autograd.grad(gx, (g64, x64), gg.double())
+
+
+def spread_groups(x, group_size):
+    """x with the G samples of each group spread 1 apart (sample n is the (n // M)-th of its group), so
+    that s >= ~0.3: d_x's terms scale with 1 / s^2 and, where two samples nearly coincide, its error in
+    the kernel's float32 with them (ill-conditioned inputs, by design not drawn here)."""
+    offsets = torch.arange(x.shape[0], device=x.device) // (x.shape[0] // group_size) - (group_size - 1) / 2
+    fmt = torch.channels_last if not x.is_contiguous() else torch.contiguous_format
+    return (x * 0.25 + offsets.to(x.dtype).view(-1, 1, 1, 1)).contiguous(memory_format=fmt)
+
+
+def check_double_backward(kern, x, group_size, num_channels, dtype):
+    fmt = torch.channels_last if not x.is_contiguous() else torch.contiguous_format
+    x = spread_groups(x, group_size)
+    n, c, h, w = x.shape
+    grad = randn((n, c + num_channels, h, w), dtype=dtype, device=x.device).contiguous(memory_format=fmt)
+    gg = randn(x.shape, dtype=dtype, device=x.device).contiguous(memory_format=fmt)
+    want_grad, want_x = double_backward_reference(gg, grad, x, group_size, num_channels)
+    tol = TOLERANCES[dtype]
+    for need in ((True, True), (True, False), (False, True)):
+        d_grad, d_x = kern.minibatch_stddev_double_backward(gg, grad, x, group_size, num_channels, *need)
+        for got, want, needed, name in ((d_grad, want_grad, need[0], "d_grad"), (d_x, want_x, need[1], "d_x")):
+            if not needed:
+                assert got.numel() == 0, name
+                continue
+            assert got.shape == want.shape and got.dtype == dtype and got.is_contiguous(memory_format=fmt), name
+            assert not got.isnan().any(), f"{name}: an element was never written"
+            atol = tol["atol"] * max(1.0, want.abs().max().item())  # d_x's terms cancel at their scale
+            torch.testing.assert_close(got.double(), want, rtol=tol["rtol"], atol=atol, msg=lambda m: f"{name}: {m}")
+        if need[0]:
+            assert torch.equal(d_grad[:, :c], gg), "d_grad's first C channels are gg"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])  # a kernel op takes dense tensors
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_double_backward_kernel(impl, case, layout, dtype):
+    """minibatch_stddev_double_backward against autograd's second derivatives of the reference."""
+    shape, group_size, num_channels = case
+    check_double_backward(fastgan.ops._dispatch.kernels(impl), randn(shape, layout, dtype), min(group_size, shape[0]),
+                          num_channels, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", [((32, 512, 4, 4), 4, 1), ((8, 64, 16, 16), 4, 2), ((4, 7, 33, 9), 2, 7)])
+def test_double_backward_kernel_cpu_large(case, layout, dtype):
+    """Vector loops and tails, several spans per group (csrc/cpu/minibatch_stddev.cpp)."""
+    shape, group_size, num_channels = case
+    check_double_backward(fastgan.ops._dispatch.kernels("cpu"), randn(shape, layout, dtype), group_size, num_channels,
+                          dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_double_backward_kernel_gpu(impl, layout, dtype):
+    for shape, group_size, num_channels in CASES + [((32, 512, 4, 4), 4, 1), ((32, 128, 32, 32), 4, 1)]:
+        check_double_backward(fastgan.ops._dispatch.kernels(impl), randn(shape, layout, dtype, "cuda"),
+                              min(group_size, shape[0]), num_channels, dtype)
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_penalty_runs_the_double_backward_kernel(impl, monkeypatch):
+    """A gradient penalty's second backward goes through the kernel op, not the eager formula."""
+    calls = []
+    kern = fastgan.ops._dispatch.kernels(impl)
+    original = kern.minibatch_stddev_double_backward
+    monkeypatch.setattr(kern, "minibatch_stddev_double_backward", lambda *a: calls.append(a) or original(*a))
+    x = randn((8, 6, 3, 3)).requires_grad_()
+    (g,) = torch.autograd.grad((fastgan.ops.minibatch_stddev(x, 4, 1, impl=impl) * randn((8, 7, 3, 3))).sum(), x,
+                               create_graph=True)
+    g.square().sum().backward()
+    assert len(calls) == 1
+
+
+def test_double_backward_kernel_bad_input():
+    kern = fastgan.ops._dispatch.kernels("cpu")
+    x, grad = randn((4, 6, 2, 2)), randn((4, 7, 2, 2))
+    with pytest.raises(RuntimeError, match="gg"):
+        kern.minibatch_stddev_double_backward(x[:2], grad, x, 2, 1, True, True)
+    with pytest.raises(RuntimeError, match="grad"):
+        kern.minibatch_stddev_double_backward(x, grad[:, :6], x, 2, 1, True, True)
+    with pytest.raises(RuntimeError, match="gg"):
+        kern.minibatch_stddev_double_backward(x.double(), grad, x, 2, 1, True, True)
 
 
 def test_module():

@@ -153,6 +153,19 @@ def _minibatch_stddev(layout):
     _check(lambda x, impl: fastgan.ops.minibatch_stddev(x, group_size=4, impl=impl), _x((8, 8, 12, 12), layout))
 
 
+def _minibatch_stddev_penalty(layout):
+    """A gradient penalty's second backward: the double-backward kernel, against the reference's."""
+    x, w = _x((8, 8, 12, 12), layout), _x((8, 9, 12, 12), layout)
+
+    def penalty_grad(impl):
+        xi = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad((fastgan.ops.minibatch_stddev(xi, group_size=4, impl=impl) * w).sum(), xi,
+                                   create_graph=True)
+        return torch.autograd.grad(g.square().sum(), xi)[0]
+
+    assert_close(_first_call(lambda impl: penalty_grad(impl))(impl="triton"), penalty_grad("reference"), F64)
+
+
 def _fade_in_from_rgb(layout):
     _check(lambda img, xh, w, b, impl: fastgan.ops.fade_in_from_rgb(img, xh, w, b, 0.3, impl=impl),
            _x((2, 3, 8, 12), layout), _x((2, 20, 4, 6), layout), _x((20, 3, 1, 1)), _x((20,)))
@@ -231,7 +244,8 @@ def _batch_stats(layout):
 
 
 CASES = {f"{fn.__name__[1:]}-{layout}": (fn, layout) for fn in (
-    _pixel_norm, _bias_act_pixel_norm, _bias_act, _fade_in, _blend_reals, _minibatch_stddev, _fade_in_from_rgb,
+    _pixel_norm, _bias_act_pixel_norm, _bias_act, _fade_in, _blend_reals, _minibatch_stddev,
+    _minibatch_stddev_penalty, _fade_in_from_rgb,
     _conv_transpose_train, _conv_transpose_eval, _virtual_batch_norm) for layout in LAYOUTS}
 CASES.update({"minibatch_discrimination": (_minibatch_discrimination, None),
               "conv_transpose_fp32": (_conv_transpose_fp32, "channels_last"),

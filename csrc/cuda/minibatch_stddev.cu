@@ -9,6 +9,8 @@
 // (m, j) in a fixed order and writes f. The backward first sums grad's new channels per (m, j).
 // Value k of channel group j: NCHW sample offset j * K + k (out: the same); channels-last
 // pixel k / Cf, channel j * Cf + k % Cf (Cf = C / F), at pixel * C (+ F in out) + channel.
+// The double backward (schemas.h) is the forward's structure over gg: its blocks copy gg into
+// d_grad and store their sum of u / (G s), `fill` writes t; d_x comes from the same statistics.
 #include "common.cuh"
 
 namespace fastgan::cuda {
@@ -135,6 +137,53 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// d_grad = [gg, t] and d_x = A / (G s) * (gg - mean_g gg - u d / (G s^2)), u = sum_g gg d: a block
+// as stats_kernel's, its partial the sum of u / (G s) (fill_kernel divides by K); need_grad and
+// need_x are the same for every block, so every thread reaches block_sum.
+template <typename scalar_t, bool kNHWC>
+__global__ void __launch_bounds__(kThreads)
+    double_backward_kernel(const scalar_t* __restrict__ gg, const scalar_t* __restrict__ x,
+                           const at::opmath_type<scalar_t>* a, scalar_t* __restrict__ d_grad,
+                           scalar_t* __restrict__ d_x, at::opmath_type<scalar_t>* partial, Groups q, int64_t blocks,
+                           bool need_grad, bool need_x) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t smem[kThreads];
+  const int64_t task = blockIdx.x, blk = task % blocks, mj = task / blocks, m = mj / q.F, j = mj % q.F;
+  const int64_t k = blk * kThreads + threadIdx.x, sample = q.C * q.HW, out_sample = (q.C + q.F) * q.HW;
+  const acc_t inv_g = acc_t(1) / static_cast<acc_t>(q.G);
+  acc_t t = 0;
+  if (k < q.K) {
+    int64_t e, e_out;
+    value_offsets<kNHWC>(k, j, q, e, e_out);
+    acc_t mean, s;
+    group_stats(x, m, e, q, mean, s);
+    acc_t gsum = 0, u = 0;
+#pragma unroll 1  // unrolled, the float NHWC instance spilled 20 bytes (ptxas -v)
+    for (int64_t g = 0; g < q.G; ++g) {
+      const int64_t n = g * q.M + m;
+      const scalar_t gv = gg[n * sample + e];
+      if (need_grad) d_grad[n * out_sample + e_out] = gv;
+      gsum += static_cast<acc_t>(gv);
+      u += static_cast<acc_t>(gv) * (static_cast<acc_t>(x[n * sample + e]) - mean);
+    }
+    const acc_t inv_s = acc_t(1) / s;
+    t = u * inv_g * inv_s;
+    if (need_x) {
+      const acc_t coef = a[mj] * inv_s, gmean = gsum * inv_g, w = t * inv_s;
+#pragma unroll 1
+      for (int64_t g = 0; g < q.G; ++g) {
+        const int64_t i = (g * q.M + m) * sample + e;
+        const acc_t d = static_cast<acc_t>(x[i]) - mean;
+        d_x[i] = static_cast<scalar_t>(coef * (static_cast<acc_t>(gg[i]) - gmean - w * d));
+      }
+    }
+  }
+  if (need_grad) {
+    const acc_t total = block_sum(t, smem);
+    if (threadIdx.x == 0) partial[task] = total;
+  }
+}
+
 Groups groups_of(const char* op, const at::Tensor& x, int64_t group_size, int64_t num_channels) {
   check_cuda(x, op, "x");
   TORCH_CHECK(x.dim() == 4, "fastgan_cuda::", op, ": x must be 4-D, got ", x.sizes());
@@ -144,6 +193,16 @@ Groups groups_of(const char* op, const at::Tensor& x, int64_t group_size, int64_
   TORCH_CHECK(num_channels >= 1 && c % num_channels == 0, "fastgan_cuda::", op, ": num_channels (", num_channels,
               ") must divide the channels (", c, ")");
   return {c, hw, n / group_size, group_size, num_channels, c / num_channels * hw};
+}
+
+// grad [N, C + F, H, W] (the gradient of the output), x's dtype and device.
+void check_grad(const char* op, const at::Tensor& grad, const at::Tensor& x, const Groups& q) {
+  check_cuda(grad, op, "grad");
+  check_same(grad, "grad", x, "x", op);
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == x.size(0) && grad.size(1) == q.C + q.F &&
+                  grad.size(2) == x.size(2) && grad.size(3) == x.size(3),
+              "fastgan_cuda::", op, ": grad must be [N, C + num_channels, H, W] for x ", x.sizes(), ", got ",
+              grad.sizes());
 }
 
 int64_t value_blocks(const Groups& q) {
@@ -182,12 +241,7 @@ at::Tensor minibatch_stddev_backward_cuda(const at::Tensor& grad, const at::Tens
                                           int64_t num_channels) {
   const char* op = "minibatch_stddev_backward";
   const Groups q = groups_of(op, x, group_size, num_channels);
-  check_cuda(grad, op, "grad");
-  check_same(grad, "grad", x, "x", op);
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == x.size(0) && grad.size(1) == q.C + q.F &&
-                  grad.size(2) == x.size(2) && grad.size(3) == x.size(3),
-              "fastgan_cuda::", op, ": grad must be [N, C + num_channels, H, W] for x ", x.sizes(), ", got ",
-              grad.sizes());
+  check_grad(op, grad, x, q);
   const auto fmt = shared_layout(op, {grad, x});
   c10::cuda::CUDAGuard guard(x.device());
   auto gx = at::empty(x.sizes(), x.options().memory_format(fmt));
@@ -213,10 +267,58 @@ at::Tensor minibatch_stddev_backward_cuda(const at::Tensor& grad, const at::Tens
   return gx;
 }
 
+std::tuple<at::Tensor, at::Tensor> minibatch_stddev_double_backward_cuda(const at::Tensor& gg, const at::Tensor& grad,
+                                                                         const at::Tensor& x, int64_t group_size,
+                                                                         int64_t num_channels, bool need_grad,
+                                                                         bool need_x) {
+  const char* op = "minibatch_stddev_double_backward";
+  const Groups q = groups_of(op, x, group_size, num_channels);
+  check_grad(op, grad, x, q);
+  check_cuda(gg, op, "gg");
+  check_same(gg, "gg", x, "x", op);
+  TORCH_CHECK(gg.sizes() == x.sizes(), "fastgan_cuda::", op, ": gg must be ", x.sizes(), " (x's shape), got ",
+              gg.sizes());
+  const auto fmt = shared_layout(op, {gg, grad, x});
+  c10::cuda::CUDAGuard guard(x.device());
+  auto d_grad = need_grad ? at::empty(grad.sizes(), x.options().memory_format(fmt)) : at::empty({0}, x.options());
+  auto d_x = need_x ? at::empty(x.sizes(), x.options().memory_format(fmt)) : at::empty({0}, x.options());
+  if (x.numel() == 0 || !(need_grad || need_x)) return {d_grad, d_x};
+  const int64_t blocks = value_blocks(q);
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto a = at::empty({need_x ? q.M * q.F : 0}, x.options().dtype(acc));
+  auto partial = at::empty({need_grad ? q.M * q.F * blocks : 0}, x.options().dtype(acc));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "fastgan_cuda::minibatch_stddev_double_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_index_layout(false, fmt == at::MemoryFormat::ChannelsLast, [&](auto, auto nhwc) {
+      constexpr bool kNHWC = decltype(nhwc)::value;
+      if (need_x) {
+        grad_f_kernel<scalar_t, kNHWC><<<static_cast<unsigned>(q.M * q.F), kThreads, 0, stream>>>(
+            grad.const_data_ptr<scalar_t>(), a.mutable_data_ptr<acc_t>(), q);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      double_backward_kernel<scalar_t, kNHWC><<<static_cast<unsigned>(q.M * q.F * blocks), kThreads, 0, stream>>>(
+          gg.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), need_x ? a.const_data_ptr<acc_t>() : nullptr,
+          need_grad ? d_grad.mutable_data_ptr<scalar_t>() : nullptr,
+          need_x ? d_x.mutable_data_ptr<scalar_t>() : nullptr, need_grad ? partial.mutable_data_ptr<acc_t>() : nullptr,
+          q, blocks, need_grad, need_x);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (need_grad) {
+        fill_kernel<scalar_t, kNHWC><<<static_cast<unsigned>(x.size(0) * q.F), kThreads, 0, stream>>>(
+            partial.const_data_ptr<acc_t>(), d_grad.mutable_data_ptr<scalar_t>(), q, blocks);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  });
+  return {d_grad, d_x};
+}
+
 }  // namespace
 }  // namespace fastgan::cuda
 
 TORCH_LIBRARY_IMPL(fastgan_cuda, CUDA, m) {
   m.impl("minibatch_stddev", &fastgan::cuda::minibatch_stddev_cuda);
   m.impl("minibatch_stddev_backward", &fastgan::cuda::minibatch_stddev_backward_cuda);
+  m.impl("minibatch_stddev_double_backward", &fastgan::cuda::minibatch_stddev_double_backward_cuda);
 }

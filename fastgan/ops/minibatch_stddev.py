@@ -12,7 +12,9 @@ j over the group's samples and pixels, divided by K = C/F * H * W,
     grad_x = grad[:, :C] + A * d / (G * s)
 
 is the fused kernel-level op `minibatch_stddev_backward`. Its own backward (second
-derivatives, for WGAN-GP and R1) is eager PyTorch code: `_minibatch_stddev_backward_bwd`.
+derivatives, for WGAN-GP and R1) is the kernel op `minibatch_stddev_double_backward` (one pass
+over gg, grad and x) where nothing differentiates it again or traces it, else eager PyTorch
+code, differentiable: `_minibatch_stddev_backward_bwd`.
 
 Under torch.distributed the groups are formed within each process's local batch, never across
 processes, as in NVIDIA's ProGAN / StyleGAN code (its groups are per GPU): the features depend on
@@ -23,7 +25,7 @@ import torch
 
 from .._backend import resolve
 from .._checks import as_layout, check_tensor, empty, memory_format
-from ._dispatch import fused_op, kernels
+from ._dispatch import _traced, fused_op, kernels
 
 EPS = 1e-8
 
@@ -98,12 +100,20 @@ def _minibatch_stddev_bwd(ctx, grad):
 
 
 def _minibatch_stddev_backward_bwd(ctx, gg):
-    """Second derivatives, eager. With d, s, A as in the module docstring, u = sum_group(gg * d):
+    """Second derivatives. With d, s, A as in the module docstring, u = sum_group(gg * d):
       d/d grad: [gg, t] with t[m, j] = sum over the group, channel group j and pixels of
                 gg * d / (G * s), divided by K, broadcast like f (the forward-mode derivative);
-      d/d x:    A / (G * s) * (gg - mean_group(gg) - u * d / (G * s^2))."""
+      d/d x:    A / (G * s) * (gg - mean_group(gg) - u * d / (G * s^2)).
+    One kernel op where nothing differentiates them again (create_graph) or traces them; else eager,
+    differentiable."""
     grad, x = ctx.saved_tensors
     g, nf = ctx.group_size, ctx.num_channels
+    need_grad, need_x = ctx.needs_input_grad[:2]
+    if not torch.is_grad_enabled() and not _traced():
+        fmt = memory_format(x)
+        d_grad, d_x = kernels(ctx.impl).minibatch_stddev_double_backward(
+            as_layout(gg, fmt), as_layout(grad, fmt), as_layout(x, fmt), g, nf, need_grad, need_x)
+        return d_grad if need_grad else None, d_x if need_x else None, None, None, None
     n, c, h, w = x.shape
     k = c // nf * h * w
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -112,11 +122,11 @@ def _minibatch_stddev_backward_bwd(ctx, gg):
     d = xs - xs.mean(dim=0)
     s = (d.square().mean(dim=0) + EPS).sqrt()
     d_grad = d_x = None
-    if ctx.needs_input_grad[0]:
+    if need_grad:
         t = (ggs * d / (g * s)).sum(dim=(0, 3, 4, 5)) / k                # [M, F]
         t = t.reshape(-1, nf, 1, 1).repeat(g, 1, h, w).to(gg.dtype)
         d_grad = torch.cat([gg, t], dim=1)
-    if ctx.needs_input_grad[1]:
+    if need_x:
         a = grad[:, c:].to(acc).reshape(g, n // g, nf, h * w).sum(dim=(0, 3)) / k  # [M, F]
         a = a.reshape(-1, nf, 1, 1, 1)
         u = (ggs * d).sum(dim=0)

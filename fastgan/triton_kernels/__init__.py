@@ -28,7 +28,7 @@ from .fade_in_from_rgb import fade_in_from_rgb, fade_in_from_rgb_backward, fade_
 from .minibatch_discrimination import KERNEL_SPECS as _MINIBATCH_DISCRIMINATION_SPECS
 from .minibatch_discrimination import minibatch_discrimination, minibatch_discrimination_backward
 from .minibatch_stddev import KERNEL_SPECS as _MINIBATCH_STDDEV_SPECS
-from .minibatch_stddev import minibatch_stddev, minibatch_stddev_backward
+from .minibatch_stddev import minibatch_stddev, minibatch_stddev_backward, minibatch_stddev_double_backward
 from .pixel_norm import KERNEL_SPECS as _PIXEL_NORM_SPECS
 from .pixel_norm import pixel_norm, pixel_norm_backward
 from .virtual_batch_norm import KERNEL_SPECS as _VIRTUAL_BATCH_NORM_SPECS
@@ -80,6 +80,7 @@ __all__ = [
     "bias_act_pixel_norm_backward",
     "minibatch_stddev",
     "minibatch_stddev_backward",
+    "minibatch_stddev_double_backward",
     "fade_in_from_rgb",
     "fade_in_from_rgb_backward",
     "fade_in_from_rgb_double_backward",

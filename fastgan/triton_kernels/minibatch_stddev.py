@@ -9,6 +9,8 @@ the mean and again (from L1/L2) for the squared deviations (two-pass).
             `_fill` adds them up into f[m, j] and writes the F new channels.
   backward: `_grad_f` sums the gradient of the new channels per (m, j); `_backward`
             recomputes mean and s and writes grad_x = grad[:, :C] + A * d / (G * s).
+  double backward: `_grad_f` (for d_x); `_double_backward` recomputes mean and s, copies gg into
+            d_grad, writes d_x and the sums of u / (G * s) over each CHUNK; `_fill` writes t.
 
 Value k of channel group j sits at e = j * K + k in an NCHW sample (out: the same) and, with
 Cf = C/F, at pixel k // Cf, channel j * Cf + k % Cf in a channels-last one.
@@ -151,7 +153,50 @@ def _backward_kernel(grad_ptr, x_ptr, a_ptr, gx_ptr, C, HW, M, G, F, K,
         tl.store(gx_ptr + n * sample + e, (g + coef * (x - mean)).to(gx_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _double_backward_kernel(gg_ptr, x_ptr, a_ptr, dgrad_ptr, dx_ptr, partial_ptr, C, HW, M, G, F, K, CHUNKS,
+                            NEED_GRAD: tl.constexpr, NEED_X: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                            BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    """d_grad = [gg, t] (here: gg copied, and partial c of row (m, j) the sum of u / (G * s) over
+    values [c * CHUNK, (c + 1) * CHUNK), as `_stats`'s) and d_x = A / (G * s) * (gg - mean_g(gg) -
+    u * d / (G * s^2)), u = sum_g(gg * d)."""
+    acc_t: tl.constexpr = compute_dtype(x_ptr.dtype.element_ty)
+    m, j, blk, e, e_out, mask, sample, out_sample = _program_values(C, HW, F, K, CHANNELS_LAST, BLOCK)
+    mean, s = _group_stats(x_ptr, m, e, mask, M, G, sample, acc_t)
+    gsum = tl.zeros([BLOCK], dtype=acc_t)
+    u = tl.zeros([BLOCK], dtype=acc_t)
+    for gi in range(G):
+        n = gi * M + m
+        gv = tl.load(gg_ptr + n * sample + e, mask=mask, other=0.0)
+        if NEED_GRAD:
+            tl.store(dgrad_ptr + n * out_sample + e_out, gv, mask=mask)
+        x = tl.load(x_ptr + n * sample + e, mask=mask, other=0.0).to(acc_t)
+        if NEED_X:  # (a dead vector still costs registers: float64 spilled without this)
+            gsum += gv.to(acc_t)
+        u += gv.to(acc_t) * (x - mean)
+    t = u / G / s
+    if NEED_GRAD:
+        sums = tl.sum(tl.reshape(tl.where(mask, t, 0.0), (BLOCK // CHUNK, CHUNK)), axis=1)
+        c = blk * (BLOCK // CHUNK) + tl.arange(0, BLOCK // CHUNK)
+        tl.store(partial_ptr + (m * F + j) * CHUNKS + c, sums, mask=c < CHUNKS)
+    if NEED_X:
+        coef = tl.load(a_ptr + m * F + j) / s
+        gmean = gsum / G
+        w = t / s
+        for gi in range(G):
+            n = gi * M + m
+            x = tl.load(x_ptr + n * sample + e, mask=mask, other=0.0).to(acc_t)
+            gv = tl.load(gg_ptr + n * sample + e, mask=mask, other=0.0).to(acc_t)
+            tl.store(dx_ptr + n * sample + e, (coef * (gv - gmean - w * (x - mean))).to(dx_ptr.dtype.element_ty),
+                     mask=mask)
+
+
 _stats = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["C", "HW", "G", "F", "CHANNELS_LAST"])(_stats_kernel)
+# 8 warps for the narrow block too: with 4 its float64 sm_80 build spilled 4 bytes (ptxas -v).
+_DOUBLE_BACKWARD_CONFIGS = [triton.Config({"BLOCK": 256}, num_warps=8), CONFIGS[1]]
+assert min(c.kwargs["BLOCK"] for c in _DOUBLE_BACKWARD_CONFIGS) % _CHUNK == 0
+_double_backward = autotune(_DOUBLE_BACKWARD_CONFIGS, _INTERPRETER_CONFIG,
+                            key=["C", "HW", "G", "F", "NEED_GRAD", "NEED_X", "CHANNELS_LAST"])(_double_backward_kernel)
 _backward = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["C", "HW", "G", "F", "CHANNELS_LAST"])(_backward_kernel)
 
 
@@ -192,13 +237,21 @@ def minibatch_stddev(x, group_size, num_channels):
     return out
 
 
+def _check_like(t, name, shape, x, fmt):
+    if tuple(t.shape) != shape or t.dtype != x.dtype or t.device != x.device or layout(t, name) != fmt:
+        raise ValueError(f"fastgan triton: {name} must be {shape} of {x.dtype} on {x.device}, laid out like x, "
+                         f"got {tuple(t.shape)} {t.dtype} on {t.device} with strides {t.stride()}")
+
+
+def _grad_shape(x, num_channels):
+    n, c, h, w = x.shape
+    return n, c + num_channels, h, w
+
+
 def minibatch_stddev_backward(grad, x, group_size, num_channels):
     """grad_x = grad[:, :C] + A * (x - mean) / (G * s), in x's layout."""
     geo, fmt = _geometry(x, group_size, num_channels)
-    n, c, h, w = x.shape
-    if tuple(grad.shape) != (n, c + num_channels, h, w) or grad.dtype != x.dtype or layout(grad, "grad") != fmt:
-        raise ValueError(f"fastgan triton: grad must be {(n, c + num_channels, h, w)} of {x.dtype}, laid out like x, "
-                         f"got {tuple(grad.shape)} {grad.dtype} with strides {grad.stride()}")
+    _check_like(grad, "grad", _grad_shape(x, num_channels), x, fmt)
     gx = torch.empty_like(x)
     if x.numel() == 0:
         return gx
@@ -212,11 +265,42 @@ def minibatch_stddev_backward(grad, x, group_size, num_channels):
     return gx
 
 
-def _kernel_spec(name, fn, signature_order, configs, constexprs=None):
+def minibatch_stddev_double_backward(gg, grad, x, group_size, num_channels, need_grad, need_x):
+    """(d_grad, d_x) in x's layout (see csrc/schemas.h); the one not asked for is empty."""
+    geo, fmt = _geometry(x, group_size, num_channels)
+    _check_like(grad, "grad", _grad_shape(x, num_channels), x, fmt)
+    _check_like(gg, "gg", tuple(x.shape), x, fmt)
+    memory_format = torch.contiguous_format if fmt == "nchw" else torch.channels_last
+    d_grad = (torch.empty(_grad_shape(x, num_channels), dtype=x.dtype, device=x.device, memory_format=memory_format)
+              if need_grad else x.new_empty(0))
+    d_x = torch.empty_like(x) if need_x else x.new_empty(0)
+    if x.numel() == 0 or not (need_grad or need_x):
+        return d_grad, d_x
+    flag = _LAYOUT_FLAG[fmt]
+    chunks = triton.cdiv(geo["K"], _CHUNK)
+    acc = _acc_dtype(x)
+    a = torch.empty(geo["M"] * geo["F"] if need_x else 0, dtype=acc, device=x.device)
+    partial = torch.empty(geo["M"] * geo["F"] * chunks if need_grad else 0, dtype=acc, device=x.device)
+    # As `_stats` and `_backward`: every config overwrites d_grad, d_x and each partial slot, and
+    # reads only gg, x and a: the autotuner's runs leave nothing behind.
+    with device_guard(x):
+        if need_x:
+            _grad_f_kernel[(geo["M"] * geo["F"],)](grad, a, **geo, CHANNELS_LAST=flag, BLOCK=_FILL_BLOCK)
+        _double_backward[_program_grid(geo)](gg, x, a, d_grad, d_x, partial, **geo, CHUNKS=chunks,
+                                             NEED_GRAD=bool(need_grad), NEED_X=bool(need_x), CHANNELS_LAST=flag,
+                                             CHUNK=_CHUNK)
+        if need_grad:
+            _fill_kernel[(x.shape[0] * num_channels,)](partial, d_grad, geo["C"], geo["HW"], geo["M"], geo["F"],
+                                                       geo["K"], chunks, CHANNELS_LAST=flag, BLOCK=_FILL_BLOCK)
+    return d_grad, d_x
+
+
+def _kernel_spec(name, fn, signature_order, configs, constexprs=None, extra_variants=({},)):
     """`signature_order`: (argument, type) in the kernel's order; `constexprs`: those fixed on every path."""
     return KernelSpec(name, fn, dict(signature_order),
-                      tuple((lay, {"CHANNELS_LAST": flag, **(constexprs or {})}, configs)
-                            for lay, flag in _LAYOUT_FLAG.items()))
+                      tuple((lay + "".join(f"-{k}={v}" for k, v in extra.items()),
+                             {"CHANNELS_LAST": flag, **(constexprs or {}), **extra}, configs)
+                            for lay, flag in _LAYOUT_FLAG.items() for extra in extra_variants))
 
 
 _GEOMETRY = [("C", "i32"), ("HW", "i32"), ("M", "i32"), ("G", "i32"), ("F", "i32"), ("K", "i32")]
@@ -237,4 +321,11 @@ KERNEL_SPECS = [
     _kernel_spec("minibatch_stddev_backward", _backward_kernel,
                  [("grad_ptr", "*{dtype}"), ("x_ptr", "*{dtype}"), ("a_ptr", "*fp32"), ("gx_ptr", "*{dtype}"),
                   *_GEOMETRY, *_CONSTEXPRS], CONFIGS),
+    _kernel_spec("minibatch_stddev_double_backward", _double_backward_kernel,
+                 [("gg_ptr", "*{dtype}"), ("x_ptr", "*{dtype}"), ("a_ptr", "*fp32"), ("dgrad_ptr", "*{dtype}"),
+                  ("dx_ptr", "*{dtype}"), ("partial_ptr", "*fp32"), *_GEOMETRY, ("CHUNKS", "i32"),
+                  ("NEED_GRAD", "constexpr"), ("NEED_X", "constexpr"), *_CONSTEXPRS, ("CHUNK", "constexpr")],
+                 _DOUBLE_BACKWARD_CONFIGS, {"CHUNK": _CHUNK},
+                 extra_variants=[{"NEED_GRAD": g, "NEED_X": x} for g, x in ((True, True), (True, False),
+                                                                             (False, True))]),
 ]
