@@ -227,9 +227,9 @@ struct Conv2dBlockFunction : torch::autograd::Function<Conv2dBlockFunction<Names
 // ---- ConvTranspose2d + BatchNorm2d + ReLU (the generator's block, SPEC 1)
 
 // The layout of x, z and y: channels-last, except for 1x1 inputs (the first DCGAN block, from the
-// latent), as fastgan/ops/conv_transpose_bn_relu.py's _layout_for says.
+// latent) on the CPU, as fastgan/ops/conv_transpose_bn_relu.py's _layout_for says.
 inline at::MemoryFormat conv_transpose_layout(const at::Tensor& x) {
-  return x.size(2) * x.size(3) == 1 ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
+  return x.size(2) * x.size(3) == 1 && x.is_cpu() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
 }
 
 template <typename Names>

@@ -59,6 +59,18 @@ def _check_name(name, what):
         raise ValueError(f"fastgan: unknown {what} {name!r}; expected one of {BACKENDS}")
 
 
+def conv_tf32_allowed():
+    """Whether PyTorch's own float32 convolutions may use TF32 (the triton convolutions follow it):
+    cuDNN's convolution precision of the torch >= 2.9 API ("tf32" / "ieee"; "none" defers to cuDNN's,
+    then the global one), else the legacy torch.backends.cudnn.allow_tf32, which raises when read
+    after the new API was set."""
+    for holder in (getattr(torch.backends.cudnn, "conv", None), torch.backends.cudnn, torch.backends):
+        precision = getattr(holder, "fp32_precision", "none")
+        if precision != "none":
+            return precision == "tf32"
+    return torch.backends.cudnn.allow_tf32
+
+
 def triton_interpreted():
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 

@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from fastgan._backend import conv_tf32_allowed
 from fastgan.ops.bias_act import sum_except
 
 CPU_BACKENDS = ["cpu", "triton"]  # triton through the interpreter (conftest)
@@ -51,7 +52,7 @@ def conv_tolerance(dtype, tf32=None):
     Measured on the H200: relative L2 error of the blocks' outputs 2e-4 to 7e-4 in float32 (TF32).
     """
     if tf32 is None:
-        tf32 = dtype == torch.float32 and torch.cuda.is_available() and torch.backends.cudnn.allow_tf32
+        tf32 = dtype == torch.float32 and torch.cuda.is_available() and conv_tf32_allowed()
     u = TF32_UNIT_ROUNDOFF if tf32 else UNIT_ROUNDOFF[dtype]
     if dtype == torch.float64:
         return dict(rtol=1e-10, atol=1e-10)  # K * u64 * sqrt(K) stays < 1e-11 for K <= 4096
@@ -75,7 +76,7 @@ def assert_conv_close(actual, expected, scale, terms, dtype, tf32=None):
     deviation sqrt(2/3) u_in scale (6 of them); the second: float32 accumulation, each partial sum
     rounded; the third: the output's rounding to its dtype (u) twice over; the last: float32's atol."""
     if tf32 is None:
-        tf32 = dtype == torch.float32 and actual.is_cuda and torch.backends.cudnn.allow_tf32
+        tf32 = dtype == torch.float32 and actual.is_cuda and conv_tf32_allowed()
     u_in = TF32_UNIT_ROUNDOFF if tf32 else 0.0
     u_acc = UNIT_ROUNDOFF[torch.float64] if dtype == torch.float64 else UNIT_ROUNDOFF[torch.float32]
     bound = (6 * (0.8165 * u_in + u_acc * (terms / 2) ** 0.5) * scale + 2 * UNIT_ROUNDOFF[dtype] * expected.abs()

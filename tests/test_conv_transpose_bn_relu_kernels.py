@@ -113,6 +113,28 @@ def check_bias_relu(ops, x, weight, stride, padding, output_padding):
     assert_conv_close(z, z_ref, scale, terms, x.dtype)
 
 
+@pytest.fixture
+def precision_api():
+    """Restores the TF32 settings a test changes through torch's fp32_precision API."""
+    saved = [(h, h.fp32_precision) for h in (torch.backends.cudnn.conv, torch.backends.cudnn, torch.backends)]
+    yield
+    for holder, value in saved:
+        holder.fp32_precision = value
+
+
+def test_tf32_setting_of_the_precision_api(precision_api):
+    """TF32 switched off the torch >= 2.9 way (reading the legacy allow_tf32 then raises): the
+    triton convolution reads it (conv_tf32_allowed) and runs."""
+    from fastgan._backend import conv_tf32_allowed
+
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    assert not conv_tf32_allowed()
+    check_stats(kernels("triton"), *conv_inputs(CONV_CASES[0], "channels_last"))
+    torch.backends.cudnn.conv.fp32_precision = "none"
+    torch.backends.cudnn.fp32_precision = "tf32"
+    assert conv_tf32_allowed()
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_stats_accurate_with_large_offset(stride):
     """z offset by 1e4 with a spread of ~1 (every output pixel gets exactly one tap per input

@@ -263,8 +263,10 @@ def penalty_terms(grad, img, gg_img, weight, bias, alpha, slope):
     return d_grad, d_weight, terms.reshape(d_weight.shape).detach()
 
 
-def check_penalty_kernel(impl, shape, layout, dtype, need, device="cpu"):
+def check_penalty_kernel(impl, shape, layout, dtype, need, device="cpu", gg_format=None):
     grad, img, gg_img, weight, bias = penalty_inputs(shape, layout, dtype, device)
+    if gg_format is not None:  # the same layout, other strides where a size is 1 (a grey image's channel)
+        gg_img = gg_img.contiguous(memory_format=gg_format)
     alpha, slope = 0.3, 0.2
     want_grad, want_weight, terms = penalty_terms(grad, img, gg_img, weight, bias, alpha, slope)
     got_grad, got_weight = kernels(impl).fade_in_from_rgb_double_backward(grad, img, gg_img, weight, bias, alpha, 1.0,
@@ -311,6 +313,25 @@ def test_penalty_kernel_gpu(impl, layout, dtype):
     for shape in SHAPES + [(32, 3, 64, 64, 64), (2, 3, 128, 16, 16)]:
         for need in NEEDS:
             check_penalty_kernel(impl, shape, layout, dtype, need, "cuda")
+
+
+GREY = [(2, 1, 4, 3, 5), (1, 1, 3, 4, 4)]
+
+
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_penalty_kernel_grey_image_strides(impl):
+    """Ci = 1: an NCHW img and a gg_img allocated channels-last hold their values in the same order,
+    with other strides on the channel dimension only (a penalty's gradient often comes so)."""
+    for shape in GREY:
+        check_penalty_kernel(impl, shape, "contiguous", torch.float32, (True, True), gg_format=torch.channels_last)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", GPU_BACKENDS)
+def test_penalty_kernel_grey_image_strides_gpu(impl):
+    for shape in GREY:
+        check_penalty_kernel(impl, shape, "contiguous", torch.float32, (True, True), "cuda",
+                             gg_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("impl", CPU_BACKENDS)

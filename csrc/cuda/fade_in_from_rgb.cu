@@ -294,9 +294,13 @@ std::tuple<at::Tensor, at::Tensor> fade_in_from_rgb_double_backward_cuda(
   const Geometry g = geometry(op, img, grad, weight, bias);
   check_cuda(gg_img, op, "gg_img");
   check_same(gg_img, "gg_img", grad, "grad", op);
-  TORCH_CHECK(gg_img.sizes() == img.sizes() && gg_img.strides() == img.strides(), "fastgan_cuda::", op,
-              ": gg_img must have img's shape ", img.sizes(), " and strides ", img.strides(), ", got ",
-              gg_img.sizes(), " and ", gg_img.strides());
+  // The kernel reads gg_img with img's offsets: their strides must agree wherever a size is above 1
+  // (a dimension of size 1, as the channel of a grey image, has no meaningful stride).
+  bool same_offsets = gg_img.sizes() == img.sizes();
+  for (int64_t d = 0; same_offsets && d < img.dim(); ++d)
+    same_offsets = img.size(d) == 1 || gg_img.stride(d) == img.stride(d);
+  TORCH_CHECK(same_offsets, "fastgan_cuda::", op, ": gg_img must have img's shape ", img.sizes(), " and strides ",
+              img.strides(), ", got ", gg_img.sizes(), " and ", gg_img.strides());
   c10::cuda::CUDAGuard guard(grad.device());
   auto d_grad = need_grad ? at::empty_like(grad) : at::empty({0}, grad.options());
   const int64_t pixels = g.N * g.H * g.W, numel = grad.numel();

@@ -425,7 +425,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vbn_backward_cuda(const at::Tenso
         A(1) / static_cast<A>(ref_size * S), A(1) / static_cast<A>((ref_size + 1) * S));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const unsigned grid = grid_size(numel, kThreads);
-    dispatch_index_layout(fits_int32(numel, grid, kThreads), nhwc, [&](auto index, auto layout) {
+    // The kernel also forms coef's offsets 2 * N * C + stat, stat < N * C: within int32 too.
+    dispatch_index_layout(fits_int32(std::max(numel, 3 * N * C), grid, kThreads), nhwc, [&](auto index, auto layout) {
       using index_t = decltype(index);
       grad_kernel<scalar_t, A, index_t, decltype(layout)::value><<<grid, kThreads, 0, stream>>>(
           gy.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), grad_z.mutable_data_ptr<scalar_t>(), mp, ip,

@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._backend import conv_tf32_allowed
 from .._chan import merge_rows
 from .pixel_norm import _rsqrt
 from ._common import INTERPRET, KernelSpec, autotune, check_like, compute_dtype, device_guard, fp64_scalar, layout
@@ -117,7 +118,7 @@ def _dot_operand(v):
     return v
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["relu"])  # one binary for relu 0 and 1 (Triton makes an int equal to 1 a constant)
 def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
                            N, C_in, H_in, W_in, C_out, H_out, W_out, Hq, Wq,
                            stride_h, stride_w, pad_h, pad_w, kH, kW, w_s_ci, w_s_co, w_s_kh, w_s_kw, relu,
@@ -203,7 +204,7 @@ def _conv_transpose_kernel(x_ptr, w_ptr, z_ptr, bias_ptr, part_ptr,
         bias = tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(acc_t)
         y = acc + bias[None, :]
         if relu:
-            y = tl.maximum(y, 0.0)
+            y = tl.where((y > 0) | (y != y), y, 0.0)  # NaN stays NaN, as in torch's relu
         tl.store(z_ptr + out_offs, y.to(z_ptr.dtype.element_ty), mask=out_mask)
 
 
@@ -226,6 +227,8 @@ def _finalize_stats_kernel(part_ptr, mean_ptr, var_ptr, T, C, BLOCK_T: tl.conste
         n_b = tl.load(part_ptr + offs, mask=mask, other=0.0)
         shift_b = tl.load(part_ptr + offs + C, mask=mask, other=0.0)
         mean_b = (shift_b - shift0[None, :]) + tl.load(part_ptr + offs + 2 * C, mask=mask, other=0.0)
+        # An empty tile (count 0, shift 0) adds nothing in whatever order tl.reduce combines it.
+        mean_b = tl.where(n_b > 0, mean_b, 0.0)
         m2_b = tl.load(part_ptr + offs + 3 * C, mask=mask, other=0.0)
         n_b, mean_b, m2_b = tl.reduce((n_b, mean_b, m2_b), 0, _chan_combine)
         n, mean, m2 = _chan_combine(n, mean, m2, n_b, mean_b, m2_b)
@@ -282,9 +285,9 @@ def _launch_conv(x, weight, bias, stride, padding, output_padding, stats, relu=T
     if x.numel() >= 2**31 or weight.numel() >= 2**31:
         raise ValueError(f"fastgan triton: x and weight must have fewer than 2**31 elements, got {x.numel()} "
                          f"and {weight.numel()}")
-    # TF32 where PyTorch's own convolutions may use it (cuDNN's flag, on by default). The
+    # TF32 where PyTorch's own convolutions may use it (cuDNN's setting, on by default). The
     # interpreter computes tl.dot in exact float32 either way.
-    fp32_mma = torch.backends.cudnn.allow_tf32
+    fp32_mma = conv_tf32_allowed()
 
     def grid(meta):
         return (phases * triton.cdiv(n * hq * wq, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]))
