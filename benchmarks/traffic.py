@@ -46,22 +46,32 @@ def _pairwise_flops(m, *_):
     return n * n * b * (3 * c + 2)
 
 
-# fastgan custom op -> (kernel launches on the cuda backend, tensor-core FLOPs(args), other FLOPs(args)).
+# fastgan custom op -> (kernel launches on the cuda backend, tensor-core FLOPs(args), other FLOPs(args)),
+# as csrc/cuda launches them for channels-last inputs, a cuDNN call counted as one (it may run 1-3).
 # Ops not listed: one launch, no FLOPs worth counting (elementwise and reductions).
 KERNELS = {
-    # GEMM (cuDNN), single-pass statistics, normalize + ReLU
-    "conv_transpose_bn_relu_train": (3, _conv_transpose_flops, None),
-    "conv_transpose_bn_relu_train_inplace": (3, _conv_transpose_flops, None),
-    "conv_transpose_bias_relu": (2, _conv_transpose_flops, None),  # GEMM with bias, then ReLU
-    "bn_relu_backward": (2, None, None),  # both reductions in one pass, then grad_z
+    # GEMM (cuDNN), the statistics' reduce pass, their merge + finalize (one block), normalize + ReLU
+    "conv_transpose_bn_relu_train": (4, _conv_transpose_flops, None),
+    "conv_transpose_bn_relu_train_inplace": (4, _conv_transpose_flops, None),
+    "conv_transpose_bias_relu": (3, _conv_transpose_flops, None),  # GEMM, cuDNN's bias pass, ReLU
+    "bn_relu_backward": (3, None, None),  # both sums in one pass, their merge (one block), grad_z
     # cuDNN's data and weight gradients (each as many FLOPs as the forward), as asked for
     "conv_transpose_backward": (2, lambda grad, x, w, *a: _conv_transpose_flops(x, w) * (a[3] + a[4]), None),
-    "conv2d_bn_leaky_relu_train": (3, lambda x, w, b, g, be, eps, stride, padding, *_:
+    "conv2d_bn_leaky_relu_train": (4, lambda x, w, b, g, be, eps, stride, padding, *_:
                                    _conv2d_flops(x, w, stride, padding), None),
     # cuDNN's data and weight gradients, each 2 * N * C_out * oH * oW * C_in * kH * kW, as asked for
     "conv2d_backward": (2, lambda grad, x, w, *a: _conv_transpose_flops(grad, w) * (a[2] + a[3]), None),
     "minibatch_discrimination": (1, None, _pairwise_flops),
     "minibatch_discrimination_backward": (1, None, lambda grad, m, *_: 2 * _pairwise_flops(m)),
+    "minibatch_stddev": (2, None, None),  # the statistics (and the copy of x), the new channels
+    "minibatch_stddev_backward": (2, None, None),  # the new channels' sums, grad_x
+    "fade_in_from_rgb_backward": (5, None, None),  # grad_img, the weight partials, their sum, 2 scalings
+    "bias_act_backward_bias": (2, None, None),  # grad_x, then the bias's sum
+    "virtual_batch_norm": (3, None, None),  # per-sample statistics, their combination, normalize
+    "vbn_backward": (3, None, None),  # the sums, the per-sample coefficients, grad_z
+    # the convolution (cuDNN), then virtual_batch_norm's 3
+    "conv_vbn_train": (4, lambda x, w, b, g, be, m, eps, stride, padding, op, transposed, *_:
+                       _conv_transpose_flops(x, w) if transposed else _conv2d_flops(x, w, stride, padding), None),
 }
 
 

@@ -48,6 +48,40 @@ def test_dcgan_training_steps_match_eager(minibatch_features):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_dcgan_generator_step_leaves_the_discriminators_gradients(fused):
+    """The generator's step differentiates its own parameters only: D's gradients after a step are
+    those of D's loss (the generator's loss would add to them, only to be zeroed by D's next step)."""
+    gen, disc = small_dcgan(fused)
+    real, z = torch.rand(6, 3, 64, 64) * 2 - 1, torch.randn(6, 8, 1, 1)
+    g0, d0 = copy.deepcopy(gen), copy.deepcopy(disc)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    fake = g0(z).detach()
+    loss_d = bce(d0(real), torch.ones(6)) + bce(d0(fake), torch.zeros(6))
+    want = torch.autograd.grad(loss_d, list(d0.parameters()))
+    dcgan_step(gen, disc, *dcgan_optimizers(gen, disc), real, z)
+    for (name, p), w in zip(disc.named_parameters(), want):
+        torch.testing.assert_close(p.grad, w, rtol=1e-5, atol=1e-6, msg=name)
+    assert all(p.grad is not None for p in gen.parameters())
+
+
+def test_progan_generator_step_leaves_the_discriminators_gradients():
+    gen, disc = small_progan("cpu")
+    real, z, mix = torch.randn(4, 3, 8, 8), torch.randn(4, 8), torch.rand(4, 1, 1, 1)
+    g0, d0 = copy.deepcopy(gen), copy.deepcopy(disc)
+    fake = g0(z, 1, 0.5).detach()
+    d_real = d0(real, 1, 0.5)
+    loss_d = (d0(fake, 1, 0.5).mean() - d_real.mean() + 10.0 * gradient_penalty(d0, real, fake, 1, 0.5, mix)
+              + 1e-3 * d_real.square().mean())
+    want = torch.autograd.grad(loss_d, list(d0.parameters()), allow_unused=True)  # other levels' from_rgb
+    progan_step(gen, disc, *progan_optimizers(gen, disc), real, 1, 0.5, z, mix)
+    for (name, p), w in zip(disc.named_parameters(), want):
+        if w is None:
+            assert p.grad is None, name
+        else:
+            torch.testing.assert_close(p.grad, w, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_generator_eval_folds_and_matches():
     fast_g, _ = small_dcgan(True)
     eager_g = copy.deepcopy(fast_g)

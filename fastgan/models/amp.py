@@ -16,12 +16,23 @@ def autocast(device, amp):
     return torch.autocast(torch.device(device).type, dtype=amp)
 
 
-def backward_and_step(loss, optimizer, scaler):
-    """loss.backward() and optimizer.step(), through `scaler` when given (its update is the
-    caller's, once per training step)."""
+def backward_and_step(loss, optimizer, scaler, inputs=None):
+    """loss.backward(inputs=inputs) and optimizer.step(), through `scaler` when given (its update is
+    the caller's, once per training step)."""
     if scaler is None:
-        loss.backward()
+        loss.backward(inputs=inputs)
         optimizer.step()
     else:
-        scaler.scale(loss).backward()
+        scaler.scale(loss).backward(inputs=inputs)
         scaler.step(optimizer)
+
+
+def generator_inputs(optimizer, discriminator):
+    """What the generator's step differentiates: its optimizer's parameters alone. The
+    discriminator's parameter gradients of the generator's loss would be discarded (its next step
+    zeroes them), and skipping them skips its weight-gradient convolutions (a third of its backward).
+    All gradients (None) under DistributedDataParallel: its reducer waits for every parameter of a
+    module that ran forward."""
+    if isinstance(discriminator, torch.nn.parallel.DistributedDataParallel):
+        return None
+    return [p for group in optimizer.param_groups for p in group["params"]]

@@ -18,7 +18,7 @@ from torch import nn
 from ..distributed import unwrapped
 from ..fusion import fuse
 from ..nn import VirtualBatchNorm2d
-from .amp import autocast, backward_and_step
+from .amp import autocast, backward_and_step, generator_inputs
 
 
 def dcgan_init(module):
@@ -137,7 +137,8 @@ def dcgan_step(generator, discriminator, opt_g, opt_d, real, z=None, item=True, 
             logits_real, features_real = discriminator(real, return_features=True)
         else:
             logits_real = discriminator(real)
-        loss_d = bce(logits_real, ones - label_smoothing) + bce(discriminator(fake.detach()), zeros)
+        real_targets = ones - label_smoothing if label_smoothing else ones  # (a launch less without smoothing)
+        loss_d = bce(logits_real, real_targets) + bce(discriminator(fake.detach()), zeros)
     opt_d.zero_grad(set_to_none=True)
     backward_and_step(loss_d, opt_d, scaler)
 
@@ -148,7 +149,7 @@ def dcgan_step(generator, discriminator, opt_g, opt_d, real, z=None, item=True, 
         else:
             loss_g = bce(discriminator(fake), ones)
     opt_g.zero_grad(set_to_none=True)
-    backward_and_step(loss_g, opt_g, scaler)
+    backward_and_step(loss_g, opt_g, scaler, generator_inputs(opt_g, discriminator))
     if scaler is not None:
         scaler.update()
     if not item:  # no host sync (CUDA graphs)

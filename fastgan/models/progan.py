@@ -25,7 +25,7 @@ from ..fusion import conv_weights_to
 from ..nn import EqualizedConv2d, EqualizedLinear, MinibatchStdDev
 from ..ops._autocast import lower
 from ..ops.pixel_norm import default_eps
-from .amp import autocast, backward_and_step
+from .amp import autocast, backward_and_step, generator_inputs
 
 SLOPE = 0.2
 
@@ -177,7 +177,7 @@ def progan_step(generator, discriminator, opt_g, opt_d, real, level, alpha, z=No
     with autocast(real.device, amp):
         loss_g = -discriminator(fake, level, alpha).mean()
     opt_g.zero_grad(set_to_none=True)
-    backward_and_step(loss_g, opt_g, scaler)
+    backward_and_step(loss_g, opt_g, scaler, generator_inputs(opt_g, discriminator))
     if scaler is not None:
         scaler.update()
     if not item:  # no host sync (CUDA graphs)
