@@ -171,7 +171,7 @@ def _double_backward_kernel(gg_ptr, x_ptr, a_ptr, dgrad_ptr, dx_ptr, partial_ptr
         if NEED_GRAD:
             tl.store(dgrad_ptr + n * out_sample + e_out, gv, mask=mask)
         x = tl.load(x_ptr + n * sample + e, mask=mask, other=0.0).to(acc_t)
-        if NEED_X:  # (a dead vector still costs registers: float64 spilled without this)
+        if NEED_X:  # only d_x needs mean_g(gg)
             gsum += gv.to(acc_t)
         u += gv.to(acc_t) * (x - mean)
     t = u / G / s
