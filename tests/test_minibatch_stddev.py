@@ -215,6 +215,19 @@ def test_double_backward_kernel_bad_input():
         kern.minibatch_stddev_double_backward(x.double(), grad, x, 2, 1, True, True)
 
 
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_kernel_ops_refuse_no_channels(impl):
+    """Called directly (as traced code does), the kernel ops refuse x without channels too: they once
+    returned the F new channels unwritten."""
+    kern = fastgan.ops._dispatch.kernels(impl)
+    x, grad = torch.ones(4, 0, 2, 2), torch.ones(4, 1, 2, 2)
+    error = ValueError if impl == "triton" else RuntimeError
+    for call in (lambda: kern.minibatch_stddev(x, 2, 1), lambda: kern.minibatch_stddev_backward(grad, x, 2, 1),
+                 lambda: kern.minibatch_stddev_double_backward(x, grad, x, 2, 1, True, True)):
+        with pytest.raises(error, match="channels"):
+            call()
+
+
 def test_module():
     x = randn((8, 6, 2, 2))
     m = fastgan.nn.MinibatchStdDev(group_size=2, num_channels=3, impl="cpu")
@@ -235,6 +248,7 @@ def test_batch_not_divisible_by_group_size(impl):
     (dict(x=torch.ones(4, 3, 2, 2), num_channels=2), ValueError, r"channels \(3\) must be divisible by num_channels"),
     (dict(x=torch.ones(4, 3, 2, 2), group_size=0), ValueError, "group_size must be a positive int"),
     (dict(x=torch.ones(4, 3, 2, 2), num_channels=1.5), ValueError, "num_channels must be a positive int"),
+    (dict(x=torch.ones(4, 0, 2, 2)), ValueError, "x must have channels"),  # its F new channels: nothing to fill them
 ])
 def test_bad_input(kwargs, error, words):
     with pytest.raises(error, match=words):

@@ -40,6 +40,8 @@ Groups groups_of(const at::Tensor& x, int64_t group_size, int64_t num_channels, 
               ") must divide the batch (", n, ")");
   TORCH_CHECK(num_channels >= 1 && c % num_channels == 0, "fastgan_cpu::minibatch_stddev: num_channels (",
               num_channels, ") must divide the channels (", c, ")");
+  TORCH_CHECK(c >= 1, "fastgan_cpu::minibatch_stddev: x must have channels to take the deviation of, got ",
+              x.sizes());
   return {n, c, x.size(2) * x.size(3), group_size, n / group_size, num_channels,
           fmt == at::MemoryFormat::ChannelsLast};
 }

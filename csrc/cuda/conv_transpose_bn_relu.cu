@@ -843,9 +843,9 @@ FinalizeInputs check_finalize(const char* op, const at::Tensor& mean, const at::
 // launch(FinalizeArgs<acc_t, run_t, bias_t>) for the running statistics' and bias's types (acc_t:
 // mean's), its outputs invstd, scale, shift; nothing for C = 0.
 template <typename acc_t, typename F>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> finalize_with(const char* op, const at::Tensor& mean,
-                                                             const FinalizeInputs& in, double eps, double momentum,
-                                                             int64_t count, F&& launch) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> finalize_with(const at::Tensor& mean, const FinalizeInputs& in,
+                                                             double eps, double momentum, int64_t count,
+                                                             F&& launch) {
   at::Tensor invstd = at::empty_like(mean), scale = at::empty_like(mean), shift = at::empty_like(mean);
   const int64_t C = mean.size(0);
   if (C == 0) return {invstd, scale, shift};
@@ -885,7 +885,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize_cuda(
   std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "fastgan_cuda::bn_finalize", [&] {
     using acc_t = scalar_t;
-    out = finalize_with<acc_t>(op, mean, in, eps, momentum, count, [&](const auto& args) {
+    out = finalize_with<acc_t>(mean, in, eps, momentum, count, [&](const auto& args) {
       bn_finalize_kernel<<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(mean.const_data_ptr<acc_t>(),
                                                                                 var.const_data_ptr<acc_t>(), args);
     });
@@ -917,7 +917,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_sta
     using acc_t = at::opmath_type<z_t>;
     const at::Tensor partials =
         reduce_channels<WelfordState<acc_t>, z_t>(z, at::Tensor(), nhwc, {}, {}, {}, {}, acc_t(0));
-    std::tie(invstd, scale, shift) = finalize_with<acc_t>(op, mean, in, eps, momentum, count, [&](const auto& args) {
+    std::tie(invstd, scale, shift) = finalize_with<acc_t>(mean, in, eps, momentum, count, [&](const auto& args) {
       stats_finalize_kernel<<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           partials.const_data_ptr<acc_t>(), z.const_data_ptr<z_t>(),
           /*shift_stride=*/nhwc ? int64_t{1} : z.size(2) * z.size(3), partials.size(0), mean.mutable_data_ptr<acc_t>(),
@@ -950,7 +950,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor invstd, scale, shift;
   AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "fastgan_cuda::bn_gather_finalize", [&] {
     using acc_t = scalar_t;
-    std::tie(invstd, scale, shift) = finalize_with<acc_t>(op, mean, in, eps, momentum, 2, [&](const auto& args) {
+    std::tie(invstd, scale, shift) = finalize_with<acc_t>(mean, in, eps, momentum, 2, [&](const auto& args) {
       gather_finalize_kernel<<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           stats.const_data_ptr<acc_t>(), rows, mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>(),
           count.mutable_data_ptr<acc_t>(), args);

@@ -192,6 +192,7 @@ Groups groups_of(const char* op, const at::Tensor& x, int64_t group_size, int64_
               ") must divide the batch (", n, ")");
   TORCH_CHECK(num_channels >= 1 && c % num_channels == 0, "fastgan_cuda::", op, ": num_channels (", num_channels,
               ") must divide the channels (", c, ")");
+  TORCH_CHECK(c >= 1, "fastgan_cuda::", op, ": x must have channels to take the deviation of, got ", x.sizes());
   return {c, hw, n / group_size, group_size, num_channels, c / num_channels * hw};
 }
 
@@ -205,9 +206,11 @@ void check_grad(const char* op, const at::Tensor& grad, const at::Tensor& x, con
               grad.sizes());
 }
 
-int64_t value_blocks(const Groups& q) {
+// Blocks per (group, feature) for the value kernels; both grids (those blocks, fill_kernel's N * F)
+// must fit a launch's x dimension.
+int64_t value_blocks(const char* op, const Groups& q) {
   const int64_t blocks = ceil_div(q.K, kThreads);
-  TORCH_CHECK(q.M * q.F * blocks <= INT_MAX, "fastgan_cuda::minibatch_stddev: tensor too large");
+  TORCH_CHECK(q.M * q.F * std::max(blocks, q.G) <= INT_MAX, "fastgan_cuda::", op, ": tensor too large");
   return blocks;
 }
 
@@ -217,7 +220,7 @@ at::Tensor minibatch_stddev_cuda(const at::Tensor& x, int64_t group_size, int64_
   c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty({x.size(0), q.C + q.F, x.size(2), x.size(3)}, x.options().memory_format(fmt));
   if (x.numel() == 0) return out;
-  const int64_t blocks = value_blocks(q);
+  const int64_t blocks = value_blocks("minibatch_stddev", q);
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto partial = at::empty({q.M * q.F * blocks}, x.options().dtype(acc));
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -246,7 +249,7 @@ at::Tensor minibatch_stddev_backward_cuda(const at::Tensor& grad, const at::Tens
   c10::cuda::CUDAGuard guard(x.device());
   auto gx = at::empty(x.sizes(), x.options().memory_format(fmt));
   if (x.numel() == 0) return gx;
-  const int64_t blocks = value_blocks(q);
+  const int64_t blocks = value_blocks(op, q);
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto a = at::empty({q.M * q.F}, x.options().dtype(acc));
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -283,7 +286,7 @@ std::tuple<at::Tensor, at::Tensor> minibatch_stddev_double_backward_cuda(const a
   auto d_grad = need_grad ? at::empty(grad.sizes(), x.options().memory_format(fmt)) : at::empty({0}, x.options());
   auto d_x = need_x ? at::empty(x.sizes(), x.options().memory_format(fmt)) : at::empty({0}, x.options());
   if (x.numel() == 0 || !(need_grad || need_x)) return {d_grad, d_x};
-  const int64_t blocks = value_blocks(q);
+  const int64_t blocks = value_blocks(op, q);
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto a = at::empty({need_x ? q.M * q.F : 0}, x.options().dtype(acc));
   auto partial = at::empty({need_grad ? q.M * q.F * blocks : 0}, x.options().dtype(acc));

@@ -42,6 +42,8 @@ def _groups(x, group_size, num_channels):
                          f"min(group_size, batch) = {g}): minibatch_stddev does not regroup silently")
     if c % num_channels:
         raise ValueError(f"fastgan: the channels ({c}) must be divisible by num_channels ({num_channels})")
+    if c == 0:
+        raise ValueError(f"fastgan: x must have channels to take the deviation of, got {tuple(x.shape)}")
     return g
 
 

@@ -204,7 +204,7 @@ def _geometry(x, group_size, num_channels):
     if x.dim() != 4:
         raise ValueError(f"fastgan triton: x must be 4-D, got shape {tuple(x.shape)}")
     n, c, h, w = x.shape
-    if group_size < 1 or n % group_size or num_channels < 1 or c % num_channels:
+    if group_size < 1 or n % group_size or num_channels < 1 or c % num_channels or c == 0:
         raise ValueError(f"fastgan triton: group_size ({group_size}) must divide the batch ({n}) and "
                          f"num_channels ({num_channels}) the channels ({c})")
     fmt = layout(x, "x")
