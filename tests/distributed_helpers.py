@@ -25,7 +25,8 @@ def free_port():
 
 
 def _worker(fn, rank, world_size, port, results, args):
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # as conftest: the Triton interpreter without a GPU
+    if not torch.cuda.is_available():  # as conftest: the Triton interpreter without a GPU
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     torch.set_num_threads(1)  # the processes share the machine's cores
     try:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,

@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 import fastgan
-from fastgan.ops.fade_in_from_rgb import (_fade_in_from_rgb, _fade_in_from_rgb_backward,
+from fastgan.ops.fade_in_from_rgb import (_fade_in_from_rgb, _fade_in_from_rgb_backward, _scales,
                                           fade_in_from_rgb_reference)
 from fastgan.ops._dispatch import kernels
 from helpers import (CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, assert_close, assert_sum_close,
-                     check_forward_backward, TOLERANCES, gradchecks, randn)
+                     check_forward_backward, gemm_tolerance, KINK_MARGIN, TOLERANCES, gradchecks, randn)
 
 F64 = torch.float64
 # (N, C_img, C_out, H, W) at the low resolution: RGB, odd sizes, vector tails, grey and RGBA images.
@@ -22,14 +22,36 @@ def make(shape, layout="contiguous", dtype=torch.float32, device="cpu"):
             randn((co, ci, 1, 1), dtype=dtype, device=device), randn((co,), dtype=dtype, device=device)]
 
 
-def check(inputs, impl, dtype, alpha=0.3, gain=math.sqrt(2), lr_mul=1.0):
+def off_kink(inputs, gain=math.sqrt(2), lr_mul=1.0, margin=KINK_MARGIN):
+    """make's inputs with no exact pre-activation z = w_mul * W avg_pool(img) + b_mul * bias within
+    `margin` of LeakyReLU's kink (helpers' note on the kink): the kernels decide the side from their
+    float32 z, a few roundings (~1e-7 of its terms) off the exact one, so a float64 reference can take
+    the other at a handful of the millions of elements of the GPU shapes, and that element's
+    gradients differ by 0.8 of the gradient. Every 2x2 block of img whose pooled pixel puts some
+    output channel within `margin` is redrawn until none is left (~1e-3 of the blocks per channel)."""
+    img, x_high, weight, bias = inputs
+    img = img.clone()
+    w_mul, b_mul = _scales(img.shape[1], gain, lr_mul)
+    for _ in range(30):
+        z = F.conv2d(F.avg_pool2d(img.double(), 2), weight.double() * w_mul, bias.double() * b_mul)
+        near = (z.abs() < margin).any(1, keepdim=True)  # [N, 1, H, W] low-resolution pixels
+        if not near.any():
+            return [img, x_high, weight, bias]
+        block = near.repeat_interleave(2, 2).repeat_interleave(2, 3).expand(img.shape)
+        img[block] = torch.randn(int(block.sum()), dtype=img.dtype, device=img.device)
+    raise AssertionError("could not move img off the activation's kink")
+
+
+def check(inputs, impl, dtype, alpha=0.3, gain=math.sqrt(2), lr_mul=1.0, tol=None):
+    inputs = off_kink(inputs, gain, lr_mul)
+
     def op(img, x_high, weight, bias, impl):
         return fastgan.ops.fade_in_from_rgb(img, x_high, weight, bias, alpha, gain, lr_mul, impl=impl)
 
     def ref(img, x_high, weight, bias):
         return fade_in_from_rgb_reference(img, x_high, weight, bias, alpha, gain, lr_mul)
 
-    return check_forward_backward(op, ref, inputs, impl, dtype)
+    return check_forward_backward(op, ref, inputs, impl, dtype, tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -53,7 +75,7 @@ def test_parity_cpu_large(shape, layout, dtype):
     """Vector loops and tails of both layouts, more than 4 colours, several blocks of weight partials.
     The weight and bias gradients sum thousands of terms: compared with the float64 reference, to
     the dtype's tolerance relative to their largest entry (float32 sums cancel to small entries)."""
-    inputs = make(shape, layout, dtype)
+    inputs = off_kink(make(shape, layout, dtype))
     exact = [t.detach().double().requires_grad_() for t in inputs]
     mine = [t.detach().requires_grad_() for t in inputs]
     want = fade_in_from_rgb_reference(*exact, 0.3)
@@ -74,8 +96,15 @@ def test_parity_cpu_large(shape, layout, dtype):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("impl", GPU_BACKENDS)
 def test_parity_gpu(impl, layout, dtype):
+    """As test_parity_cpu_large: the weight and bias gradients sum N*H*W (up to 131072) terms, so
+    theirs is the tolerance of such sums (relative to their largest entry); the rest elementwise."""
+    sums = gemm_tolerance(dtype)
+
+    def tol(want):
+        return sums(want) if want.dim() == 1 or want.shape[-2:] == (1, 1) else TOLERANCES[dtype]
+
     for shape in SHAPES + [(32, 3, 64, 64, 64), (32, 3, 128, 32, 32)]:
-        check(make(shape, layout, dtype, "cuda"), impl, dtype)
+        check(make(shape, layout, dtype, "cuda"), impl, dtype, tol=tol)
 
 
 @pytest.mark.parametrize("impl", ["reference"] + CPU_BACKENDS)
