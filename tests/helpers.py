@@ -187,6 +187,24 @@ def check_forward_backward(op, reference, inputs, impl, dtype, tol=None):
     return got
 
 
+def check_one_affine_parameter(op, reference, impl, x, weight, channels, given, training, **sizes):
+    """A fused block's functional op given bn_weight without bn_bias or the other way round
+    (`given`; F.batch_norm's defaults, 1 and 0, for the other) against its reference on the same
+    float64 inputs: output and gradients. `sizes`: the convolution's stride and padding."""
+    dtype = x.dtype
+    param = randn((channels,), dtype=dtype) * 0.5 + (1.0 if given == "bn_weight" else 0.0)
+    stats = [randn((channels,), dtype=dtype) * 0.1, torch.rand(channels, dtype=dtype) + 0.5]
+    inputs = [t.requires_grad_() for t in (x, weight, param)]
+
+    def run(fn, **kw):
+        gamma, beta = (inputs[2], None) if given == "bn_weight" else (None, inputs[2])
+        y = fn(inputs[0], inputs[1], None, gamma, beta, *[s.clone() for s in stats], training, **sizes, **kw)
+        return [y, *torch.autograd.grad(y, inputs, torch.ones_like(y) + y.detach())]
+
+    for got, want in zip(run(op, impl=impl), run(reference)):
+        torch.testing.assert_close(got, want, **TOLERANCES[dtype])
+
+
 def gemm_tolerance(dtype):
     """check_forward_backward's tol for ops with a GEMM inside (float32 GEMMs without TF32: torch.mm's
     default on CUDA, torch.backends.cuda.matmul.allow_tf32 False): a GEMM's K products with both signs

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from fastgan.nn import Conv2dBNLeakyReLU
 from fastgan.ops import conv2d_bn_leaky_relu, conv2d_bn_leaky_relu_reference
 from fastgan.ops._dispatch import kernels
-from helpers import CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, TOLERANCES, check_block_against_float64, randn
+from helpers import (CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, TOLERANCES, check_block_against_float64,
+                     check_one_affine_parameter, randn)
 
 # (batch, C_in, H = W, C_out, kernel, stride, padding)
 DCGAN = (2, 8, 8, 6, 4, 2, 1)
@@ -371,3 +372,14 @@ def test_parity_gpu_variants(impl, variant):
             seq, fused = make_pair(DCGAN, impl, slope=slope, device="cuda", **VARIANTS[variant])
             check_block_against_float64(seq, fused, randn((2, 8, 8, 8), layout, device="cuda"), training,
                                         torch.float32, slope)
+
+
+@pytest.mark.parametrize("given", ["bn_weight", "bn_bias"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_one_affine_parameter(impl, training, given):
+    """bn_weight without bn_bias or the other way round (F.batch_norm's defaults, 1 and 0, for the
+    other): the functional op against the reference in float64, output and gradients."""
+    x, w = randn((3, 4, 6, 6), dtype=torch.float64), randn((5, 4, 3, 3), dtype=torch.float64)
+    check_one_affine_parameter(conv2d_bn_leaky_relu, conv2d_bn_leaky_relu_reference, impl, x, w, 5, given, training,
+                               padding=1)

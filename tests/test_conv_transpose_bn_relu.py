@@ -13,7 +13,8 @@ import fastgan
 from fastgan.nn import ConvTransposeBNReLU2d
 from fastgan.ops import conv_transpose_bn_relu, conv_transpose_bn_relu_reference
 from fastgan.ops._dispatch import kernels
-from helpers import CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, TOLERANCES, check_block_against_float64, randn
+from helpers import (CPU_BACKENDS, GPU_BACKENDS, GPU_DTYPES, LAYOUTS, TOLERANCES, check_block_against_float64,
+                     check_one_affine_parameter, randn)
 
 ctbr_module = importlib.import_module("fastgan.ops.conv_transpose_bn_relu")  # the package exports the function
 
@@ -533,3 +534,14 @@ def test_parity_gpu_float32_backward(impl, training, variant):
     for layout in ("contiguous", "channels_last"):
         seq, fused = make_pair(DCGAN, impl, device="cuda", **VARIANTS[variant])
         check_block_against_float64(seq, fused, randn((2, 8, 4, 4), layout, device="cuda"), training, torch.float32)
+
+
+@pytest.mark.parametrize("given", ["bn_weight", "bn_bias"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("impl", CPU_BACKENDS)
+def test_one_affine_parameter(impl, training, given):
+    """bn_weight without bn_bias or the other way round (F.batch_norm's defaults, 1 and 0, for the
+    other): the functional op against the reference in float64, output and gradients."""
+    x, w = randn((3, 4, 3, 3), dtype=torch.float64), randn((4, 5, 4, 4), dtype=torch.float64)
+    check_one_affine_parameter(conv_transpose_bn_relu, conv_transpose_bn_relu_reference, impl, x, w, 5, given,
+                               training, stride=2, padding=1)

@@ -789,10 +789,10 @@ def _backward_inputs(grad_y, z, mean, invstd, gamma, beta):
     grad_y = grad_y.contiguous(memory_format=torch.contiguous_format if z.is_contiguous() else torch.channels_last)
     check_like(grad_y, "grad_y", z, zl)
     _check_vectors(z, mean=mean, invstd=invstd)
-    affine = gamma is not None
-    if affine != (beta is not None):
-        raise ValueError("fastgan triton: gamma and beta must be both given or both None")
-    if affine:
+    affine = gamma is not None or beta is not None
+    if affine:  # one of them alone: the other as BatchNorm2d's default (gamma 1, beta 0), as cpu and cuda
+        gamma = torch.ones_like(beta) if gamma is None else gamma
+        beta = torch.zeros_like(gamma) if beta is None else beta
         _check_vectors(z, gamma=gamma, beta=beta)
     else:
         gamma = beta = mean  # not read
