@@ -81,14 +81,23 @@ def check_block_arguments(x, weight, in_dim, bias, bn_weight, bn_bias, running_m
 
 
 def check_batch(shape, synchronized=False):
-    """The output shape of the convolution: not empty, and (F.batch_norm's check, with its words)
-    more than one value per channel for batch statistics. With statistics `synchronized` across
-    processes, this process's batch may be empty or hold one value per channel, as nn.SyncBatchNorm
-    allows: the count that matters is every process's (and reading it would sync the host)."""
-    if min(shape[1:]) <= 0 or (shape[0] <= 0 and not synchronized):
+    """The output shape of the convolution: no empty channel or pixel dimension, and (F.batch_norm's
+    check, with its words) more than one value per channel for batch statistics. An empty batch
+    passes, as nn.BatchNorm2d takes it (the blocks give it to the eager ops: empty_batch). With
+    statistics `synchronized` across processes, this process's batch may also hold one value per
+    channel, as nn.SyncBatchNorm allows: the count that matters is every process's (and reading it
+    would sync the host)."""
+    if min(shape[1:]) <= 0:
         raise ValueError(f"fastgan: the output of the convolution would be empty: {shape}")
     if not synchronized and shape[0] * shape[2] * shape[3] == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {torch.Size(shape)}")
+
+
+def empty_batch(z_shape):
+    """Whether a block's batch is empty (N = 0): then it runs its reference, the eager ops, which give
+    what nn.Sequential(conv, BatchNorm2d, act) gives: an empty output whose gradients are zeros, the
+    running statistics unchanged and the batch counted in num_batches_tracked. No kernel has work."""
+    return z_shape[0] == 0
 
 
 def momentum_factor(training, running_mean, momentum, num_batches_tracked):

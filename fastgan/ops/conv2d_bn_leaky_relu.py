@@ -34,8 +34,8 @@ from torch.autograd.function import once_differentiable
 from .._backend import resolve
 from .._checks import as_layout, check_eps, empty
 from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call, cpp_block, cancelled_bias_grad,
-                          check_batch, check_block_arguments, dense_weight, folded, in_stats_dtype, layout_of,
-                          momentum_factor, needs_grad, pair, running_update, save_block, saved_block_inputs,
+                          check_batch, check_block_arguments, dense_weight, empty_batch, folded, in_stats_dtype,
+                          layout_of, momentum_factor, needs_grad, pair, running_update, save_block, saved_block_inputs,
                           saved_input, saved_input_fake, stats_dtype, wanted_grads, weight_grad_fake)
 from ._autocast import lower
 from ._dispatch import kernels, to_layout
@@ -79,7 +79,7 @@ def conv2d_bn_leaky_relu(x, weight, bias, bn_weight, bn_bias, running_mean, runn
     if training and group is not None:
         return sync_block(SyncConv2d(*sizes), x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                           momentum, eps, num_batches_tracked, slope, group, impl)
-    if impl == "reference":
+    if impl == "reference" or empty_batch(z_shape):
         return conv2d_bn_leaky_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                               training, momentum, eps, sizes[0], sizes[1], slope, num_batches_tracked)
     if not use_batch:

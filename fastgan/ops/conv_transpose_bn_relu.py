@@ -38,9 +38,9 @@ from torch.autograd.function import once_differentiable
 from .._backend import resolve
 from .._checks import as_layout, check_eps, empty
 from ._batch_norm import (LAYOUT, NO_UPDATE, block_op, bn_relu_backward, call, cpp_block, cancelled_bias_grad,
-                          check_batch, check_block_arguments, dense_weight, finalize, folded, in_stats_dtype, layout_of,
-                          momentum_factor, needs_grad, pair, run_without_grad, running_update, saved_input,
-                          saved_input_fake, stats_dtype, weight_grad_fake)
+                          check_batch, check_block_arguments, dense_weight, empty_batch, finalize, folded,
+                          in_stats_dtype, layout_of, momentum_factor, needs_grad, pair, run_without_grad,
+                          running_update, saved_input, saved_input_fake, stats_dtype, weight_grad_fake)
 from ._autocast import lower
 from ._dispatch import fused_op, kernels, to_layout
 from ._sync_batch_norm import sync_group
@@ -91,7 +91,7 @@ def conv_transpose_bn_relu(x, weight, bias, bn_weight, bn_bias, running_mean, ru
     if training and group is not None:
         return sync_block(SyncConvTranspose2d(*sizes), x, weight, bias, bn_weight, bn_bias, running_mean,
                           running_var, momentum, eps, num_batches_tracked, 0.0, group, impl)
-    if impl == "reference":
+    if impl == "reference" or empty_batch(z_shape):
         return conv_transpose_bn_relu_reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                                 training, momentum, eps, sizes[0], sizes[1], sizes[2],
                                                 num_batches_tracked)
