@@ -400,12 +400,12 @@ def test_from_modules_bad(conv, bn, error, words):
         ConvTransposeBNReLU2d.from_modules(conv, bn)
 
 
-def call(x=None, w=None, **changes):
+def call(x=None, w=None, impl="cpu", **changes):
     args = dict(x=randn((2, 3, 4, 4)) if x is None else x, weight=randn((3, 5, 4, 4)) if w is None else w,
                 bias=randn((5,)), bn_weight=randn((5,)), bn_bias=randn((5,)), running_mean=randn((5,)),
                 running_var=torch.rand(5) + 0.5, training=True, stride=2, padding=1)
     args.update(changes)
-    return conv_transpose_bn_relu(**args, impl="cpu")
+    return conv_transpose_bn_relu(**args, impl=impl)
 
 
 @pytest.mark.parametrize("changes, error, words", [
@@ -427,6 +427,20 @@ def call(x=None, w=None, **changes):
 def test_bad_input(changes, error, words):
     with pytest.raises(error, match=words):
         call(**changes)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("impl", ALL)
+def test_empty_channels_or_pixels_refused(impl, training):
+    """Only the batch may be empty: every backend refuses the rest alike, naming the argument."""
+    x, (w_in, w_out) = randn((2, 0, 4, 4)), (randn((0, 5, 4, 4)), randn((3, 0, 4, 4)))
+    cases = [(dict(x=x, w=w_in), "x must have channels and pixels"),
+             (dict(x=randn((2, 3, 0, 4))), "x must have channels and pixels"),
+             (dict(w=w_out, bias=None, bn_weight=None, bn_bias=None, running_mean=None, running_var=None),
+              "weight must not be empty")]
+    for changes, words in cases:
+        with pytest.raises(ValueError, match=words):
+            call(**changes, training=training, impl=impl)
 
 
 # ---- the CPU kernels on their own: NCHW z (the op always hands channels-last) ----

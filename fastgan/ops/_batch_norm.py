@@ -58,6 +58,13 @@ def check_block_arguments(x, weight, in_dim, bias, bn_weight, bn_bias, running_m
     check_tensor(x, "x", ndim=4)
     check_tensor(weight, "weight", ndim=4)
     check_same(weight, "weight", x, "x")
+    # Only the batch may be empty (as torch's convolutions mostly demand; the backends' kernels
+    # disagreed on the rest: zeros convolved from nothing, or their own errors).
+    if min(x.shape[1:]) == 0:
+        raise ValueError(f"fastgan: x must have channels and pixels (only its batch may be empty), "
+                         f"got {tuple(x.shape)}")
+    if weight.numel() == 0:
+        raise ValueError(f"fastgan: weight must not be empty, got {tuple(weight.shape)}")
     if weight.shape[in_dim] != x.shape[1]:
         dims = "[C_in, C_out, kH, kW]" if in_dim == 0 else "[C_out, C_in, kH, kW]"
         raise ValueError(f"fastgan: weight must be {dims} with C_in = {x.shape[1]} (x's channels), "
