@@ -789,11 +789,12 @@ def _backward_inputs(grad_y, z, mean, invstd, gamma, beta):
     grad_y = grad_y.contiguous(memory_format=torch.contiguous_format if z.is_contiguous() else torch.channels_last)
     check_like(grad_y, "grad_y", z, zl)
     _check_vectors(z, mean=mean, invstd=invstd)
-    affine = gamma is not None or beta is not None
+    given = {name: t for name, t in (("gamma", gamma), ("beta", beta)) if t is not None}
+    affine = bool(given)
     if affine:  # one of them alone: the other as BatchNorm2d's default (gamma 1, beta 0), as cpu and cuda
+        _check_vectors(z, **given)
         gamma = torch.ones_like(beta) if gamma is None else gamma
         beta = torch.zeros_like(gamma) if beta is None else beta
-        _check_vectors(z, gamma=gamma, beta=beta)
     else:
         gamma = beta = mean  # not read
     return grad_y, gamma, beta, affine

@@ -136,7 +136,7 @@ def _grad_f_kernel(grad_ptr, a_ptr, C, HW, M, G, F, K,
             p = p0 + i
             offs = _new_channel_offsets(gi * M + m, j, p, C, F, HW, CHANNELS_LAST)
             total += tl.load(grad_ptr + offs, mask=p < HW, other=0.0).to(acc_t)
-    tl.store(a_ptr + pid, tl.sum(total, axis=0) / (K * G))
+    tl.store(a_ptr + pid, tl.sum(total, axis=0) / K / G)  # K * G in int32 can wrap (K < 2**31 alone)
 
 
 @triton.jit
@@ -194,7 +194,7 @@ def _double_backward_kernel(gg_ptr, x_ptr, a_ptr, dgrad_ptr, dx_ptr, partial_ptr
 _stats = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["C", "HW", "G", "F", "CHANNELS_LAST"])(_stats_kernel)
 # 8 warps for the narrow block too: with 4 its float64 sm_80 build spilled 4 bytes (ptxas -v).
 _DOUBLE_BACKWARD_CONFIGS = [triton.Config({"BLOCK": 256}, num_warps=8), CONFIGS[1]]
-assert min(c.kwargs["BLOCK"] for c in _DOUBLE_BACKWARD_CONFIGS) % _CHUNK == 0
+assert all(c.kwargs["BLOCK"] % _CHUNK == 0 for c in _DOUBLE_BACKWARD_CONFIGS)
 _double_backward = autotune(_DOUBLE_BACKWARD_CONFIGS, _INTERPRETER_CONFIG,
                             key=["C", "HW", "G", "F", "NEED_GRAD", "NEED_X", "CHANNELS_LAST"])(_double_backward_kernel)
 _backward = autotune(CONFIGS, _INTERPRETER_CONFIG, key=["C", "HW", "G", "F", "CHANNELS_LAST"])(_backward_kernel)
@@ -204,9 +204,14 @@ def _geometry(x, group_size, num_channels):
     if x.dim() != 4:
         raise ValueError(f"fastgan triton: x must be 4-D, got shape {tuple(x.shape)}")
     n, c, h, w = x.shape
-    if group_size < 1 or n % group_size or num_channels < 1 or c % num_channels or c == 0:
+    if group_size < 1 or n % group_size or num_channels < 1 or c % num_channels:
         raise ValueError(f"fastgan triton: group_size ({group_size}) must divide the batch ({n}) and "
                          f"num_channels ({num_channels}) the channels ({c})")
+    if c == 0:
+        raise ValueError(f"fastgan triton: x must have channels to take the deviation of, got {tuple(x.shape)}")
+    if (c + num_channels) * h * w >= 2**31:  # _new_channel_offsets: int32 within a sample
+        raise ValueError(f"fastgan triton: a sample of the output must have fewer than 2**31 values, got "
+                         f"{c + num_channels} x {h} x {w}")
     fmt = layout(x, "x")
     return dict(C=c, HW=h * w, M=n // group_size, G=group_size, F=num_channels, K=c // num_channels * h * w), fmt
 
@@ -307,7 +312,7 @@ _GEOMETRY = [("C", "i32"), ("HW", "i32"), ("M", "i32"), ("G", "i32"), ("F", "i32
 _CONSTEXPRS = [("CHANNELS_LAST", "constexpr"), ("BLOCK", "constexpr")]
 _FILL_CONFIGS = [triton.Config({"BLOCK": _FILL_BLOCK}, num_warps=4)]
 # The partial sums and `a` are float32, float64 for float64 tensors; compiled here as float32
-# in every dtype (the kernels only add and store through them).
+# in every dtype (the kernels load, add and store through them).
 KERNEL_SPECS = [
     _kernel_spec("minibatch_stddev_stats", _stats_kernel,
                  [("x_ptr", "*{dtype}"), ("out_ptr", "*{dtype}"), ("partial_ptr", "*fp32"), *_GEOMETRY,
